@@ -1,0 +1,210 @@
+"""Forward SDEs of score-based models (VE, VP, sub-VP) with score_sde semantics.
+
+Each SDE gives its continuous drift/diffusion, the Gaussian marginal of x(t) given x(0), the prior
+x(T) from a standard-normal draw, and the discretisation the samplers step with (SMLD for VE, DDPM for
+VP, Euler for sub-VP). Discrete tables are float32 like the official code and are cast to the input's
+device and dtype where used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _bcast(v: Tensor) -> Tensor:
+    """[B] -> [B, 1, 1, 1] so a per-sample scalar multiplies an image batch."""
+    return v[:, None, None, None]
+
+
+def resolve_steps(num_scales: int, default_eps: float, n_steps: int | None = None,
+                  speed_up: float = 1.0, eps: float | None = None) -> tuple[int, float]:
+    """Number of steps N and end time eps of a sampling run.
+
+    Official rule: N = int(num_scales / speed_up), eps = default_eps * speed_up. An explicit `n_steps`
+    is the same rule with speed_up = num_scales / n_steps; an explicit `eps` overrides the scaled one.
+    """
+    if n_steps is not None and speed_up != 1.0:
+        raise ValueError(f"give either n_steps ({n_steps}) or speed_up ({speed_up}), not both")
+    if n_steps is not None:
+        if int(n_steps) < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        N, factor = int(n_steps), num_scales / int(n_steps)
+    else:
+        if not speed_up > 0:
+            raise ValueError(f"speed_up must be > 0, got {speed_up}")
+        N, factor = int(num_scales / speed_up), float(speed_up)
+        if N < 1:
+            raise ValueError(f"speed_up={speed_up} leaves int({num_scales} / {speed_up}) = {N} steps; "
+                             f"use speed_up <= {num_scales}")
+    eps = default_eps * factor if eps is None else float(eps)
+    if not 0 < eps < 1:
+        raise ValueError(f"sampling end time eps must lie in (0, 1), got {eps}; lower speed_up or set eps")
+    return N, eps
+
+
+class SDE:
+    """Base class: dx = f(x, t) dt + g(t) dw on t in [0, T], discretised into N levels."""
+
+    T = 1.0
+    default_eps = 1e-3
+
+    def __init__(self, num_scales: int):
+        if int(num_scales) < 1:
+            raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        self.N = int(num_scales)
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def marginal_prob(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def prior_sampling(self, z: Tensor) -> Tensor:
+        """x_T from a standard-normal (possibly preconditioned) draw z."""
+        return z
+
+    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Euler discretisation x_{i+1} = x_i + f + G z with dt = 1/N."""
+        dt = 1.0 / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def time_grid(self, n_steps: int, eps: float, device=None) -> Tensor:
+        """Sampling times T = t_0 > ... > t_{n-1} = eps."""
+        return torch.linspace(self.T, eps, n_steps, device=device)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """Discrete level index of t (truncation, as the official code)."""
+        return (t * (self.N - 1) / self.T).long()
+
+    def with_num_scales(self, num_scales: int) -> "SDE":
+        """The same SDE discretised into `num_scales` levels (what speed_up builds)."""
+        raise NotImplementedError
+
+
+class ReverseSDE:
+    """Reverse-time SDE (or probability-flow ODE) of `forward` given a score function."""
+
+    def __init__(self, forward: SDE, score_fn, probability_flow: bool = False):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.N = forward.N
+        self.T = forward.T
+        # The ODE carries half the score term and no noise.
+        self._weight = 0.5 if probability_flow else 1.0
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        drift, diffusion = self.forward.sde(x, t)
+        drift = drift - _bcast(diffusion) ** 2 * self.score_fn(x, t) * self._weight
+        return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
+
+    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        f, G = self.forward.discretize(x, t)
+        rev_f = f - _bcast(G) ** 2 * self.score_fn(x, t) * self._weight
+        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+
+
+class VESDE(SDE):
+    """Variance exploding: sigma(t) = sigma_min (sigma_max / sigma_min)^t, no drift."""
+
+    default_eps = 1e-5
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000):
+        super().__init__(num_scales)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.discrete_sigmas = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), self.N))
+
+    def with_num_scales(self, num_scales: int) -> "VESDE":
+        return VESDE(self.sigma_min, self.sigma_max, num_scales)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x, t):
+        diffusion = self.sigma(t) * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+        return torch.zeros_like(x), diffusion.to(x.dtype)
+
+    def marginal_prob(self, x, t):
+        return x, self.sigma(t).to(x.dtype)
+
+    def prior_sampling(self, z):
+        return z * self.sigma_max
+
+    def discretize(self, x, t):
+        """SMLD: x_{i} = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z, sigma_{-1} = 0."""
+        i = self.timestep(t)
+        sigmas = self.discrete_sigmas.to(device=x.device, dtype=x.dtype)
+        sigma = sigmas[i]
+        sigma_prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
+        return torch.zeros_like(x), torch.sqrt(sigma ** 2 - sigma_prev ** 2)
+
+
+class VPSDE(SDE):
+    """Variance preserving: beta(t) = beta_min + t (beta_max - beta_min), drift -beta x / 2."""
+
+    default_eps = 1e-3
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, num_scales: int = 1000):
+        super().__init__(num_scales)
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_0, self.beta_1 = float(beta_min), float(beta_max)
+        N = self.N
+        self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
+        self.alphas = 1.0 - self.discrete_betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
+        self.sqrt_1m_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
+
+    def with_num_scales(self, num_scales: int) -> "VPSDE":
+        return type(self)(self.beta_0, self.beta_1, num_scales)
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def _log_mean_coeff(self, t: Tensor) -> Tensor:
+        return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def sde(self, x, t):
+        beta_t = self.beta(t).to(x.dtype)
+        return -0.5 * _bcast(beta_t) * x, torch.sqrt(beta_t)
+
+    def marginal_prob(self, x, t):
+        log_mean_coeff = self._log_mean_coeff(t).to(x.dtype)
+        std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
+        return _bcast(torch.exp(log_mean_coeff)) * x, std
+
+    def discretize(self, x, t):
+        """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
+        i = self.timestep(t)
+        beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[i]
+        alpha = self.alphas.to(device=x.device, dtype=x.dtype)[i]
+        return _bcast(torch.sqrt(alpha)) * x - x, torch.sqrt(beta)
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP: VP drift with diffusion beta(t) (1 - exp(-2 int beta)); Euler discretisation.
+
+    It keeps the VP discrete tables because the Langevin corrector reads `alphas` for it too.
+    """
+
+    def sde(self, x, t):
+        beta_t = self.beta(t).to(x.dtype)
+        t = t.to(x.dtype)
+        discount = 1.0 - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
+        return -0.5 * _bcast(beta_t) * x, torch.sqrt(beta_t * discount)
+
+    def marginal_prob(self, x, t):
+        log_mean_coeff = self._log_mean_coeff(t).to(x.dtype)
+        return _bcast(torch.exp(log_mean_coeff)) * x, 1.0 - torch.exp(2.0 * log_mean_coeff)
+
+    discretize = SDE.discretize
