@@ -1,0 +1,181 @@
+"""The PDS preconditioner M = F^-1 diag(R) F diag(S) (docs: pds-method.md, section 2).
+
+`noise(z) = M z` shapes the injected noise, `drift(g) = M M^T g` shapes scores and drifts. R (frequency
+filter, unshifted: DC at [0, 0]) and S (space filter) are real [C, H, W] float32 buffers; a missing
+filter is the identity. Because R(k) = R(-k), the circulant F^-1 R F is real and symmetric, so real FFTs
+(rfft2/irfft2) give the official complex-FFT operator at about half the cost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 1:
+        raise ValueError(f"preconditioner strength alpha must be a finite number > 1 (official default 5; "
+                         f"alpha -> infinity is vanilla sampling), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_image_tensor(x: Tensor, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.dim() != 3:
+        raise ValueError(f"{what} must have shape [C, H, W] of the images, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains non-finite values (nan/inf); recompute it from the data")
+    return x
+
+
+def filter_from_statistic(m: Tensor, alpha: float) -> Tensor:
+    """Official normalisation alpha / (m / max(m) + alpha - 1) as float32; values in [1, alpha/(alpha-1)].
+
+    The max is taken over the whole tensor (all channels), as the official code does.
+    """
+    alpha = _check_alpha(alpha)
+    m = _check_image_tensor(m, "statistic").to(torch.float64)
+    if (m < 0).any():
+        raise ValueError(f"statistic has negative values (min {m.min().item():.3g}); raw statistics are "
+                         "log1p(mean |fft2(x)|^2) or mean x^2 and cannot be negative")
+    peak = m.max()
+    if peak <= 0:
+        raise ValueError("statistic is zero everywhere (non-positive max); it cannot be normalised. "
+                         "Were the statistics computed from an empty or all-black data set?")
+    return (alpha / (m / peak + alpha - 1)).to(torch.float32)
+
+
+def _check_dc_peak(freq_stat: Tensor) -> None:
+    """The DC coefficient of images in [0, 1] carries the most power; elsewhere means fft-shifted data."""
+    peak = freq_stat.flatten(1).max(dim=1).values
+    if (freq_stat[:, 0, 0] < peak * (1 - 1e-6)).any():
+        raise ValueError("frequency statistic is not largest at the DC coefficient [0, 0]; it looks "
+                         "fft-shifted. Store it unshifted (apply torch.fft.ifftshift over H, W).")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The input's precision, at least float32 (half precision has no CPU FFT)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _mirror(f: Tensor) -> Tensor:
+    """f(-k): index (-i mod H, -j mod W)."""
+    return torch.roll(torch.flip(f, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+
+
+class Preconditioner(nn.Module):
+    """M = F^-1 diag(R) F diag(S) per channel; `noise` applies M, `drift` applies M M^T."""
+
+    def __init__(self, freq_filter: Tensor | None = None, space_filter: Tensor | None = None):
+        super().__init__()
+        if freq_filter is not None:
+            freq_filter = self._checked_filter(freq_filter, "frequency filter")
+            if not torch.allclose(freq_filter, _mirror(freq_filter), rtol=1e-5, atol=0):
+                raise ValueError("frequency filter is not symmetric under k -> -k (R[c, -i, -j] != R[c, i, j]); "
+                                 "it must come from |fft2|^2 statistics stored unshifted (DC at [0, 0]). "
+                                 "A filter saved fft-shifted (odd sizes) shows this; apply torch.fft.ifftshift.")
+        if space_filter is not None:
+            space_filter = self._checked_filter(space_filter, "space filter")
+        if freq_filter is not None and space_filter is not None and freq_filter.shape != space_filter.shape:
+            raise ValueError(f"frequency filter {tuple(freq_filter.shape)} and space filter "
+                             f"{tuple(space_filter.shape)} must have the same [C, H, W] shape")
+        self.register_buffer("freq_filter", freq_filter)
+        self.register_buffer("space_filter", space_filter)
+
+    @staticmethod
+    def _checked_filter(f: Tensor, what: str) -> Tensor:
+        f = _check_image_tensor(f, what)
+        if (f <= 0).any():
+            raise ValueError(f"{what} must be positive everywhere (min {f.min().item():.3g})")
+        # float32 always: a float64 filter would silently promote every FFT to double precision.
+        return f.detach().to(torch.float32).clone()
+
+    @classmethod
+    def from_statistics(cls, freq_stat: Tensor | None = None, space_stat: Tensor | None = None,
+                        alpha: float = 5.0) -> "Preconditioner":
+        """Filters from the official raw statistics (log1p power spectrum; mean x^2) with strength alpha."""
+        _check_alpha(alpha)
+        freq = space = None
+        if freq_stat is not None:
+            freq_stat = _check_image_tensor(freq_stat, "frequency statistic")
+            _check_dc_peak(freq_stat)
+            freq = filter_from_statistic(freq_stat, alpha)
+        if space_stat is not None:
+            space = filter_from_statistic(space_stat, alpha)
+        return cls(freq, space)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.freq_filter is None and self.space_filter is None
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        f = self.freq_filter if self.freq_filter is not None else self.space_filter
+        return None if f is None else tuple(f.shape)
+
+    def _check_input(self, x: Tensor) -> None:
+        shape = self.shape
+        if shape is not None and tuple(x.shape[-3:]) != shape:
+            raise ValueError(f"preconditioner filters are [C, H, W] = {shape} but the images are "
+                             f"{tuple(x.shape)}; build the filters from statistics of images of this size")
+
+    def _circulant(self, x: Tensor) -> Tensor:
+        """F^-1 diag(R) F x for real x, via real FFTs (R Hermitian-symmetric)."""
+        H, W = x.shape[-2:]
+        x = x.to(_compute_dtype(x))
+        R = self.freq_filter[..., : W // 2 + 1].to(device=x.device, dtype=x.dtype)
+        return torch.fft.irfft2(R * torch.fft.rfft2(x), s=(H, W))
+
+    def noise(self, z: Tensor) -> Tensor:
+        """M z: space filter first, then frequency filter."""
+        if self.is_identity:
+            return z
+        self._check_input(z)
+        out = z
+        if self.space_filter is not None:
+            out = out * self.space_filter.to(device=z.device, dtype=_compute_dtype(z))
+        if self.freq_filter is not None:
+            out = self._circulant(out)
+        return out.to(z.dtype)
+
+    def drift(self, g: Tensor) -> Tensor:
+        """M M^T g = C S^2 C g with C = F^-1 diag(R) F."""
+        if self.is_identity:
+            return g
+        self._check_input(g)
+        out = g
+        if self.freq_filter is not None:
+            out = self._circulant(out)
+        if self.space_filter is not None:
+            out = out * self.space_filter.to(device=g.device, dtype=_compute_dtype(g)) ** 2
+        if self.freq_filter is not None:
+            out = self._circulant(out)
+        return out.to(g.dtype)
+
+
+def read_statistic(path: str | os.PathLike) -> Tensor:
+    """An official `.npy` raw statistic as a float32 tensor [C, H, W]."""
+    arr = np.load(os.fspath(path), allow_pickle=False)
+    return _check_image_tensor(torch.from_numpy(np.asarray(arr, dtype=np.float32)), f"statistic {path}")
+
+
+def write_statistic(path: str | os.PathLike, statistic: Tensor) -> None:
+    """Write a raw statistic [C, H, W] as float32 `.npy` (official format), atomically."""
+    statistic = _check_image_tensor(torch.as_tensor(statistic), "statistic")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, statistic.detach().cpu().to(torch.float32).numpy())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
