@@ -1,0 +1,192 @@
+"""Image moments from which the PDS preconditioner filters are built.
+
+`ImageStatistics` accumulates, over images in [0, 1], the per-channel, per-pixel / per-frequency moments
+    power_mean = mean |fft2(x)|^2   (unshifted, torch's default forward normalisation)
+    mean       = mean x
+    sq_mean    = mean x^2
+in float64 sums, so batches can be streamed and the partial results of several processes summed
+(`all_reduce`). The official raw statistics of the PDS code are `freq_statistic()` and
+`space_statistic()`; these two methods are the only place in the package where those formulas live.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+MOMENTS = ("power_mean", "mean", "sq_mean")
+
+
+class ImageStatistics:
+    """Streaming, all-reducible moments of images shaped `shape = (C, H, W)` with values in [0, 1]."""
+
+    def __init__(self, shape: Sequence[int], device: torch.device | str | None = None):
+        if len(shape) != 3 or any(int(s) < 1 for s in shape):
+            raise ValueError(f"ImageStatistics needs shape (C, H, W) of positive sizes, got {tuple(shape)}")
+        self.shape = tuple(int(s) for s in shape)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self.count = 0
+        # Running sums (not means): sums add exactly across batches and across processes.
+        self._sums = {k: torch.zeros(self.shape, dtype=torch.float64, device=device) for k in MOMENTS}
+
+    # -- accumulation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> "ImageStatistics":
+        """Add a batch `x` of images `[B, C, H, W]` with values in [0, 1]."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"expected images [B, {', '.join(map(str, self.shape))}], got {list(x.shape)}")
+        if x.shape[0] == 0:
+            return self
+        x = x.detach().to(torch.float64)
+        lo, hi = x.min().item(), x.max().item()
+        # Centred data ([-1, 1]) gives different statistics than the official ones; refuse it loudly.
+        if not (lo >= 0.0 and hi <= 1.0):
+            raise ValueError(
+                f"image statistics need values in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+                "pass un-centred images (x + 1) / 2 if they are in [-1, 1]"
+            )
+        # Squared magnitude per image first, then the mean: not the square of a mean magnitude.
+        power = torch.fft.fft2(x).abs().square()
+        device = self.device
+        self._sums["power_mean"] += power.sum(0).to(device)
+        self._sums["mean"] += x.sum(0).to(device)
+        self._sums["sq_mean"] += x.square().sum(0).to(device)
+        self.count += x.shape[0]
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._sums["mean"].device
+
+    def _moment(self, key: str) -> torch.Tensor:
+        return self._sums[key] / max(self.count, 1)
+
+    @property
+    def power_mean(self) -> torch.Tensor:
+        """mean over images of |fft2(x)|^2, `[C, H, W]` float64 (zeros while `count == 0`)."""
+        return self._moment("power_mean")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """mean over images of x, `[C, H, W]` float64."""
+        return self._moment("mean")
+
+    @property
+    def sq_mean(self) -> torch.Tensor:
+        """mean over images of x^2, `[C, H, W]` float64."""
+        return self._moment("sq_mean")
+
+    # -- the official raw statistics ---------------------------------------------------------------------
+    def _require_data(self) -> None:
+        if self.count == 0:
+            raise RuntimeError("ImageStatistics is empty (count == 0): update() it with images first")
+
+    def freq_statistic(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Official frequency statistic log(1 + mean |fft2(x)|^2), `[C, H, W]` (float32 as the .npy files)."""
+        self._require_data()
+        return torch.log1p(self.power_mean).to(dtype)
+
+    def space_statistic(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Official space statistic mean x^2, `[C, H, W]`."""
+        self._require_data()
+        return self.sq_mean.to(dtype)
+
+    # -- distributed ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def all_reduce(self, device: torch.device | str | None = None) -> "ImageStatistics":
+        """Sum counts and sums over all processes of the default group (no-op when not distributed).
+
+        The reduction runs on `device` (default: the current CUDA device for NCCL, else the CPU), since
+        NCCL only reduces CUDA tensors and gloo is happiest with CPU tensors; results return to `self.device`.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        if device is None:
+            nccl = dist.get_backend() == dist.Backend.NCCL
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        home = self.device
+        # One flat message: the count (exact in float64 up to 2^53) followed by the three sums.
+        flat = torch.cat(
+            [torch.tensor([float(self.count)], dtype=torch.float64, device=home)]
+            + [self._sums[k].reshape(-1) for k in MOMENTS]
+        ).to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.to(home)
+        self.count = int(round(flat[0].item()))
+        for k, chunk in zip(MOMENTS, flat[1:].split(self._sums["mean"].numel())):
+            self._sums[k] = chunk.reshape(self.shape).clone()
+        return self
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """`count` (int64 scalar) and the three moments (float64 `[C, H, W]`, on the CPU)."""
+        state = {"count": torch.tensor(self.count, dtype=torch.int64)}
+        state.update({k: self._moment(k).cpu() for k in MOMENTS})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = [k for k in ("count",) + MOMENTS if k not in state]
+        if missing:
+            raise KeyError(f"ImageStatistics state is missing {missing}")
+        for k in MOMENTS:
+            if tuple(state[k].shape) != self.shape:
+                raise ValueError(f"ImageStatistics state {k!r} has shape {tuple(state[k].shape)}, expected {self.shape}")
+        count = int(state["count"])
+        if count < 0:
+            raise ValueError(f"ImageStatistics state has a negative count {count}")
+        self.count = count
+        for k in MOMENTS:
+            self._sums[k] = state[k].detach().to(self.device, torch.float64) * count
+
+    @classmethod
+    def from_moments(
+        cls,
+        count: int | torch.Tensor,
+        power_mean: torch.Tensor,
+        mean: torch.Tensor,
+        sq_mean: torch.Tensor,
+    ) -> "ImageStatistics":
+        """Rebuild statistics from stored moments (e.g. a checkpoint's `stat_*` buffers)."""
+        stats = cls(tuple(power_mean.shape), device=power_mean.device)
+        stats.load_state_dict({"count": torch.as_tensor(count), "power_mean": power_mean, "mean": mean, "sq_mean": sq_mean})
+        return stats
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "ImageStatistics":
+        if "mean" not in state:
+            raise KeyError("ImageStatistics state is missing 'mean'")
+        stats = cls(tuple(state["mean"].shape))
+        stats.load_state_dict(state)
+        return stats
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `state_dict()` to `path` atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ImageStatistics":
+        """Read a file written by `save`."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file: say which one
+            raise ValueError(f"cannot read image statistics from {path}: {err}") from err
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} does not hold an ImageStatistics state dict")
+        return cls.from_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"ImageStatistics(shape={self.shape}, count={self.count})"
