@@ -1,5 +1,15 @@
 """Score networks (NCSN++ / DDPM++), the score wrapper and analytic scores."""
 
 from pds_lightning.models.ncsnpp import DDPMpp, NCSNpp
+from pds_lightning.models.score import ScoreModel
 
-__all__ = ["NCSNpp", "DDPMpp"]
+__all__ = ["NCSNpp", "DDPMpp", "ScoreModel", "GaussianScore"]
+
+
+def __getattr__(name: str):
+    # imported lazily so the networks do not depend on the analytic model's module
+    if name == "GaussianScore":
+        from pds_lightning.models.gaussian import GaussianScore
+
+        return GaussianScore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,46 @@
+"""Network output -> score, with score_sde's conventions for what the network is fed.
+
+- VE, continuous: labels = sigma(t) (the marginal std); the network output is the score.
+- VE, discrete: labels = round((T - t) (N - 1)), the SMLD level index (0 = largest sigma).
+- VP / sub-VP, continuous (sub-VP always): labels = 999 t; score = -output / std(t).
+- VP, discrete: labels = t (N - 1); score = -output / sqrt(1 - alphas_cumprod)[labels].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pds_lightning.sde import SDE, SubVPSDE, VESDE, VPSDE
+
+
+class ScoreModel(nn.Module):
+    """``score(x, t)`` of a noise-conditional network ``net(x, labels)`` under ``sde``."""
+
+    def __init__(self, net: nn.Module, sde: SDE, continuous: bool = True):
+        super().__init__()
+        if not isinstance(sde, (VESDE, VPSDE)):
+            raise TypeError(f"ScoreModel supports VESDE, VPSDE and SubVPSDE, got {type(sde).__name__}")
+        if not continuous and getattr(net, "embedding_type", None) == "fourier":
+            raise ValueError("a Fourier noise embedding needs continuous=True (it embeds log sigma, not a "
+                             "level index); use embedding_type='positional' for discrete training")
+        self.net, self.sde, self.continuous = net, sde, continuous
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sde = self.sde
+        zeros = torch.zeros_like(x)
+        if isinstance(sde, VESDE):
+            if self.continuous:
+                labels = sde.marginal_prob(zeros, t)[1]
+            else:
+                labels = torch.round((sde.T - t) * (sde.N - 1)).long()
+            return self.net(x, labels)
+        if self.continuous or isinstance(sde, SubVPSDE):
+            # continuous VP-family models take time embeddings whose largest value is 999
+            out = self.net(x, t * 999)
+            std = sde.marginal_prob(zeros, t)[1]
+        else:
+            labels = t * (sde.N - 1)
+            out = self.net(x, labels)
+            std = sde.sqrt_1m_alphas_cumprod.to(device=x.device, dtype=x.dtype)[labels.long()]
+        return -out / std.reshape(-1, *([1] * (x.ndim - 1)))
