@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 
-def _bcast(v: Tensor) -> Tensor:
+def per_sample(v: Tensor) -> Tensor:
     """[B] -> [B, 1, 1, 1] so a per-sample scalar multiplies an image batch."""
     return v[:, None, None, None]
 
@@ -102,12 +102,12 @@ class ReverseSDE:
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         drift, diffusion = self.forward.sde(x, t)
-        drift = drift - _bcast(diffusion) ** 2 * self.score_fn(x, t) * self._weight
+        drift = drift - per_sample(diffusion) ** 2 * self.score_fn(x, t) * self._weight
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         f, G = self.forward.discretize(x, t)
-        rev_f = f - _bcast(G) ** 2 * self.score_fn(x, t) * self._weight
+        rev_f = f - per_sample(G) ** 2 * self.score_fn(x, t) * self._weight
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
 
@@ -176,19 +176,19 @@ class VPSDE(SDE):
 
     def sde(self, x, t):
         beta_t = self.beta(t).to(x.dtype)
-        return -0.5 * _bcast(beta_t) * x, torch.sqrt(beta_t)
+        return -0.5 * per_sample(beta_t) * x, torch.sqrt(beta_t)
 
     def marginal_prob(self, x, t):
         log_mean_coeff = self._log_mean_coeff(t).to(x.dtype)
         std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
-        return _bcast(torch.exp(log_mean_coeff)) * x, std
+        return per_sample(torch.exp(log_mean_coeff)) * x, std
 
     def discretize(self, x, t):
         """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
         i = self.timestep(t)
         beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[i]
         alpha = self.alphas.to(device=x.device, dtype=x.dtype)[i]
-        return _bcast(torch.sqrt(alpha)) * x - x, torch.sqrt(beta)
+        return per_sample(torch.sqrt(alpha)) * x - x, torch.sqrt(beta)
 
 
 class SubVPSDE(VPSDE):
@@ -201,10 +201,10 @@ class SubVPSDE(VPSDE):
         beta_t = self.beta(t).to(x.dtype)
         t = t.to(x.dtype)
         discount = 1.0 - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-        return -0.5 * _bcast(beta_t) * x, torch.sqrt(beta_t * discount)
+        return -0.5 * per_sample(beta_t) * x, torch.sqrt(beta_t * discount)
 
     def marginal_prob(self, x, t):
         log_mean_coeff = self._log_mean_coeff(t).to(x.dtype)
-        return _bcast(torch.exp(log_mean_coeff)) * x, 1.0 - torch.exp(2.0 * log_mean_coeff)
+        return per_sample(torch.exp(log_mean_coeff)) * x, 1.0 - torch.exp(2.0 * log_mean_coeff)
 
     discretize = SDE.discretize

@@ -1,0 +1,122 @@
+"""Samplers with one signature: `sampler(score_fn, sde, shape, *, noise, preconditioner=None, **settings)`.
+
+`pc_sampler` runs predictor-corrector sampling of the reverse SDE (vanilla or PDS); `ode_sampler`
+integrates the probability-flow ODE with Heun's method. Both return `SampleResult(x, nfe)`, nfe being the
+number of score evaluations actually made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pds_lightning.sampling.correctors import get_corrector
+from pds_lightning.sampling.noise import PreconditionedNoise
+from pds_lightning.sampling.predictors import get_predictor
+from pds_lightning.sde import SDE, resolve_steps
+
+
+@dataclass
+class SampleResult:
+    x: Tensor
+    nfe: int
+
+
+class NonFiniteSampleError(RuntimeError):
+    """The sample became nan/inf during sampling; `step` is the 0-based step index where it was seen."""
+
+    def __init__(self, step: int, n_steps: int):
+        self.step = step
+        super().__init__(f"non-finite values (nan/inf) in the sample at step {step} of {n_steps}; the "
+                         "preconditioned steps are too large for this step budget: lower alpha (towards "
+                         "vanilla), lower speed_up (more steps), or reduce snr")
+
+
+class _CountingScore:
+    """Wraps a score function to count network evaluations."""
+
+    def __init__(self, score_fn):
+        self.score_fn = score_fn
+        self.calls = 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.score_fn(x, t)
+
+
+def _check_finite(x: Tensor, step: int, n_steps: int, every: int) -> None:
+    if every and ((step + 1) % every == 0 or step == n_steps - 1) and not torch.isfinite(x).all():
+        raise NonFiniteSampleError(step, n_steps)
+
+
+def _steps(sde: SDE, n_steps, speed_up, eps) -> tuple[SDE, int, float]:
+    """The SDE re-discretised into the resolved number of steps (official speed_up rule)."""
+    N, eps = resolve_steps(sde.N, sde.default_eps, n_steps=n_steps, speed_up=speed_up, eps=eps)
+    return (sde if N == sde.N else sde.with_num_scales(N)), N, eps
+
+
+def _initial(sde: SDE, shape, hook, device, dtype) -> Tensor:
+    """x_T from a (preconditioned) standard-normal draw."""
+    if len(shape) != 4:
+        raise ValueError(f"shape must be [B, C, H, W], got {tuple(shape)}")
+    return sde.prior_sampling(hook.noise(torch.zeros(shape, device=device, dtype=dtype)))
+
+
+@torch.no_grad()
+def pc_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, predictor: str = "reverse_diffusion",
+               corrector: str = "langevin", snr: float = 0.16, n_corrector_steps: int = 1,
+               n_steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
+               denoise: bool = True, step_size: str = "sample", check_finite_every: int = 0,
+               dtype: torch.dtype = torch.float32) -> SampleResult:
+    """Predictor-corrector sampling: per step t_i of linspace(T, eps, N), corrector then predictor."""
+    sde, N, eps = _steps(sde, n_steps, speed_up, eps)
+    counted = _CountingScore(score_fn)
+    hook = PreconditionedNoise(noise, preconditioner)
+    predict = get_predictor(predictor)(sde, counted, hook)
+    correct = get_corrector(corrector)(sde, counted, hook, snr, n_corrector_steps, step_size)
+    x = _initial(sde, shape, hook, noise.device, dtype)
+    x_mean = x
+    for i, t in enumerate(sde.time_grid(N, eps, device=x.device)):
+        vec_t = torch.full((shape[0],), float(t), device=x.device)
+        x, x_mean = correct.update(x, vec_t)
+        x, x_mean = predict.update(x, vec_t)
+        _check_finite(x, i, N, check_finite_every)
+    return SampleResult(x_mean if denoise else x, counted.calls)
+
+
+@torch.no_grad()
+def ode_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, n_steps: int | None = None,
+                speed_up: float = 1.0, eps: float | None = None, denoise: bool = True,
+                check_finite_every: int = 0, dtype: torch.dtype = torch.float32) -> SampleResult:
+    """Heun's method on the probability-flow ODE over N fixed steps from T to eps (2 NFE per step).
+
+    `denoise` ends with one noise-free reverse-diffusion step at eps, as score_sde does (1 more NFE).
+    """
+    if preconditioner is not None and not preconditioner.is_identity:
+        raise ValueError("the ODE sampler cannot use a PDS preconditioner: dx/dt = f - g^2/2 M M^T score is "
+                         "not the model's probability-flow ODE (only the matching M-shaped noise of the "
+                         "SDE keeps the marginals p_t), so the deterministic path would go elsewhere. Use "
+                         "method 'pc' for PDS, or preconditioner 'none' with the ODE")
+    sde, N, eps = _steps(sde, n_steps, speed_up, eps)
+    counted = _CountingScore(score_fn)
+    flow = sde.reverse(counted, probability_flow=True)
+    x = _initial(sde, shape, PreconditionedNoise(noise), noise.device, dtype)
+    times = torch.linspace(sde.T, eps, N + 1, device=x.device, dtype=torch.float32)
+    for i in range(N):
+        t, t_next = times[i], times[i + 1]
+        dt = float(t_next - t)
+        vec_t = torch.full((shape[0],), float(t), device=x.device)
+        d1 = flow.sde(x, vec_t)[0]
+        x_euler = x + d1 * dt
+        d2 = flow.sde(x_euler, torch.full_like(vec_t, float(t_next)))[0]
+        x = x + (d1 + d2) * (0.5 * dt)
+        _check_finite(x, i, N, check_finite_every)
+    if denoise:
+        f, _ = sde.reverse(counted).discretize(x, torch.full((shape[0],), float(eps), device=x.device))
+        x = x - f
+    return SampleResult(x, counted.calls)
+
+
+SAMPLERS = {"pc": pc_sampler, "ode": ode_sampler}

@@ -1,0 +1,128 @@
+"""YAML-friendly sampler settings and `generate`, the one entry point that turns seeds into samples."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling.correctors import CORRECTORS, STEP_SIZE_MODES
+from pds_lightning.sampling.noise import SeededNoise
+from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
+from pds_lightning.sde import SDE, resolve_steps
+
+PRECONDITIONERS = ("none", "freq", "space", "both")
+
+
+@dataclass
+class SamplerSettings:
+    """One sampling configuration. Defaults: the official PDS PC sampler (reverse diffusion + Langevin,
+    snr 0.16, alpha 5) at the model's full step count, with per-sample Langevin step sizes.
+
+    Steps: `n_steps`, or `speed_up` (N = int(num_scales / speed_up), eps = default_eps * speed_up);
+    `eps` overrides the end time. `preconditioner`: which PDS filters to use ('none' is vanilla).
+    """
+
+    name: str = "pc"
+    method: str = "pc"
+    predictor: str = "reverse_diffusion"
+    corrector: str = "langevin"
+    snr: float = 0.16
+    n_corrector_steps: int = 1
+    n_steps: int | None = None
+    speed_up: float = 1.0
+    eps: float | None = None
+    preconditioner: str = "none"
+    alpha: float | str = 5.0
+    denoise: bool = True
+    step_size: str = "sample"
+    check_finite_every: int = 0
+
+    def __post_init__(self):
+        if self.method not in SAMPLERS:
+            raise ValueError(f"unknown sampling method {self.method!r}; choose one of {sorted(SAMPLERS)}")
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"unknown predictor {self.predictor!r}; choose one of {sorted(PREDICTORS)}")
+        if self.corrector not in CORRECTORS:
+            raise ValueError(f"unknown corrector {self.corrector!r}; choose one of {sorted(CORRECTORS)}")
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {PRECONDITIONERS}")
+        if self.step_size not in STEP_SIZE_MODES:
+            raise ValueError(f"unknown step_size {self.step_size!r}; choose 'sample' (per-sample norms) or "
+                             "'batch' (official batch-mean rule)")
+        if isinstance(self.alpha, str):
+            raise ValueError(f"alpha must be a number > 1, got the string {self.alpha!r}"
+                             + (" ('auto' is reserved for a future step-budget rule)" if self.alpha == "auto" else ""))
+        if isinstance(self.alpha, bool) or not math.isfinite(self.alpha) or self.alpha <= 1:
+            raise ValueError(f"alpha must be a finite number > 1 (official default 5; larger is closer to "
+                             f"vanilla), got {self.alpha!r}")
+        if self.method == "ode" and self.preconditioner != "none":
+            raise ValueError("method 'ode' cannot use a PDS preconditioner (the preconditioned flow is not the "
+                             "model's probability-flow ODE); set preconditioner: none or method: pc")
+        if self.snr <= 0:
+            raise ValueError(f"snr must be > 0, got {self.snr}")
+        if self.n_corrector_steps < 0 or self.check_finite_every < 0:
+            raise ValueError("n_corrector_steps and check_finite_every must be >= 0")
+        if self.n_steps is not None and self.speed_up != 1.0:
+            raise ValueError(f"give either n_steps ({self.n_steps}) or speed_up ({self.speed_up}), not both")
+        if self.n_steps is not None and self.n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
+        if not self.speed_up > 0:
+            raise ValueError(f"speed_up must be > 0, got {self.speed_up}")
+
+    def steps_for(self, sde: SDE) -> tuple[int, float]:
+        """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step."""
+        return resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
+
+    def preconditioner_from(self, statistics) -> Preconditioner | None:
+        """The PDS preconditioner from an object with freq_statistic()/space_statistic(), or None."""
+        if self.preconditioner == "none":
+            return None
+        if statistics is None:
+            raise ValueError(f"sampler {self.name!r} asks for preconditioner {self.preconditioner!r} but no data "
+                             "statistics are available; compute them (ImageStatistics) or use preconditioner: none")
+        freq = statistics.freq_statistic() if self.preconditioner in ("freq", "both") else None
+        space = statistics.space_statistic() if self.preconditioner in ("space", "both") else None
+        return Preconditioner.from_statistics(freq, space, self.alpha)
+
+    def sampler_kwargs(self) -> dict:
+        """Keyword settings of the chosen sampler."""
+        common = dict(n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps, denoise=self.denoise,
+                      check_finite_every=self.check_finite_every)
+        if self.method == "ode":
+            return common
+        return dict(common, predictor=self.predictor, corrector=self.corrector, snr=self.snr,
+                    n_corrector_steps=self.n_corrector_steps, step_size=self.step_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int] | Tensor, shape,
+             statistics=None) -> SampleResult:
+    """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed and `settings`.
+
+    `shape` is the image shape [C, H, W] (or the full [B, C, H, W]); the device is the seeds' device
+    (CPU for a list). `statistics` is an ImageStatistics-like object or None.
+    """
+    seeds_list = seeds.flatten().tolist() if isinstance(seeds, Tensor) else [int(s) for s in seeds]
+    device = seeds.device if isinstance(seeds, Tensor) else torch.device("cpu")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4:
+        if shape[0] != len(seeds_list):
+            raise ValueError(f"shape {shape} has batch {shape[0]} but {len(seeds_list)} seeds were given")
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise ValueError(f"shape must be the image shape [C, H, W], got {shape}")
+    settings.steps_for(sde)  # fail early, with the step-count message
+    preconditioner = settings.preconditioner_from(statistics)
+    if preconditioner is not None:
+        preconditioner = preconditioner.to(device)
+    sampler = SAMPLERS[settings.method]
+    return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
+                   preconditioner=preconditioner, **settings.sampler_kwargs())
