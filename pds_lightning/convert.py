@@ -1,0 +1,243 @@
+"""Import a released score_sde checkpoint as a pds_lightning (Lightning) checkpoint.
+
+score_sde saves ``{'model': state_dict of nn.DataParallel(net) ('module.' prefix), 'ema': {'decay',
+'num_updates', 'shadow_params': list in the order of the parameters with requires_grad},
+'optimizer': Adam state_dict, 'step': int}``. The output holds ``ScoreModule``'s state dict
+(``net.*`` raw weights, ``ema_net.*`` EMA weights used for sampling, ``ema_num_updates``, statistics
+buffers) and the Adam state, so both ``predict`` and ``fit --ckpt_path`` accept it.
+
+Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --output FILE.ckpt
+[--freq-stat F.npy --space-stat S.npy]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+# shipped configs: configs/score_sde/<name>.yaml at the repository root
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "score_sde"
+PREFIX = "module."
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted with the given config; the message names the problem."""
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A shipped config name (e.g. ``ve_cifar10_ncsnpp_continuous`` or ``ve/cifar10_ncsnpp_continuous``)
+    or a path to such a YAML."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConversionError(f"config file {path} does not exist")
+        return path
+    shipped = CONFIG_DIR / (str(name_or_path).replace("/", "_") + ".yaml")
+    if not shipped.is_file():
+        raise ConversionError(f"unknown config {str(name_or_path)!r}; use a YAML path or one of: "
+                              + ", ".join(shipped_configs()))
+    return shipped
+
+
+def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model:`` mapping of a config (needs ``net`` with class_path and init_args)."""
+    path = resolve_config(name_or_path)
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh) or {}
+    model = cfg.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("net"), dict) or "class_path" not in model["net"]:
+        raise ConversionError(f"{path} has no 'model: net: class_path:' section; see configs/score_sde/*.yaml")
+    return model
+
+
+def instantiate(spec: dict[str, Any]) -> Any:
+    """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would."""
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConversionError(f"cannot import class_path {spec['class_path']!r}: {err}") from err
+    return cls(**(spec.get("init_args") or {}))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a score_sde checkpoint (weights only) and check its top-level layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle errors of torch.load have no common type
+        raise ConversionError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}. The file is "
+                              "truncated, corrupt or not a torch checkpoint; download it again") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ConversionError(f"{path} is not a score_sde checkpoint: expected a dict with 'model', 'ema', "
+                              f"'optimizer', 'step', got {type(ckpt).__name__} with keys "
+                              f"{sorted(ckpt) if isinstance(ckpt, dict) else '-'}")
+    if not isinstance(ckpt.get("ema"), dict) or "shadow_params" not in ckpt["ema"]:
+        raise ConversionError(f"{path} has no EMA weights ('ema' with 'shadow_params'); released score_sde "
+                              "checkpoints always carry them, the sampling weights come from there")
+    return ckpt
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop nn.DataParallel's 'module.' prefix (present on all keys or none)."""
+    if state_dict and all(k.startswith(PREFIX) for k in state_dict):
+        return {k[len(PREFIX):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], config: str) -> None:
+    """Strict match of names and shapes; one error listing every difference."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(v.shape)}"
+                  for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = [f"{name} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+                 if keys]
+        raise ConversionError(f"checkpoint does not match config {config}: " + "; ".join(parts)
+                              + ". Pick the config the checkpoint was trained with.")
+
+
+def ema_state_dict(net: nn.Module, raw: dict[str, torch.Tensor], shadow: Sequence[torch.Tensor]) -> dict:
+    """The raw state dict with trainable parameters replaced, in order, by the EMA shadow params.
+
+    Frozen parameters (the Fourier W) and buffers (sigmas) are not tracked by the EMA: they keep the
+    raw values, as score_sde's ``ema.copy_to`` leaves them.
+    """
+    trainable = [name for name, p in net.named_parameters() if p.requires_grad]
+    if len(shadow) != len(trainable):
+        raise ConversionError(f"EMA has {len(shadow)} shadow params but the network has {len(trainable)} "
+                              "trainable parameters; checkpoint and config disagree")
+    ema = dict(raw)
+    for name, value in zip(trainable, shadow):
+        if tuple(value.shape) != tuple(raw[name].shape):
+            raise ConversionError(f"EMA shadow param for {name} has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(raw[name].shape)}")
+        ema[name] = value.to(raw[name].dtype)
+    return ema
+
+
+def adam_state(optimizer: dict[str, Any] | None, net: nn.Module) -> dict[str, Any] | None:
+    """score_sde's Adam state, indices checked against ``net.parameters()`` (ScoreModule's order)."""
+    if not optimizer:
+        return None
+    params = list(net.parameters())
+    groups = optimizer.get("param_groups", [])
+    indices = [i for g in groups for i in g.get("params", [])]
+    if sorted(indices) != list(range(len(params))):
+        raise ConversionError(f"optimizer state covers {len(indices)} parameters, the network has "
+                              f"{len(params)}; checkpoint and config disagree")
+    for i, state in optimizer.get("state", {}).items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state and tuple(state[key].shape) != tuple(params[i].shape):
+                raise ConversionError(f"optimizer {key} of parameter {i} has shape {tuple(state[key].shape)}, "
+                                      f"expected {tuple(params[i].shape)}")
+    return optimizer
+
+
+def statistics_buffers(shape: tuple[int, int, int], freq_stat: str | os.PathLike | None = None,
+                       space_stat: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """ScoreModule's ``stat_*`` buffers; from official PDS ``.npy`` statistics when given.
+
+    Official files hold log1p(power_mean) and sq_mean; they carry no pixel mean, stored as zeros.
+    """
+    zeros = torch.zeros(shape, dtype=torch.float32)
+    buffers = {"stat_count": torch.zeros((), dtype=torch.float64), "stat_power_mean": zeros,
+               "stat_mean": zeros.clone(), "stat_sq_mean": zeros.clone()}
+    if freq_stat is None and space_stat is None:
+        return buffers
+    if freq_stat is None or space_stat is None:
+        raise ConversionError("give both --freq-stat and --space-stat (the official statistics come as a pair)")
+    from pds_lightning.preconditioner import read_statistic
+
+    freq, space = read_statistic(freq_stat), read_statistic(space_stat)
+    for name, stat in (("freq", freq), ("space", space)):
+        if tuple(stat.shape) != tuple(shape):
+            raise ConversionError(f"{name} statistic has shape {tuple(stat.shape)}, the model's images are {shape}")
+    buffers.update(stat_count=torch.ones((), dtype=torch.float64), stat_power_mean=torch.expm1(freq),
+                   stat_sq_mean=space)
+    return buffers
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ckpt.tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
+                      output_path: str | os.PathLike, freq_stat: str | os.PathLike | None = None,
+                      space_stat: str | os.PathLike | None = None) -> Path:
+    """Convert a score_sde checkpoint with the network of ``config``; returns the output path."""
+    model_cfg = load_model_config(config)
+    ckpt = read_checkpoint(checkpoint_path)
+    net = instantiate(model_cfg["net"])
+    expected = net.state_dict()
+    raw = strip_prefix(ckpt["model"])
+    check_state_dict(expected, raw, str(config))
+    net.load_state_dict(raw, strict=True)
+    raw = {k: v.detach().clone() for k, v in net.state_dict().items()}  # dtypes as the network stores them
+    ema = ema_state_dict(net, raw, ckpt["ema"]["shadow_params"])
+    shape = (int(model_cfg.get("num_channels", getattr(net, "num_channels", 3))),
+             *(2 * [int(model_cfg.get("image_size", getattr(net, "image_size", 32)))]))
+
+    state_dict = {f"net.{k}": v for k, v in raw.items()}
+    state_dict.update({f"ema_net.{k}": v for k, v in ema.items()})
+    state_dict["ema_num_updates"] = torch.tensor(int(ckpt["ema"].get("num_updates") or 0), dtype=torch.long)
+    state_dict.update(statistics_buffers(shape, freq_stat, space_stat))
+
+    import lightning
+
+    optimizer = adam_state(ckpt.get("optimizer"), net)
+    step = int(ckpt.get("step", 0))
+    out = {
+        "state_dict": state_dict,
+        "global_step": step,
+        "epoch": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "optimizer_states": [optimizer] if optimizer is not None else [],
+        "lr_schedulers": [],
+        "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
+    }
+    output_path = Path(output_path)
+    _save_atomic(out, output_path)
+    return output_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pds-lightning convert-score-sde", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="score_sde checkpoint (.pth)")
+    parser.add_argument("--config", required=True,
+                        help="shipped config name (configs/score_sde/NAME.yaml) or a YAML path")
+    parser.add_argument("--output", required=True, help="Lightning checkpoint to write (.ckpt)")
+    parser.add_argument("--freq-stat", default=None, help="official PDS frequency statistic (.npy)")
+    parser.add_argument("--space-stat", default=None, help="official PDS space statistic (.npy)")
+    args = parser.parse_args(argv)
+    try:
+        path = convert_score_sde(args.checkpoint, args.config, args.output, args.freq_stat, args.space_stat)
+    except ConversionError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {path}")
+    return 0

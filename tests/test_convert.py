@@ -1,0 +1,137 @@
+"""Import of score_sde checkpoints: reference scores, strictness and clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pds_lightning.convert import ConversionError, convert_score_sde, main, resolve_config
+from pds_lightning.models import NCSNpp, ScoreModel
+from pds_lightning.sde import VESDE
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CHECKPOINT = FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth"
+CONFIG = FIXTURES / "ncsnpp_ve_tiny.yaml"
+NET_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["net"]["init_args"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("convert") / "tiny.ckpt"
+    convert_score_sde(CHECKPOINT, CONFIG, out)
+    return torch.load(out, map_location="cpu", weights_only=True)
+
+
+def score_with(state_dict, prefix):
+    net = NCSNpp(**NET_ARGS)
+    net.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, strict=True)
+    expected = torch.load(FIXTURES / "ncsnpp_ve_tiny.expected.pt", weights_only=True)
+    with torch.no_grad():
+        score = ScoreModel(net.eval(), VESDE(0.01, 50.0, 20))(expected["x"], expected["t"])
+    return score, expected
+
+
+@pytest.mark.parametrize("prefix, key", [("net.", "score_raw"), ("ema_net.", "score_ema")])
+def test_converted_weights_reproduce_reference_scores(converted, prefix, key):
+    score, expected = score_with(converted["state_dict"], prefix)
+    assert (score - expected[key]).abs().max() <= 1e-4
+
+
+def test_checkpoint_layout_for_score_module(converted):
+    sd = converted["state_dict"]
+    source = torch.load(CHECKPOINT, weights_only=True)
+    assert converted["global_step"] == source["step"] == 7
+    assert int(sd["ema_num_updates"]) == source["ema"]["num_updates"]
+    assert float(sd["stat_count"]) == 0.0
+    for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
+        assert sd[name].shape == (3, 16, 16) and sd[name].dtype == torch.float32
+    n_net = sum(k.startswith("net.") for k in sd)
+    assert n_net == sum(k.startswith("ema_net.") for k in sd) == len(source["model"])
+    assert len(sd) == 2 * n_net + 5
+    # frozen Fourier weights and the sigmas buffer are not averaged: raw values in both copies
+    assert torch.equal(sd["ema_net.all_modules.0.W"], sd["net.all_modules.0.W"])
+    # the Adam state keeps score_sde's indices, which follow net.parameters()
+    params = converted["optimizer_states"][0]["param_groups"][0]["params"]
+    assert params == list(range(len(list(NCSNpp(**NET_ARGS).parameters()))))
+
+
+def test_official_statistics_fill_the_buffers(tmp_path):
+    freq = np.random.default_rng(0).uniform(0, 3, (3, 16, 16)).astype(np.float32)
+    space = np.random.default_rng(1).uniform(0, 1, (3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "freq.npy", freq)
+    np.save(tmp_path / "space.npy", space)
+    out = convert_score_sde(CHECKPOINT, CONFIG, tmp_path / "s.ckpt", tmp_path / "freq.npy", tmp_path / "space.npy")
+    sd = torch.load(out, weights_only=True)["state_dict"]
+    assert float(sd["stat_count"]) > 0
+    assert torch.allclose(sd["stat_power_mean"], torch.expm1(torch.from_numpy(freq)))
+    assert torch.equal(sd["stat_sq_mean"], torch.from_numpy(space))
+    with pytest.raises(ConversionError, match="both"):
+        convert_score_sde(CHECKPOINT, CONFIG, tmp_path / "x.ckpt", freq_stat=tmp_path / "freq.npy")
+
+
+def test_truncated_file_is_reported(tmp_path):
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(CHECKPOINT.read_bytes()[: 200_000])
+    with pytest.raises(ConversionError, match="truncated"):
+        convert_score_sde(bad, CONFIG, tmp_path / "out.ckpt")
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def write_config(tmp_path, **changes):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["model"]["net"]["init_args"].update(changes)
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_wrong_config_lists_differences(tmp_path):
+    with pytest.raises(ConversionError) as err:
+        convert_score_sde(CHECKPOINT, write_config(tmp_path, nf=16), tmp_path / "out.ckpt")
+    assert "mis-shaped" in str(err.value) and "all_modules.0.W" in str(err.value)
+    with pytest.raises(ConversionError) as err:
+        convert_score_sde(CHECKPOINT, write_config(tmp_path, num_res_blocks=2), tmp_path / "out.ckpt")
+    assert "missing" in str(err.value) and "unexpected" in str(err.value)
+    with pytest.raises(ConversionError, match="unknown config 'no_such_model'.*ve_cifar10_ncsnpp_continuous"):
+        convert_score_sde(CHECKPOINT, "no_such_model", tmp_path / "out.ckpt")
+
+
+def tampered(tmp_path, edit):
+    ckpt = torch.load(CHECKPOINT, weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "tampered.pth"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_tampered_key_is_named(tmp_path):
+    def rename(ckpt):
+        ckpt["model"]["module.all_modules.4.Conv_9.weight"] = ckpt["model"].pop("module.all_modules.4.Conv_0.weight")
+
+    with pytest.raises(ConversionError) as err:
+        convert_score_sde(tampered(tmp_path, rename), CONFIG, tmp_path / "out.ckpt")
+    assert "all_modules.4.Conv_0.weight" in str(err.value) and "all_modules.4.Conv_9.weight" in str(err.value)
+
+
+def test_missing_or_short_ema_is_reported(tmp_path):
+    with pytest.raises(ConversionError, match="no EMA"):
+        convert_score_sde(tampered(tmp_path, lambda c: c.pop("ema")), CONFIG, tmp_path / "out.ckpt")
+    with pytest.raises(ConversionError, match="shadow params"):
+        convert_score_sde(tampered(tmp_path, lambda c: c["ema"]["shadow_params"].pop()), CONFIG,
+                          tmp_path / "out.ckpt")
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "cli.ckpt"
+    assert main([str(CHECKPOINT), "--config", str(CONFIG), "--output", str(out)]) == 0
+    assert out.is_file() and list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(CHECKPOINT), "--config", "no_such_model", "--output", str(out)])
+    assert exit_info.value.code == 2 and "unknown config" in capsys.readouterr().err
+
+
+def test_shipped_names_resolve():
+    assert resolve_config("ve/cifar10_ncsnpp_continuous") == resolve_config("ve_cifar10_ncsnpp_continuous")
+    assert resolve_config("ve_cifar10_ncsnpp_continuous").is_file()
