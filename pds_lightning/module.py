@@ -1,0 +1,224 @@
+"""ScoreModule: denoising score matching with an EMA of the weights, and PDS sampling for predict."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from pds_lightning.metrics import radial_power_spectrum
+from pds_lightning.models.score import ScoreModel
+from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.sampling.settings import SamplerSettings, generate
+from pds_lightning.sde import SDE, per_sample
+from pds_lightning.statistics import ImageStatistics
+
+
+def dsm_loss(score_fn, sde: SDE, x: torch.Tensor, eps: float, *, reduce_mean: bool = True,
+             likelihood_weighting: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continuous-time denoising score matching loss of score_sde (mean over the batch)."""
+    b = x.shape[0]
+    t = torch.rand(b, device=x.device, dtype=x.dtype, generator=generator) * (sde.T - eps) + eps
+    z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    mean, std = sde.marginal_prob(x, t)
+    std = per_sample(std)
+    score = score_fn(mean + std * z, t)
+    reduce = (lambda v: v.mean(dim=tuple(range(1, v.ndim)))) if reduce_mean else \
+        (lambda v: v.sum(dim=tuple(range(1, v.ndim))))
+    if likelihood_weighting:
+        g2 = sde.sde(torch.zeros_like(x), t)[1] ** 2
+        losses = reduce((score + z / std) ** 2) * g2
+    else:
+        losses = reduce((score * std + z) ** 2)
+    return losses.mean()
+
+
+def ema_decay_at(decay: float, num_updates: int) -> float:
+    """score_sde's EMA warm-up: the effective decay grows as (1 + n) / (10 + n) until it reaches `decay`."""
+    return min(decay, (1 + num_updates) / (10 + num_updates))
+
+
+class ScoreModule(L.LightningModule):
+    """A score network trained by denoising score matching; samples with the EMA weights.
+
+    The preconditioner statistics live in buffers, so a checkpoint alone is enough to sample with PDS.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: SDE,
+        continuous: bool = True,
+        image_size: int = 32,
+        num_channels: int = 3,
+        centered: bool = False,
+        reduce_mean: bool = True,
+        likelihood_weighting: bool = False,
+        train_eps: float | None = None,
+        lr: float = 2e-4,
+        beta1: float = 0.9,
+        adam_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup: int = 5000,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+        sampler: SamplerSettings | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if image_size < 1 or num_channels < 1:
+            raise ValueError(f"image_size and num_channels must be positive, got {image_size}, {num_channels}")
+        self.save_hyperparameters(ignore=["net", "sde"])
+        self.net = net
+        self.ema_net = copy.deepcopy(net).requires_grad_(False)
+        self.sde = sde
+        self.continuous = continuous
+        self.centered = centered
+        self.image_shape = (num_channels, image_size, image_size)
+        self.sampler = sampler if sampler is not None else SamplerSettings()
+        self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
+        for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
+            self.register_buffer(name, torch.zeros(self.image_shape, dtype=torch.float32))
+
+    # ---- score functions -------------------------------------------------------------------
+    def score_fn(self, ema: bool = True) -> ScoreModel:
+        """The score s(x, t) of the EMA (default) or the raw network."""
+        return ScoreModel(self.ema_net if ema else self.net, self.sde, continuous=self.continuous)
+
+    @property
+    def train_eps(self) -> float:
+        eps = self.hparams.get("train_eps")
+        return self.sde.default_eps if eps is None else eps
+
+    # ---- statistics ------------------------------------------------------------------------
+    @property
+    def data_statistics(self) -> ImageStatistics | None:
+        """Preconditioner statistics held in the buffers, or None when none were set."""
+        if float(self.stat_count) <= 0:
+            return None
+        return ImageStatistics.from_moments(
+            count=int(self.stat_count), power_mean=self.stat_power_mean, mean=self.stat_mean,
+            sq_mean=self.stat_sq_mean)
+
+    def set_statistics(self, stats: ImageStatistics) -> None:
+        """Copy data statistics into the buffers (checked against the model's image shape)."""
+        shape = tuple(stats.power_mean.shape)
+        if shape != self.image_shape:
+            raise ValueError(
+                f"data statistics have shape {shape} but the model expects images {self.image_shape}; "
+                "set data.image_size / data.num_channels to match model.image_size / model.num_channels")
+        self.stat_count.fill_(float(stats.count))
+        self.stat_power_mean.copy_(stats.power_mean)
+        self.stat_mean.copy_(stats.mean)
+        self.stat_sq_mean.copy_(stats.sq_mean)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        stats = getattr(dm, "statistics", None)
+        if stats is not None:
+            self.set_statistics(stats)
+        size = getattr(self.net, "image_size", None) or getattr(getattr(self.net, "config", None), "image_size", None)
+        if size is not None and int(size) != self.image_shape[-1]:
+            raise ValueError(
+                f"model.image_size={self.image_shape[-1]} does not match the network's image_size={size}; "
+                "make them equal in the config")
+
+    # ---- training --------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if not self.continuous:
+            raise ValueError("training follows score_sde's continuous-time objective; set model.continuous: true "
+                             "(discrete-time models, e.g. imported ones, can still sample)")
+        self._log_preconditioner()
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        x = _images(batch)
+        loss = dsm_loss(self.score_fn(ema=False), self.sde, x, self.train_eps,
+                        reduce_mean=self.hparams.reduce_mean,
+                        likelihood_weighting=self.hparams.likelihood_weighting)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        x = _images(batch)
+        # Fixed noise per batch, so the validation loss is comparable across epochs.
+        g = torch.Generator(device=x.device).manual_seed(batch_idx)
+        with torch.no_grad():
+            loss = dsm_loss(self.score_fn(ema=True), self.sde, x, self.train_eps,
+                            reduce_mean=self.hparams.reduce_mean,
+                            likelihood_weighting=self.hparams.likelihood_weighting, generator=g)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999), eps=hp.adam_eps,
+                               weight_decay=hp.weight_decay)
+        warmup = max(int(hp.warmup), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: min((step + 1) / warmup, 1.0) if warmup > 0 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        max_norm = self.hparams.grad_clip if self.hparams.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        self.log("train/grad_norm", grad_norm)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA update with score_sde's warm-up rule (counter first, then the decay)."""
+        self.ema_num_updates += 1
+        decay = ema_decay_at(self.hparams.ema_decay, int(self.ema_num_updates))
+        for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+        for b_ema, b in zip(self.ema_net.buffers(), self.net.buffers()):
+            b_ema.copy_(b)
+
+    def _log_preconditioner(self) -> None:
+        """Show the two PDS filters and the data's radial power spectrum in TensorBoard."""
+        stats = self.data_statistics
+        experiment = getattr(self.logger, "experiment", None)
+        if stats is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
+            return
+        alpha = self.sampler.alpha if isinstance(self.sampler.alpha, (int, float)) else 5.0
+        freq = filter_from_statistic(stats.freq_statistic(), alpha)
+        space = filter_from_statistic(stats.space_statistic(), alpha)
+        # fftshift puts DC in the centre, the way spectra are usually read.
+        for name, f in (("frequency", torch.fft.fftshift(freq, dim=(-2, -1))), ("space", space)):
+            lo, hi = f.min(), f.max()
+            experiment.add_image(f"preconditioner/{name}_filter", (f - lo) / (hi - lo).clamp_min(1e-12),
+                                 self.global_step, dataformats="CHW")
+        radial = radial_power_spectrum(stats.power_mean.double()).mean(0)
+        for r, p in enumerate(radial.log10().tolist()):
+            experiment.add_scalar("data/radial_log10_power", p, r)
+
+    # ---- sampling --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, settings: SamplerSettings, seeds: torch.Tensor):
+        """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1]."""
+        self.ema_net.eval()
+        result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
+                          self.image_shape, statistics=self.data_statistics)
+        x = (result.x + 1) / 2 if self.centered else result.x
+        result.x = x.clamp(0.0, 1.0)
+        return result
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
+        result = self.generate(self.sampler, seeds.long())
+        return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
+
+
+def _images(batch: Any) -> torch.Tensor:
+    """Training batches are image tensors; tolerate (images, labels) pairs from torchvision-style loaders."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
