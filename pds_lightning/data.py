@@ -12,7 +12,6 @@ channels and size, `TrainImages` adds augmentation and maps them to model space.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -223,7 +222,8 @@ def open_source(source: str, root: Path, download: bool = False):
                 f"embedded data set {source!r} not found at {path}; install pds_lightning from a source checkout "
                 "(pip install -e .) or rebuild it with `python data/build_data.py`"
             )
-        return ArraySource(path, f"embedded:{source}:{path.stat().st_size}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()  # a few MB: cheap, and exact for the cache key
+        return ArraySource(path, f"embedded:{source}:{digest}")
     if source.startswith("torchvision:"):
         parts = source.split(":")
         if len(parts) not in (2, 3) or not parts[1]:
