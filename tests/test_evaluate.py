@@ -1,0 +1,124 @@
+"""`evaluate_folder` / `pds-lightning evaluate`: spectral error always, FID / KID with a feature extractor."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pds_lightning.callbacks import encode_png, sample_path, to_uint8, write_atomic
+from pds_lightning.evaluate import evaluate_folder, main
+from pds_lightning.metrics import frechet_distance, feature_moments, spectral_error
+from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
+from pds_lightning.sde import VESDE
+from pds_lightning.statistics import ImageStatistics
+
+SIZE = 8
+
+
+def gaussian(n, seed):
+    lam = power_law_spectrum(SIZE, SIZE, variance=0.004, channels=3)
+    x = GaussianScore(0.5, lam, VESDE()).sample(n, generator=torch.Generator().manual_seed(seed))
+    return x.float().clamp(0, 1)
+
+
+def write_samples(folder, images):
+    """The SampleWriter layout; returns the images as decoded from the 8-bit files."""
+    pixels = to_uint8(images)
+    for seed, img in enumerate(pixels):
+        path = sample_path(folder, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, encode_png(img))
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+
+
+def reference_npz(tmp_path, images):
+    path = tmp_path / "reference.npz"
+    np.savez(path, images=to_uint8(images))
+    return path, torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 255
+
+
+class TinyFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
+
+
+def test_spectral_error_of_a_folder_against_data_statistics_and_sources(tmp_path):
+    decoded = write_samples(tmp_path / "gauss", gaussian(40, seed=1))
+    noise = write_samples(tmp_path / "noise", torch.rand(40, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
+    ref_path, ref = reference_npz(tmp_path, gaussian(60, seed=3))
+    ref_power = ImageStatistics((3, SIZE, SIZE)).update(ref).power_mean
+
+    from_source = evaluate_folder(tmp_path / "gauss", str(ref_path), batch_size=16)
+    assert from_source["num_samples"] == 40 and from_source["num_reference"] == 60
+    assert from_source["spectral_error"] == pytest.approx(spectral_error(decoded, ref_power), rel=1e-9)
+    assert from_source["spectral_error"] < 0.1
+    assert "fid" not in from_source
+
+    stats = ImageStatistics((3, SIZE, SIZE)).update(ref)
+    stats.save(tmp_path / "stats.pt")
+    from_file = evaluate_folder(tmp_path / "gauss", tmp_path / "stats.pt")
+    assert from_file["spectral_error"] == pytest.approx(from_source["spectral_error"], rel=1e-9)
+    noisy = evaluate_folder(tmp_path / "noise", stats)
+    assert noisy["spectral_error"] == pytest.approx(spectral_error(noise, ref_power), rel=1e-9)
+    assert noisy["spectral_error"] > 0.5
+
+
+def test_fid_of_a_folder_with_a_feature_extractor(tmp_path):
+    images = gaussian(30, seed=4)
+    decoded = write_samples(tmp_path / "same", images)
+    shifted = write_samples(tmp_path / "shifted", (images + 0.15).clamp(0, 1))
+    ref_path, _ = reference_npz(tmp_path, images)
+    same = evaluate_folder(tmp_path / "same", ref_path, feature_extractor=TinyFeatures().eval())
+    moved = evaluate_folder(tmp_path / "shifted", ref_path, feature_extractor=TinyFeatures().eval())
+    assert abs(same["fid"]) < 1e-3
+    f = TinyFeatures().eval()
+    with torch.no_grad():
+        expected = frechet_distance(*feature_moments(f(shifted)), *feature_moments(f(decoded)))
+    assert moved["fid"] == pytest.approx(expected, rel=1e-4)
+    assert moved["fid"] > max(100 * abs(same["fid"]), 1e-3)
+    assert moved["kid"] > same["kid"]
+
+
+def test_cli_prints_json_with_a_torchscript_inception_file(tmp_path, capsys):
+    class Scripted(nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1) / 255.0
+
+    weights = tmp_path / "inception.pt"
+    torch.jit.script(Scripted()).save(str(weights))
+    write_samples(tmp_path / "s", gaussian(12, seed=5))
+    ref_path, _ = reference_npz(tmp_path, gaussian(20, seed=6))
+    out = tmp_path / "result.json"
+    assert main([str(tmp_path / "s"), "--reference", str(ref_path), "--inception-weights", str(weights),
+                 "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert set(printed) >= {"spectral_error", "fid", "kid", "num_samples"} and printed["num_samples"] == 12
+
+
+def test_cli_errors_are_one_line_and_non_zero(tmp_path, capsys):
+    assert main([str(tmp_path / "missing"), "--reference", "mnist"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    write_samples(tmp_path / "s", gaussian(4, seed=7))
+    ImageStatistics((3, SIZE, SIZE)).update(gaussian(4, seed=8)).save(tmp_path / "stats.pt")
+    assert main([str(tmp_path / "s"), "--reference", str(tmp_path / "stats.pt"),
+                 "--feature-extractor", "test_evaluate:TinyFeatures"]) == 2
+    assert "need reference images" in capsys.readouterr().err
+    ImageStatistics((1, SIZE, SIZE)).update(gaussian(4, seed=8)[:, :1]).save(tmp_path / "grey.pt")
+    assert main([str(tmp_path / "s"), "--reference", str(tmp_path / "grey.pt")]) == 2
+    assert "samples' size and channels" in capsys.readouterr().err
+
+
+def test_samples_of_mixed_shapes_are_refused(tmp_path):
+    write_samples(tmp_path / "s", gaussian(2, seed=9))
+    odd = to_uint8(torch.rand(1, 3, 4, 4))[0]
+    write_atomic(sample_path(tmp_path / "s", 2), encode_png(odd))
+    with pytest.raises(ValueError, match="evaluate one run's samples at a time"):
+        evaluate_folder(tmp_path / "s", ImageStatistics((3, SIZE, SIZE)).update(gaussian(2, seed=1)))
