@@ -174,6 +174,20 @@ def statistics_buffers(shape: tuple[int, int, int], freq_stat: str | os.PathLike
     return buffers
 
 
+def fit_loop_state(step: int) -> dict[str, Any]:
+    """Lightning's fit-loop progress after ``step`` optimizer steps, so a resumed run continues the
+    step count (schedules, logging) instead of restarting it at 0."""
+    import lightning
+
+    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, accelerator="cpu", devices=1)
+    state = trainer.fit_loop.state_dict()
+    total = state["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
+    total["ready"] = total["completed"] = step
+    state["epoch_loop.state_dict"]["_batches_that_stepped"] = step
+    return state
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ckpt.tmp")
@@ -219,6 +233,7 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         "pytorch-lightning_version": lightning.__version__,
         "optimizer_states": [optimizer] if optimizer is not None else [],
         "lr_schedulers": [],
+        "loops": {"fit_loop": fit_loop_state(step)},
         "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
     }
     output_path = Path(output_path)

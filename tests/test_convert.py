@@ -135,3 +135,23 @@ def test_command_line(tmp_path, capsys):
 def test_shipped_names_resolve():
     assert resolve_config("ve/cifar10_ncsnpp_continuous") == resolve_config("ve_cifar10_ncsnpp_continuous")
     assert resolve_config("ve_cifar10_ncsnpp_continuous").is_file()
+
+
+def test_score_module_resumes_from_the_converted_checkpoint(tmp_path):
+    import lightning as L
+
+    from pds_lightning.convert import instantiate
+    from pds_lightning.module import ScoreModule
+
+    out = convert_score_sde(CHECKPOINT, CONFIG, tmp_path / "tiny.ckpt")
+    cfg = yaml.safe_load(CONFIG.read_text())["model"]
+    module = ScoreModule(net=instantiate(cfg["net"]), sde=instantiate(cfg["sde"]), continuous=True, image_size=16,
+                         num_channels=3, centered=False)
+    module.load_state_dict(torch.load(out, weights_only=True)["state_dict"], strict=True)
+    trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.rand(4, 3, 16, 16), batch_size=4),
+                ckpt_path=out)
+    assert trainer.global_step == 8  # continues score_sde's step 7
+    assert int(module.ema_num_updates) == 8
