@@ -67,7 +67,7 @@ class GaussianScore(nn.Module):
 
     def marginal_eigenvalues(self, t: float) -> Tensor:
         """Eigenvalues a_t^2 lam + s_t^2 of the covariance of x_t (diagonal in Fourier)."""
-        a, s = self.scales(torch.tensor([float(t)]), self.lam)
+        a, s = self.scales(torch.tensor([float(t)], dtype=self.lam.dtype), self.lam)
         return a[0] ** 2 * self.lam + s[0] ** 2
 
     def sample(self, n: int, generator: torch.Generator | None = None, channels: int | None = None) -> Tensor:
