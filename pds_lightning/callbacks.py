@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from pds_lightning.metrics import FeatureMetrics, make_feature_extractor, metric_name, spectral_error
+from pds_lightning.sampling.settings import SamplerSettings
 
 # ---- files ------------------------------------------------------------------------------------------------
 TMP_SUFFIX = ".tmp"
@@ -266,7 +267,7 @@ class SamplingCallback(Callback):
     `val/nfe/<name>`, `val/sample_time_s/<name>` and images `samples/<name>` (+ `samples/side_by_side`).
     """
 
-    def __init__(self, settings: Sequence[Any], num_samples: int = 64, seed_offset: int = 0,
+    def __init__(self, settings: Sequence[SamplerSettings], num_samples: int = 64, seed_offset: int = 0,
                  every_n_epochs: int = 1, grid_nrow: int = 8, fid_feature_extractor: nn.Module | None = None,
                  inception_weights: str | None = None, num_reference: int | None = None):
         if not settings:
@@ -320,7 +321,8 @@ class SamplingCallback(Callback):
                 for kind, v in scores.items():
                     values[metric_name(kind, self.num_samples, setting.name)] = v
             for key, v in values.items():
-                pl_module.log(key, v, on_epoch=True, sync_dist=False)  # identical on all ranks already
+                # Identical on every rank already; the mean over ranks keeps it and lets every rank see it.
+                pl_module.log(key, v, on_epoch=True, sync_dist=True)
             grids.append((setting.name, self._grid(everyone)))
         if trainer.is_global_zero:
             self._log_images(trainer, grids)

@@ -1,0 +1,82 @@
+"""Predict / validate a tiny real ScoreModule on CPU with 1 or more processes (Lightning DDP, gloo).
+
+    python tests/scripts/predict_ddp.py predict OUT_DIR DEVICES SEEDS BATCH
+    python tests/scripts/predict_ddp.py validate LOG_DIR DEVICES NUM_SAMPLES DATA_NPZ
+    python tests/scripts/predict_ddp.py both OUT_DIR DEVICES SEEDS BATCH LOG_DIR NUM_SAMPLES DATA_NPZ
+
+`predict` writes the samples of SEEDS with SampleWriter. `validate` runs one training step and the
+SamplingCallback; rank 0 then writes LOG_DIR/expected.json with the spectral error and NFE of the
+seeds sampled in this one process, for the test to compare with what the callback logged.
+Run as a subprocess by tests/test_callbacks.py; Lightning's own launcher starts the other processes.
+"""
+
+import json
+import sys
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from pds_lightning.callbacks import SampleWriter, SamplingCallback
+from pds_lightning.data import ImageDataModule
+from pds_lightning.metrics import spectral_error
+from pds_lightning.models import NCSNpp
+from pds_lightning.module import ScoreModule
+from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.sde import VESDE
+from pds_lightning.statistics import ImageStatistics
+
+SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
+
+
+def tiny_module() -> ScoreModule:
+    torch.manual_seed(0)  # the same weights in every process
+    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
+                 num_scales=100, image_size=8, num_channels=1)
+    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, lr=1e-3, warmup=1,
+                         sampler=SETTINGS)
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    module.set_statistics(ImageStatistics((1, 8, 8)).update(images))  # PDS filters from fixed images
+    return module
+
+
+def trainer(devices: int, **kw) -> L.Trainer:
+    strategy = "ddp" if devices > 1 else "auto"
+    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, enable_checkpointing=False,
+                     enable_model_summary=False, enable_progress_bar=False, **kw)
+
+
+def predict(out_dir: str, devices: int, seeds: str, batch: int) -> None:
+    dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
+    trainer(devices, logger=False, callbacks=[SampleWriter(out_dir)]).predict(
+        tiny_module(), datamodule=dm, return_predictions=False)
+
+
+def validate(log_dir: str, devices: int, num_samples: int, data: str) -> None:
+    module = tiny_module()
+    dm = ImageDataModule(source=data, image_size=8, num_channels=1, batch_size=4, val_size=4,
+                         stats_num_images=0, stats_cache_dir="")
+    logger = TensorBoardLogger(log_dir, name="tb", version=0)
+    t = trainer(devices, logger=logger, max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0,
+                callbacks=[SamplingCallback([SETTINGS], num_samples=num_samples)])
+    t.fit(module, datamodule=dm)
+    if t.is_global_zero:
+        result = module.generate(SETTINGS, torch.arange(num_samples))
+        expected = {"spectral_error": spectral_error(result.x, module.data_statistics.power_mean),
+                    "nfe": result.nfe}
+        torch.save(result.x, f"{log_dir}/expected_images.pt")
+        with open(f"{log_dir}/expected.json", "w") as f:
+            json.dump(expected, f)
+
+
+if __name__ == "__main__":
+    mode, path, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "predict":
+        predict(path, devices, sys.argv[4], int(sys.argv[5]))
+    elif mode == "validate":
+        validate(path, devices, int(sys.argv[4]), sys.argv[5])
+    elif mode == "both":  # one process start for both checks (starting processes dominates the time)
+        predict(path, devices, sys.argv[4], int(sys.argv[5]))
+        validate(sys.argv[6], devices, int(sys.argv[7]), sys.argv[8])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}; use predict, validate or both")
