@@ -372,7 +372,7 @@ class SamplingCallback(Callback):
                     experiment.add_image(f"samples/{name}", grid, trainer.global_step, dataformats="CHW")
 
     def _prepare_reference(self, trainer, pl_module) -> None:
-        """Features of the reference images, once: rank r takes validation batches r, r + world, ..."""
+        """Features of the reference images, once: image k of the validation set goes to rank k % world."""
         device = pl_module.device
         if self._feature_metrics is None:
             self._feature_metrics = FeatureMetrics(self.features, pl_module.image_shape,
@@ -384,16 +384,16 @@ class SamplingCallback(Callback):
         if dm is None or not hasattr(dm, "val_dataloader"):
             raise ValueError("FID / KID in SamplingCallback need a datamodule with a val_dataloader for reference images")
         rank, world = trainer.global_rank, trainer.world_size
+        limit = self.num_reference
         seen = 0
-        for i, batch in enumerate(dm.val_dataloader()):
+        for batch in dm.val_dataloader():
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            n = x.shape[0]
-            if self.num_reference is not None:
-                n = min(n, self.num_reference - seen)
-                if n <= 0:
-                    break
-            if i % world == rank:
-                x = x[:n].to(device).float()
-                fm.update((x + 1) / 2 if pl_module.centered else x, real=True)
-            seen += n
+            if limit is not None:
+                x = x[: max(limit - seen, 0)]
+            first = (rank - seen) % world  # the first row of this batch whose global index is rank mod world
+            mine = x[first::world].to(device).float()
+            fm.update((mine + 1) / 2 if pl_module.centered else mine, real=True)
+            seen += x.shape[0]
+            if limit is not None and seen >= limit:
+                break
         self._reference_done = True

@@ -173,6 +173,13 @@ class FeatureMetrics(nn.Module):
 
         The global RNG is forked, so computing a metric never changes training randomness.
         """
+        # A rank may hold no images of a kind (fewer images than ranks): give it empty states to sync.
+        dim = self.fid.real_features_sum.shape[0]
+        for state in (self.kid.real_features, self.kid.fake_features):
+            if not state:
+                state.append(self.fid.real_features_sum.new_zeros(0, dim).float())
+        if not hasattr(self.fid, "orig_dtype"):
+            self.fid.orig_dtype = torch.float32
         out = {"fid": float(self.fid.compute())}
         n_fake = int(self.fid.fake_features_num_samples)
         n_real = int(self.fid.real_features_num_samples)

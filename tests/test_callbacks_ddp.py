@@ -73,6 +73,10 @@ def test_two_processes_write_identical_pngs_and_validate_each_seed_once(tmp_path
     [err] = events.Scalars("val/spectral_error/pds_5")
     assert err.value == pytest.approx(expected["spectral_error"], rel=1e-5)
     assert events.Scalars("val/nfe/pds_5")[0].value == expected["nfe"]
+    # FID sums the features of both ranks' samples and of the 4 validation images split over the ranks.
+    assert expected["num_reference"] == 4
+    assert events.Scalars("val/fid@5/pds_5")[0].value == pytest.approx(expected["fid"], rel=1e-3, abs=1e-6)
+    assert len(events.Scalars("val/kid@5/pds_5")) == 1
     [image] = events.Images("samples/pds_5")
     grid = np.asarray(Image.open(BytesIO(image.encoded_image_string)).convert("RGB")).astype(float)
     images = torch.load(logs / "expected_images.pt", weights_only=True)

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from pds_lightning.callbacks import SampleWriter, SamplingCallback
 from pds_lightning.data import ImageDataModule
-from pds_lightning.metrics import spectral_error
+from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.settings import SamplerSettings
@@ -27,6 +27,18 @@ from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
 SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
+
+
+class Features(torch.nn.Module):
+    """A fixed random conv + pool feature extractor for FID / KID."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
 
 
 def tiny_module() -> ScoreModule:
@@ -58,12 +70,16 @@ def validate(log_dir: str, devices: int, num_samples: int, data: str) -> None:
                          stats_num_images=0, stats_cache_dir="")
     logger = TensorBoardLogger(log_dir, name="tb", version=0)
     t = trainer(devices, logger=logger, max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0,
-                callbacks=[SamplingCallback([SETTINGS], num_samples=num_samples)])
+                callbacks=[SamplingCallback([SETTINGS], num_samples=num_samples, fid_feature_extractor=Features())])
     t.fit(module, datamodule=dm)
     if t.is_global_zero:
         result = module.generate(SETTINGS, torch.arange(num_samples))
+        reference = torch.cat(list(dm.val_dataloader()))
+        with torch.no_grad():
+            f = Features()
+            fid = frechet_distance(*feature_moments(f(result.x)), *feature_moments(f(reference)))
         expected = {"spectral_error": spectral_error(result.x, module.data_statistics.power_mean),
-                    "nfe": result.nfe}
+                    "nfe": result.nfe, "fid": fid, "num_reference": len(reference)}
         torch.save(result.x, f"{log_dir}/expected_images.pt")
         with open(f"{log_dir}/expected.json", "w") as f:
             json.dump(expected, f)
