@@ -275,3 +275,14 @@ def test_sampling_callback_logs_grids_and_metrics_to_tensorboard(tmp_path):
     # Exact score, full steps: the samples carry the data's spectrum; the FID reference came from 6 images.
     assert events.Scalars("val/spectral_error/vanilla")[0].value < 0.15
     assert callback._feature_metrics.num_reference == 6
+
+
+def test_progress_bar_shows_seeds_done_and_rate(tmp_path):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = TQDMProgressBar()
+    dm = ImageDataModule(seeds="0-5", predict_batch_size=4)
+    trainer(tmp_path, enable_progress_bar=True, callbacks=[bar, SampleWriter(tmp_path / "s")]).predict(
+        GaussianModule(), datamodule=dm, return_predictions=False)
+    postfix = bar.predict_progress_bar.postfix
+    assert "seeds=6" in postfix and "seeds/s=" in postfix
