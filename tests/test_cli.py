@@ -65,6 +65,20 @@ def test_fit_then_predict_from_checkpoint_alone(tmp_path):
     differs = [k for k in state if k.startswith("net.") and not torch.equal(state[k], state["ema_" + k])]
     assert differs, "EMA weights equal the raw weights after training"
 
+    # TensorBoard: loss, lr, gradient norm, both filters, and the data's radial power spectrum.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pds_lightning.metrics import radial_power_spectrum
+
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"preconditioner/frequency_filter", "preconditioner/space_filter"} <= set(tags["images"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss"} <= set(tags["scalars"])
+    logged = [e.value for e in events.Scalars("data/radial_log10_power")]
+    expected = radial_power_spectrum(state["stat_power_mean"].double()).mean(0).log10()
+    torch.testing.assert_close(torch.tensor(logged, dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
+
     out = tmp_path / "samples"
     run_cli("predict", "--config", config, "--ckpt_path", ckpts[-1], "--trainer.logger", "false",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out,
