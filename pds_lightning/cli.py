@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import sys
+from typing import Any
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import LightningCLI
 
 from pds_lightning.data import ImageDataModule
@@ -16,8 +22,82 @@ EXTRA_COMMANDS = {
 }
 
 
+# Set to 1 to see the full traceback of an error that the command otherwise reports in one line.
+TRACEBACK_ENV = "PDS_LIGHTNING_TRACEBACK"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be loaded (missing, truncated, or holding objects that are not plain data)."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` with one-line errors that say what is wrong and what to do.
+
+    weights_only=True refuses any pickled object other than tensors and plain containers *before*
+    building it, so a crafted file cannot run code while it is read.
+    """
+    if not get_filesystem(path).exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path")
+    try:
+        return pl_load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
+            f"containers ({_first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
+            "pds_lightning (or convert-score-sde) from a source you trust") from err
+    except Exception as err:  # truncated zip, wrong format: torch raises RuntimeError, EOFError, ...
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); the file is truncated or "
+            "not a PyTorch checkpoint: copy it again or use another checkpoint (e.g. the previous one)") from err
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, loading with `weights_only=True` whatever the caller asks."""
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # Storages stay on the CPU until Lightning moves the model (as TorchCheckpointIO's default does).
+        return load_checkpoint_safely(path, map_location=map_location or "cpu")
+
+
+def error_line(err: BaseException) -> str:
+    """A one-line message for an error the user can fix (config, data, checkpoint, numerics, disk)."""
+    text = str(err).strip()
+    if text.startswith("Does not validate against any of the Union subtypes"):
+        # jsonargparse wraps the real reason of an Optional[...] argument in a list of per-type errors.
+        reasons = [line.strip()[2:] for line in text.splitlines()
+                   if line.strip().startswith("- ") and "NoneType" not in line]
+        text = "; ".join(reasons) or text
+    return " ".join(text.split()) or type(err).__name__
+
+
 class PDSLightningCLI(LightningCLI):
-    """LightningCLI whose model and data agree on the image geometry by construction."""
+    """LightningCLI whose model and data agree on the image geometry by construction,
+    and whose checkpoints are always loaded with `weights_only=True`."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Check `--ckpt_path` up front (one-line errors), but keep the config the user gave.
+
+        LightningCLI would parse the checkpoint's hyper_parameters over the config *after* the command
+        line, so e.g. `predict --model.sampler.alpha 3 --ckpt_path X` would silently sample with the
+        training-time sampler. The config (config.yaml saved next to the checkpoint) is the source of truth.
+        """
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        # "last" / "best" / "hpc" / "registry..." are resolved by the Trainer, which loads through SafeCheckpointIO.
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
+            load_checkpoint_safely(ckpt_path)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own IO plugin
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
         # One place for the image geometry: the data's values are the model's.
@@ -37,6 +117,25 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PDSLightningCLI
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
+    try:
+        _main(argv)
+    except (ValueError, OSError, RuntimeError) as err:
+        if os.environ.get(TRACEBACK_ENV) == "1" or not _user_error(err):
+            raise
+        print(f"pds-lightning: error: {error_line(err)} (set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _user_error(err: BaseException) -> bool:
+    """ValueError / OSError are the package's bad-input errors; of RuntimeErrors only its own named ones."""
+    from pds_lightning.callbacks import SampleWriteError
+    from pds_lightning.sampling import NonFiniteSampleError
+
+    return isinstance(err, (ValueError, OSError, NonFiniteSampleError, SampleWriteError))
+
+
+def _main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in EXTRA_COMMANDS:

@@ -81,6 +81,11 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.sampler = sampler if sampler is not None else SamplerSettings()
+        self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
+        size = _net_image_size(net)
+        if size is not None and size != image_size:
+            raise ValueError(f"model.image_size={image_size} does not match the network's image_size={size}; "
+                             "make them equal in the config")
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
         for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
@@ -123,11 +128,13 @@ class ScoreModule(L.LightningModule):
         stats = getattr(dm, "statistics", None)
         if stats is not None:
             self.set_statistics(stats)
-        size = getattr(self.net, "image_size", None) or getattr(getattr(self.net, "config", None), "image_size", None)
-        if size is not None and int(size) != self.image_shape[-1]:
-            raise ValueError(
-                f"model.image_size={self.image_shape[-1]} does not match the network's image_size={size}; "
-                "make them equal in the config")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line naming the keys, a checkpoint of another architecture (before the strict load)."""
+        problem = state_dict_mismatch(self.state_dict(), checkpoint.get("state_dict", {}))
+        if problem:
+            raise ValueError(f"checkpoint does not fit this model ({problem}); it was trained with another "
+                             "model.net / data.image_size config: use the config.yaml saved next to the checkpoint")
 
     # ---- training --------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -217,6 +224,26 @@ class ScoreModule(L.LightningModule):
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
         result = self.generate(self.sampler, seeds.long())
         return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
+
+
+def _net_image_size(net: nn.Module) -> int | None:
+    size = getattr(net, "image_size", None) or getattr(getattr(net, "config", None), "image_size", None)
+    return None if size is None else int(size)
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], show: int = 3) -> str:
+    """'' when the keys and shapes agree, else a short list of missing, unexpected and reshaped keys."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    reshaped = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches (checkpoint vs model)", reshaped)):
+        if keys:
+            more = f" and {len(keys) - show} more" if len(keys) > show else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:show])}{more}")
+    return "; ".join(parts)
 
 
 def _images(batch: Any) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""SIGKILL `pds-lightning fit` at a random moment after its first `last.ckpt`, then resume with `--ckpt_path last`.
+
+    python tests/scripts/kill_fit.py CONFIG WORKDIR MAX_STEPS RNG_SEED
+
+The killed run saves last.ckpt every 2 steps (ModelCheckpoint save_last + every_n_train_steps). Before
+resuming, WORKDIR/killed_last.ckpt keeps a copy of what the resumed run must start from. The resumed run
+carries `RestoreProbe`, which saves the module and datamodule state at `on_train_start` (after the
+restore) to WORKDIR/restored.pt and the final state to WORKDIR/final.pt. Report: WORKDIR/report.json.
+Children are forked from one import of the CLI (see kill_predict.py).
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pds_lightning.cli import main
+
+
+class RestoreProbe(L.Callback):
+    """Saves what the resumed run holds when training starts and when it ends."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def _save(self, name, trainer, module):
+        stats = trainer.datamodule.statistics
+        torch.save({"global_step": trainer.global_step, "ema_num_updates": int(module.ema_num_updates),
+                    "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                    "dm_stat_count": None if stats is None else stats.count}, self.path / name)
+
+    def on_train_start(self, trainer, module):
+        self._save("restored.pt", trainer, module)
+
+    def on_train_end(self, trainer, module):
+        self._save("final.pt", trainer, module)
+
+
+def spawn(args: list[str], log: Path) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    torch.set_num_threads(1)  # see kill_predict.py
+    code = 0
+    try:
+        main(args)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    CONFIG, WORK, MAX_STEPS, RNG_SEED = sys.argv[1:5]
+    WORK = Path(WORK).resolve()
+    ckpt_dir = WORK / "checkpoints"
+    common = ["fit", "--config", CONFIG, "--trainer.logger", "false", "--trainer.max_steps", MAX_STEPS,
+              "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(WORK),
+              "--data.stats_cache_dir", "",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+              "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.save_last", "true",
+              "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_top_k", "-1"]
+    report = {}
+    pid = spawn(common, WORK / "log.txt")
+    last = ckpt_dir / "last.ckpt"
+    while not last.exists() and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        time.sleep(0.01)
+    delay = random.Random(int(RNG_SEED)).uniform(0.0, 1.5)
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    report["killed_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    report["delay_s"] = delay
+    shutil.copy(last, WORK / "killed_last.ckpt")
+    # The resumed run estimates statistics from fewer images: the checkpoint's must win.
+    sys.path.insert(0, str(Path(__file__).parent))
+    resume = common + ["--ckpt_path", "last", "--data.stats_num_images", "16",
+                       "--trainer.callbacks+=kill_fit.RestoreProbe", "--trainer.callbacks.path", str(WORK)]
+    _, status = os.waitpid(spawn(resume, WORK / "log.txt"), 0)
+    report["resume_exit"] = os.waitstatus_to_exitcode(status)
+    (WORK / "report.json").write_text(json.dumps(report))

@@ -1,0 +1,319 @@
+"""Issue 7: faults must not lose work and bad input must not give silent garbage.
+
+Every case goes through the `pds-lightning` command (`pds_lightning.cli.main`, in-process where a whole
+process would only add its ~7 s import; as real processes where a process is what is under test: the
+SIGKILL cases and one exit-status check). An error case asserts a non-zero exit, one line on stderr
+naming the problem and the fix, and no partial output.
+"""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pds_lightning.callbacks import scan_written_seeds
+from pds_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SCRIPTS = ROOT / "tests" / "scripts"
+SCORE_SDE_CKPT = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.checkpoint.pth"
+SCORE_SDE_CONFIG = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.yaml"
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_script(name: str, *args) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def cli_error(capsys, *args) -> tuple[int, str]:
+    """Run the command expecting failure; returns (exit status, the last stderr line)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return info.value.code, lines[-1] if lines else ""
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def fit_run(tmp_path_factory):
+    """tiny.yaml fit to 30 steps, SIGKILLed after its first last.ckpt and resumed with --ckpt_path last."""
+    work = tmp_path_factory.mktemp("fit")
+    run_script("kill_fit.py", TINY, work, 30, 0)
+    return work
+
+
+@pytest.fixture
+def ckpt(fit_run):
+    """A trained tiny checkpoint (the one the killed fit left)."""
+    return fit_run / "killed_last.ckpt"
+
+
+def predict_args(ckpt, out, *extra):
+    return ["predict", "--config", TINY, "--ckpt_path", ckpt, "--trainer.logger", "false",
+            "--data.seeds", "0-3", "--data.predict_batch_size", "2",
+            "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out, *extra]
+
+
+# ---- 1. predict killed five times, then resumed ------------------------------------------------------------
+def test_predict_killed_five_times_resumes_to_the_uninterrupted_images(fit_run, tmp_path):
+    run_script("kill_predict.py", TINY, fit_run / "killed_last.ckpt", tmp_path, "0-31", 5, 1234)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["clean_exit"] == 0 and report["resume_exit"] == 0
+    assert [k["signal"] for k in report["kills"]] == [9] * 5, report  # every kill hit a running process
+    on_disk = [k["on_disk"] for k in report["kills"]]
+    assert on_disk == sorted(on_disk) and on_disk[-1] < 32, report  # kills landed mid-run, work was kept
+    # A PNG seen after one kill is never rewritten or lost later: each seed was written exactly once.
+    assert report["rewritten_or_lost_at_end"] == [] and all(not k["rewritten_or_lost"] for k in report["kills"])
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    expected = [f"{s // 1000:03d}/{s:06d}.png" for s in range(32)]
+    assert files_under(killed) == sorted(expected + ["manifest.json"])  # no temp file left by any kill
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["num_skipped_existing"] + manifest["num_written"] == 32 == manifest["num_on_disk"]
+    for name in expected:
+        with Image.open(killed / name) as im:
+            im.verify()
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+# ---- 2. fit killed and resumed from last.ckpt ----------------------------------------------------------------
+def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
+    report = json.loads((fit_run / "report.json").read_text())
+    assert report["killed_by"] == 9 and report["resume_exit"] == 0
+    saved = torch.load(fit_run / "killed_last.ckpt", weights_only=True)
+    restored = torch.load(fit_run / "restored.pt", weights_only=True)
+    final = torch.load(fit_run / "final.pt", weights_only=True)
+    step = saved["global_step"]
+    assert 2 <= step < 30 and step % 2 == 0
+    assert restored["global_step"] == step and restored["ema_num_updates"] == step
+    for name, value in saved["state_dict"].items():  # raw and EMA weights, EMA counter, statistics buffers
+        assert torch.equal(restored["state_dict"][name], value), name
+    # The resumed run was given stats_num_images 16: the checkpoint's statistics (32 images) win.
+    assert float(saved["state_dict"]["stat_count"]) == 32 and restored["dm_stat_count"] == 32
+    assert final["global_step"] == 30 and final["ema_num_updates"] == 30
+    ema = [k for k in saved["state_dict"] if k.startswith("ema_net.") and saved["state_dict"][k].is_floating_point()]
+    assert any(not torch.equal(final["state_dict"][k], saved["state_dict"][k]) for k in ema)  # training continued
+    assert torch.equal(final["state_dict"]["stat_power_mean"], saved["state_dict"]["stat_power_mean"])
+
+
+# ---- 3. config errors ------------------------------------------------------------------------------------------
+CONFIG_ERRORS = {
+    "unknown key": (["--model.no_such_key", "3"], 2, "unrecognized arguments: --model.no_such_key"),
+    "wrong type": (["--model.lr", "abc"], 2, "Got value: abc"),
+    "image_size vs network": (["--data.image_size", "8"], 1, "model.image_size=8 does not match the network's "
+                                                              "image_size=16; make them equal"),
+    "alpha <= 1": (["--model.sampler.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
+    "speed_up < 1 step": (["--model.sampler.n_steps", "null", "--model.sampler.speed_up", "200"], 1,
+                          "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
+    "seed range": (["--data.seeds", "3-x"], 1, "malformed seed range part '3-x'"),
+    "predictor": (["--model.sampler.predictor", "heun"], 1, "unknown predictor 'heun'; choose one of"),
+    "corrector": (["--model.sampler.corrector", "ula"], 1, "unknown corrector 'ula'; choose one of"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS, ids=str)
+def test_config_error_is_one_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    extra, code, message = CONFIG_ERRORS[case]
+    status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", tmp_path / "run",
+                             "--data.stats_cache_dir", tmp_path / "stats", *extra)
+    assert status == code and message in line, line
+    assert files_under(tmp_path) == []
+
+
+def test_the_command_exits_non_zero_with_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", "fit", "--config", str(TINY),
+                           "--model.sampler.alpha", "0.5"], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["pds-lightning: error: alpha must be a finite number > 1 (official default 5; larger is "
+                      "closer to vanilla), got 0.5 (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"]
+    assert "Traceback" not in proc.stderr and files_under(tmp_path) == []
+
+
+# ---- 4. data errors through the command -----------------------------------------------------------------------
+def save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_folder(tmp_path: Path, case: str) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if case == "empty":
+        (folder / "notes.txt").write_text("no images")
+    for i in range(12):
+        if case != "empty":
+            save_png(folder / f"{i:02d}.png", np.full((16, 16), 10 * i, np.uint8))
+    if case == "truncated":
+        data = (folder / "05.png").read_bytes()
+        (folder / "05.png").write_bytes(data[: len(data) // 2])
+    elif case == "mixed channels":
+        save_png(folder / "05.png", np.zeros((16, 16, 3), np.uint8))
+    elif case == "too small":
+        save_png(folder / "05.png", np.zeros((12, 12), np.uint8))
+    return folder
+
+
+DATA_ERRORS = {
+    "missing path": "is neither",
+    "empty": "holds no png/jpg",
+    "truncated": "05.png",
+    "mixed channels": "05.png has 3 channel(s) but num_channels is 1; set `convert_channels: true`",
+    "too small": "05.png is 12x12 px, smaller than image_size 16; set `allow_upscale: true`",
+}
+
+
+@pytest.mark.parametrize("case", DATA_ERRORS, ids=str)
+def test_data_error_is_one_line_and_leaves_no_checkpoint(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "nowhere" if case == "missing path" else make_folder(tmp_path, case)
+    status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source", source,
+                             "--data.convert_channels", "false", "--data.stats_num_images", "12",
+                             "--data.val_size", "0", "--trainer.default_root_dir", tmp_path / "run",
+                             "--data.stats_cache_dir", tmp_path / "stats")
+    assert status == 1 and line.startswith("pds-lightning: error: ") and DATA_ERRORS[case] in line, line
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "stats").exists()
+
+
+# ---- 5. checkpoint errors ----------------------------------------------------------------------------------------
+class WritesMarker:
+    """Unpickling this object runs `open(marker, "w")`, creating the file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_of_another_architecture_names_the_keys(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, line = cli_error(capsys, *predict_args(ckpt, tmp_path / "out", "--model.net.init_args.nf", "16"))
+    assert status == 1 and "checkpoint does not fit this model" in line and "shape mismatches" in line
+    assert "net.all_modules." in line and "use the config.yaml saved next to the checkpoint" in line
+    status, line = cli_error(capsys, *predict_args(ckpt, tmp_path / "out", "--model.net.init_args.ch_mult", "[1]"))
+    assert status == 1 and "unexpected keys" in line, line
+    assert scan_written_seeds(tmp_path / "out") == []
+
+
+def test_truncated_checkpoint_is_refused_with_the_fix(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = ckpt.read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    status, line = cli_error(capsys, *predict_args(tmp_path / "cut.ckpt", tmp_path / "out"))
+    assert status == 1 and "cannot read checkpoint" in line and "truncated" in line and "copy it again" in line
+    assert not (tmp_path / "out").exists() or scan_written_seeds(tmp_path / "out") == []
+
+
+def test_checkpoint_that_would_run_code_is_refused_unread(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = torch.load(ckpt, weights_only=True)
+    evil["hyper_parameters"]["payload"] = WritesMarker(marker)
+    torch.save(evil, tmp_path / "evil.ckpt")
+    status, line = cli_error(capsys, *predict_args(tmp_path / "evil.ckpt", tmp_path / "out"))
+    assert status == 1 and "refused unread" in line and "could run code" in line, line
+    assert not marker.exists()
+    # The same file through convert-score-sde is refused too (a .pth from the internet is the usual vector).
+    score_sde = torch.load(SCORE_SDE_CKPT, weights_only=True)
+    score_sde["step"] = WritesMarker(marker)
+    torch.save(score_sde, tmp_path / "evil.pth")
+    status, _ = cli_error(capsys, "convert-score-sde", tmp_path / "evil.pth", "--config", SCORE_SDE_CONFIG,
+                          "--output", tmp_path / "out.ckpt")
+    assert status != 0 and not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    # Control: the file is a working exploit, so the refusals above are what kept the marker away.
+    with open(tmp_path / "evil.pth", "rb") as f:
+        torch.load(f, weights_only=False)
+    assert marker.exists()
+
+
+def test_score_sde_checkpoint_without_ema_is_refused(tmp_path, capsys):
+    ckpt = torch.load(SCORE_SDE_CKPT, weights_only=True)
+    del ckpt["ema"]
+    torch.save(ckpt, tmp_path / "no_ema.pth")
+    status, line = cli_error(capsys, "convert-score-sde", tmp_path / "no_ema.pth", "--config", SCORE_SDE_CONFIG,
+                             "--output", tmp_path / "out.ckpt")
+    assert status == 2 and "no EMA weights" in line
+    assert files_under(tmp_path) == ["no_ema.pth"]
+
+
+# ---- 6. numerical faults ----------------------------------------------------------------------------------------
+def nan_checkpoint(ckpt: Path, tmp_path: Path) -> Path:
+    """The trained checkpoint with one EMA bias set to NaN: every score, hence every sample, turns NaN."""
+    state = torch.load(ckpt, weights_only=True)
+    bias = next(k for k in state["state_dict"] if k.startswith("ema_net.") and k.endswith(".bias"))
+    state["state_dict"][bias][0] = float("nan")
+    torch.save(state, tmp_path / "nan.ckpt")
+    return tmp_path / "nan.ckpt"
+
+
+def test_nan_during_sampling_is_reported_with_step_and_hint(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = nan_checkpoint(ckpt, tmp_path)
+    out = tmp_path / "out"
+    status, line = cli_error(capsys, *predict_args(bad, out, "--model.sampler.check_finite_every", "4"))
+    # Checked every 4 steps: the NaN of step 0 is seen at step index 3.
+    assert status == 1 and "non-finite values (nan/inf) in the sample at step 3 of 10" in line, line
+    assert "lower alpha" in line and "speed_up" in line
+    assert files_under(out) == []  # no image, no manifest
+    # With the check off, the writer still refuses to write NaN images.
+    status, line = cli_error(capsys, *predict_args(bad, out, "--model.sampler.check_finite_every", "0"))
+    assert status == 1 and "non-finite sample values for seeds 0-1; nothing was written" in line, line
+    assert files_under(out) == []
+
+
+# ---- 7. I/O faults ------------------------------------------------------------------------------------------------
+def test_unwritable_output_dir_is_one_line_before_sampling(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("a file where a folder should be")  # root ignores chmod; this cannot be written
+    status, line = cli_error(capsys, *predict_args(ckpt, tmp_path / "a_file" / "out"))
+    assert status == 1 and "is not writable" in line and "choose another output directory" in line, line
+
+
+def test_disk_full_midway_reports_written_seeds_and_resume_completes(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    real_write, pngs = os.write, []
+
+    def disk_full_on_third_png(fd, data):
+        if bytes(data[:4]) == b"\x89PNG":
+            pngs.append(1)
+            if len(pngs) == 3:
+                real_write(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", disk_full_on_third_png)
+    status, line = cli_error(capsys, *predict_args(ckpt, out))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert status == 1 and "writing seed 2" in line and "No space left" in line, line
+    assert "had written 2 seeds before (0-1)" in line and "free disk space" in line
+    assert files_under(out) == ["000/000000.png", "000/000001.png"]  # no partial file, no manifest
+    main([str(a) for a in predict_args(ckpt, out)])
+    assert scan_written_seeds(out) == [0, 1, 2, 3]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["num_written"], manifest["num_skipped_existing"]) == (2, 2)
