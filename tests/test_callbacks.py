@@ -25,15 +25,6 @@ from pds_lightning.statistics import ImageStatistics
 SIZE, CHANNELS, MEAN, VARIANCE = 8, 3, 0.5, 0.004
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the test machine's few cores are shared, and spinning threads there cost 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GaussianModule(L.LightningModule):
     """The ScoreModule sampling API over an exact Gaussian score (no network to train).
 

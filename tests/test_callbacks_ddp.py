@@ -28,15 +28,6 @@ predict_ddp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(predict_ddp)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the test machine's few cores are shared, and spinning threads there cost 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -12,15 +12,6 @@ MEAN = 0.45
 LAM = power_law_spectrum(H, W, variance=0.05)  # [1, H, W], DC/Nyquist-to-ratio ~ 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny FFTs: threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ExactStatistics:
     """freq/space statistics of the Gaussian target in the official form (exact expectations)."""
 

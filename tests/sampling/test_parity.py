@@ -13,15 +13,6 @@ from pds_lightning.sde import VESDE
 PARITY = torch.load(Path(__file__).parents[1] / "fixtures" / "pds_sampler_parity.pt", weights_only=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny FFTs: threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("case", ["pds_b1", "pds_b2", "vanilla_b2", "pds_freq_only_b1"])
 def test_official_samples_reproduced(case):
     c = PARITY[case]

@@ -16,15 +16,6 @@ from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 SHAPE = (2, 2, 6, 6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny FFTs: threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def precond():
     gen = torch.Generator().manual_seed(0)
     r = torch.rand(2, 6, 6, generator=gen) + 0.5
