@@ -25,11 +25,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import nn
 
+from pds_lightning.fileio import TMP_SUFFIX, write_atomic
 from pds_lightning.metrics import FeatureMetrics, make_feature_extractor, metric_name, spectral_error
 from pds_lightning.sampling.settings import SamplerSettings
 
 # ---- files ------------------------------------------------------------------------------------------------
-TMP_SUFFIX = ".tmp"
 
 
 def sample_path(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -49,33 +49,6 @@ def encode_png(image_hwc: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
-    """Write `data` to `path` through a temp file in the same folder and `os.replace`.
-
-    Readers see either no file or the whole file, also when the process is killed midway. On any
-    error the temp file is removed and the error re-raised. `fsync` also guards against power loss.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def scan_written_seeds(output_dir: str | os.PathLike, remove_stale_tmp: bool = True) -> list[int]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import yaml
 from torch import nn
+
+from pds_lightning.fileio import atomic_path
 
 # shipped configs: configs/score_sde/<name>.yaml at the repository root
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "score_sde"
@@ -188,19 +189,6 @@ def fit_loop_state(step: int) -> dict[str, Any]:
     return state
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ckpt.tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
                       output_path: str | os.PathLike, freq_stat: str | os.PathLike | None = None,
                       space_stat: str | os.PathLike | None = None) -> Path:
@@ -237,7 +225,8 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
     }
     output_path = Path(output_path)
-    _save_atomic(out, output_path)
+    with atomic_path(output_path) as tmp:
+        torch.save(out, tmp)
     return output_path
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from pds_lightning.fileio import atomic_path
 
 
 def _check_alpha(alpha: float) -> float:
@@ -168,14 +169,5 @@ def read_statistic(path: str | os.PathLike) -> Tensor:
 def write_statistic(path: str | os.PathLike, statistic: Tensor) -> None:
     """Write a raw statistic [C, H, W] as float32 `.npy` (official format), atomically."""
     statistic = _check_image_tensor(torch.as_tensor(statistic), "statistic")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, statistic.detach().cpu().to(torch.float32).numpy())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, statistic.detach().cpu().to(torch.float32).numpy())

@@ -12,12 +12,12 @@ in float64 sums, so batches can be streamed and the partial results of several p
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+
+from pds_lightning.fileio import atomic_path
 
 MOMENTS = ("power_mean", "mean", "sq_mean")
 
@@ -166,16 +166,8 @@ class ImageStatistics:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `state_dict()` to `path` atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImageStatistics":
