@@ -37,8 +37,9 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run_script(name: str, *args) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], env=clean_env(),
+def run_script(name: str, workdir: Path, *args) -> None:
+    """Run a helper script in `workdir` (nothing lands in the repository)."""
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], env=clean_env(), cwd=workdir,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -60,7 +61,7 @@ def files_under(path: Path) -> list[str]:
 def fit_run(tmp_path_factory):
     """tiny.yaml fit to 30 steps, SIGKILLed after its first last.ckpt and resumed with --ckpt_path last."""
     work = tmp_path_factory.mktemp("fit")
-    run_script("kill_fit.py", TINY, work, 30, 0)
+    run_script("kill_fit.py", work, TINY, work, 30, 0)
     return work
 
 
@@ -78,7 +79,7 @@ def predict_args(ckpt, out, *extra):
 
 # ---- 1. predict killed five times, then resumed ------------------------------------------------------------
 def test_predict_killed_five_times_resumes_to_the_uninterrupted_images(fit_run, tmp_path):
-    run_script("kill_predict.py", TINY, fit_run / "killed_last.ckpt", tmp_path, "0-31", 5, 1234)
+    run_script("kill_predict.py", tmp_path, TINY, fit_run / "killed_last.ckpt", tmp_path, "0-31", 5, 1234)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["clean_exit"] == 0 and report["resume_exit"] == 0
     assert [k["signal"] for k in report["kills"]] == [9] * 5, report  # every kill hit a running process

@@ -43,7 +43,7 @@ def spawn(out: Path, log: Path) -> int:
     code = 0
     try:
         main(["predict", "--config", CONFIG, "--ckpt_path", CKPT, "--trainer.logger", "false",
-              "--trainer.enable_progress_bar", "false", "--data.seeds", SEEDS, "--data.predict_batch_size", "2",
+              "--trainer.default_root_dir", str(out.parent), "--trainer.enable_progress_bar", "false", "--data.seeds", SEEDS, "--data.predict_batch_size", "2",
               "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out)])
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
