@@ -1,0 +1,378 @@
+"""Sample quality against step count, vanilla vs PDS, on the trained reference models.
+
+    python benchmarks/steps_vs_quality.py --num-samples 1000            # the full run (a bigger machine)
+    python benchmarks/steps_vs_quality.py --estimate --budget-minutes 40  # cost of one NFE -> samples that fit
+
+For each model (`demo`: MNIST, `patches`: RGB photo patches) and each sampler (vanilla; PDS alpha 5; PDS
+`alpha: auto` when `SamplerSettings` accepts it) at each step count, the same seeds 0..N-1 are sampled
+(common random numbers: differences between settings are not blurred by different noise) with the
+model's configured PC sampler (reverse diffusion + Langevin, snr 0.16, 2 NFE per step), and scored:
+
+- spectral error (`metrics.log_spectral_distance`, decades) of the samples' mean power spectrum against
+  the held-out images' (the data module's validation split, never trained on);
+- FD-digits: Frechet distance of `features.DigitFeatures` (32 features of a small MNIST classifier; RGB
+  patches go in as BT.601 gray) against the same held-out images. Not FID.
+
+Standard errors: bootstrap over the N generated samples (200 resamples), the reference held fixed (it is
+shared by all settings). The "floor" row scores N training images the same way: the value a perfect
+sampler gets at this N. Results accumulate in `steps_vs_quality_<model>.json` (a rerun skips settings
+already there with the same N; the two models may run as two processes), then the table, the plot and
+one grid per setting are written.
+
+Acceleration: vanilla's metric as a function of log(steps) is interpolated linearly between the measured
+step counts; the steps vanilla needs to match PDS at S steps is where that curve first (scanning from few
+steps to many) comes down to PDS's value; the factor is that step count / S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pds_lightning.callbacks import write_atomic
+from pds_lightning.features import DigitFeatures
+from pds_lightning.metrics import feature_moments, frechet_distance, log_spectral_distance
+from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.statistics import ImageStatistics
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "demo": ("configs/demo.yaml", "runs/demo/checkpoints/last.ckpt"),
+    "patches": ("configs/patches.yaml", "runs/patches/checkpoints/last.ckpt"),
+}
+STEPS = (20, 40, 66, 100, 200, 500, 1000)
+BOOTSTRAP = 200
+
+
+# ---- models, data, settings ------------------------------------------------------------------------
+def load_model(config: str, ckpt: str):
+    """(ScoreModule with the checkpoint's weights and statistics, its data module after setup_images)."""
+    from pds_lightning.cli import cli_main
+
+    cli = cli_main(["--config", str(ROOT / config), "--trainer.logger", "false"], run=False)
+    path = ROOT / ckpt
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train it with `pds-lightning fit --config {config}`")
+    cli.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    return cli.model.eval(), cli.datamodule.setup_images()
+
+
+def samplers(base: SamplerSettings) -> tuple[dict[str, SamplerSettings], list[str]]:
+    """The compared samplers (name -> settings) and notes on any that this version cannot build."""
+    out = {"vanilla": dataclasses.replace(base, name="vanilla", preconditioner="none"),
+           "pds_a5": dataclasses.replace(base, name="pds_a5", preconditioner="both", alpha=5.0)}
+    notes = []
+    try:
+        out["pds_auto"] = dataclasses.replace(base, name="pds_auto", preconditioner="both", alpha="auto")
+    except ValueError as err:
+        notes.append(f"`alpha: auto` skipped: SamplerSettings refuses it in this version ({err})")
+    return out, notes
+
+
+def image_stack(dm, indices) -> torch.Tensor:
+    return torch.stack([dm.images[int(i)] for i in indices])
+
+
+# ---- metrics -----------------------------------------------------------------------------------------
+class Scorer:
+    """Spectral error and FD-digits of image sets against one fixed reference, with bootstrap errors."""
+
+    def __init__(self, reference: torch.Tensor, features: DigitFeatures):
+        self.features = features
+        self.ref_power = ImageStatistics(reference.shape[1:]).update(reference).power_mean
+        self.ref_moments = feature_moments(self._features(reference))
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.features(b) for b in x.split(250)]).double()
+
+    def _spectral(self, x: torch.Tensor) -> float:
+        return log_spectral_distance(ImageStatistics(x.shape[1:]).update(x).power_mean, self.ref_power)
+
+    def _fd(self, f: torch.Tensor) -> float:
+        return frechet_distance(*feature_moments(f), *self.ref_moments)
+
+    def score(self, x: torch.Tensor, seed: int = 0) -> dict[str, float]:
+        f = self._features(x)
+        out = {"spectral_error": self._spectral(x), "fd_digits": self._fd(f)}
+        g = torch.Generator().manual_seed(seed)
+        boot = {"spectral_error": [], "fd_digits": []}
+        for _ in range(BOOTSTRAP):
+            idx = torch.randint(0, len(x), (len(x),), generator=g)
+            boot["spectral_error"].append(self._spectral(x[idx]))
+            boot["fd_digits"].append(self._fd(f[idx]))
+        for key, values in boot.items():
+            out[key + "_se"] = float(torch.tensor(values).std())
+        return out
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    from torchvision.utils import make_grid
+    from PIL import Image
+
+    grid = make_grid(images[: nrow * nrow], nrow=nrow, padding=1, pad_value=1.0)
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())
+
+
+# ---- acceleration ------------------------------------------------------------------------------------
+def matching_steps(vanilla: dict[int, float], target: float) -> tuple[float | None, str]:
+    """Steps at which vanilla's curve (linear in log-steps) first comes down to `target`.
+
+    Returns (steps, '') or (None, reason) when vanilla is already at least as good at its fewest steps
+    ('<=N') or never gets there ('>N').
+    """
+    steps = sorted(vanilla)
+    if vanilla[steps[0]] <= target:
+        return None, f"<={steps[0]}"
+    for lo, hi in zip(steps, steps[1:]):
+        if vanilla[lo] > target >= vanilla[hi]:
+            w = (vanilla[lo] - target) / (vanilla[lo] - vanilla[hi])
+            return math.exp(math.log(lo) + w * (math.log(hi) - math.log(lo))), ""
+    return None, f">{steps[-1]}"
+
+
+def acceleration(results: list[dict], model: str, sampler: str, metric: str, at: int) -> str:
+    rows = {r["steps"]: r[metric] for r in results if r["model"] == model and r["sampler"] == "vanilla"}
+    pds = [r[metric] for r in results if r["model"] == model and r["sampler"] == sampler and r["steps"] == at]
+    if not pds or len(rows) < 2:
+        return "n/a"
+    steps, reason = matching_steps(rows, pds[0])
+    if steps is None:
+        bound = int(reason.lstrip("<=>"))
+        return f"vanilla {reason} steps (factor {reason[0]}{bound / at:.2f})"
+    return f"vanilla ~{steps:.0f} steps (factor {steps / at:.2f}x)"
+
+
+# ---- report ------------------------------------------------------------------------------------------
+def fmt(value: float, se: float) -> str:
+    digits = 3 if abs(value) < 10 else 1
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def write_report(path: Path, payload: dict) -> None:
+    results, meta = payload["results"], payload["meta"]
+    lines = ["# Sample quality against steps: vanilla vs PDS on the trained reference models", "",
+             f"Generated by `{meta['command']}` ({meta['num_samples']} samples per setting, seeds "
+             f"0-{meta['num_samples'] - 1} for every setting; {meta['threads']} CPU thread(s), "
+             f"torch {meta['torch']}). Method, metrics and the acceleration rule: the script's docstring.",
+             "", "Lower is better. ± is one bootstrap standard error over the generated samples (the "
+             "reference is fixed). *floor*: the same number of training images scored the same way, i.e. "
+             "what a perfect sampler gets at this sample count. FD-digits is a Frechet distance in the "
+             "features of a small MNIST classifier (`pds_lightning.features`), **not FID**; for the RGB "
+             "patches it is computed on BT.601 gray patches with a network that never saw natural images, "
+             "so there the spectral error is the primary measure.", ""]
+    lines += [f"- {note}" for note in meta.get("notes", [])]
+    lines += [f"- reference of `{m}`: its {n} held-out validation images" for m, n in meta.get("reference", {}).items()]
+    lines.append("")
+    for model in meta["models"]:
+        rows = [r for r in results if r["model"] == model]
+        if not rows:
+            continue
+        steps = sorted({r["steps"] for r in rows})
+        names = [s for s in meta["samplers"] if any(r["sampler"] == s for r in rows)]
+        floor = meta["floor"][model]
+        lines += [f"## {model} ({meta['configs'][model]}, checkpoint `{meta['checkpoints'][model]}`)", ""]
+        for metric, label in (("spectral_error", "spectral error (decades)"), ("fd_digits", "FD-digits")):
+            lines += [f"### {label}", "", "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                      "|---" * (len(steps) + 1) + "|"]
+            for name in names:
+                cells = []
+                for s in steps:
+                    r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
+                    cells.append(fmt(r[0][metric], r[0][metric + "_se"]) if r else "")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += [f"| *floor* | {fmt(floor[metric], floor[metric + '_se'])} (training images) |", ""]
+        lines += ["### wall time (s per setting, all samples; NFE per sample)", "",
+                  "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+        for name in names:
+            cells = []
+            for s in steps:
+                r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
+                cells.append(f"{r[0]['wall_s']:.0f} ({r[0]['nfe']})" if r else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "### headline: steps vanilla needs to match PDS", ""]
+        for name in names[1:]:
+            for metric in ("spectral_error", "fd_digits"):
+                for at in (66, 100):
+                    lines.append(f"- {name} at {at} steps, {metric}: {acceleration(results, model, name, metric, at)}")
+        lines.append("")
+    if meta.get("plot"):
+        lines += [f"![quality against steps]({meta['plot']})", ""]
+    lines += ["Grids (first 64 seeds), next to this file: `grids/<model>_<sampler>_<steps>.png`.", ""]
+    write_atomic(path, "\n".join(lines).encode())
+
+
+def write_plot(path: Path, payload: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return False
+    results, meta = payload["results"], payload["meta"]
+    models = [m for m in meta["models"] if any(r["model"] == m for r in results)]
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        for ax, (metric, label) in zip(row, (("spectral_error", "spectral error (decades)"), ("fd_digits", "FD-digits"))):
+            for name in meta["samplers"]:
+                pts = sorted((r["steps"], r[metric], r[metric + "_se"]) for r in results
+                             if r["model"] == model and r["sampler"] == name)
+                if pts:
+                    s, v, e = zip(*pts)
+                    ax.errorbar(s, v, yerr=e, marker="o", capsize=3, label=name)
+            ax.axhline(meta["floor"][model][metric], color="gray", ls="--", label="floor (training images)")
+            ax.set_xscale("log")
+            ax.set_xticks(sorted({r["steps"] for r in results}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("sampler steps (2 NFE each)")
+            ax.set_title(f"{model}: {label}, {meta['num_samples']} samples")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
+    return True
+
+
+# ---- main --------------------------------------------------------------------------------------------
+def estimate(models: list[str], batch: int, budget_minutes: float, n_samplers: int, steps: list[int]) -> None:
+    """Seconds per NFE per sample (batch `batch`) and the sample count that fits the budget."""
+    per_sample = 0.0
+    for name in models:
+        model, _ = load_model(*MODELS[name])
+        score = model.score_fn()
+        x = torch.rand((batch,) + model.image_shape)
+        t = torch.full((batch,), 0.5)
+        with torch.no_grad():
+            score(x, t)
+            start = time.perf_counter()
+            for _ in range(3):
+                score(x, t)
+        nfe_s = (time.perf_counter() - start) / 3
+        nfe = n_samplers * sum(2 * s for s in steps)
+        print(f"{name}: {nfe_s:.2f} s per NFE at batch {batch} ({nfe_s / batch * 1e3:.1f} ms per sample-NFE); "
+              f"{nfe} NFE per sample over {n_samplers} samplers x steps {steps}")
+        per_sample += nfe * nfe_s / batch
+    print(f"total: {per_sample:.0f} s per sample; 1000 samples: {per_sample * 1000 / 3600:.1f} h; "
+          f"{budget_minutes:.0f} min fit {int(budget_minutes * 60 // per_sample)} samples per setting")
+
+
+def model_json(out: Path, name: str) -> Path:
+    """One results file per model, so the two models can run as two processes (one core each)."""
+    return out / f"steps_vs_quality_{name}.json"
+
+
+def combine(out: Path, num_samples: int) -> dict:
+    """The per-model results with `num_samples` samples, merged into one payload for the table and plot."""
+    meta = {"num_samples": num_samples, "models": [], "configs": {}, "checkpoints": {}, "floor": {},
+            "reference": {}, "samplers": [], "notes": [], "command": f"python benchmarks/steps_vs_quality.py "
+            f"--num-samples {num_samples}", "grid_dir": "grids"}
+    results = []
+    for name in MODELS:
+        path = model_json(out, name)
+        if not path.is_file():
+            continue
+        part = json.loads(path.read_text())
+        if part["meta"]["num_samples"] != num_samples:
+            continue
+        m = part["meta"]
+        meta["models"].append(name)
+        meta["configs"][name], meta["checkpoints"][name] = MODELS[name]
+        meta["floor"][name], meta["reference"][name] = m["floor"], m["reference"]
+        meta["samplers"] = list(dict.fromkeys(meta["samplers"] + m["samplers"]))
+        meta["notes"] = list(dict.fromkeys(meta["notes"] + m["notes"]))
+        meta.update(threads=m["threads"], torch=m["torch"])
+        results += part["results"]
+    return {"meta": meta, "results": results}
+
+
+def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
+    """Sample and score every (sampler, steps) of one model not yet in its results file."""
+    path = model_json(out, name)
+    payload = json.loads(path.read_text()) if path.is_file() else {"results": []}
+    if payload.get("meta", {}).get("num_samples") != args.num_samples:
+        payload = {"results": []}  # another sample count: start over (a table holds one N only)
+    model, dm = load_model(*MODELS[name])
+    model.to(args.device)
+    scorer = Scorer(image_stack(dm, dm.val_indices), features)
+    pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[: args.num_samples]
+    settings, notes = samplers(model.sampler)
+    payload["meta"] = {"num_samples": args.num_samples, "threads": args.threads, "torch": torch.__version__,
+                       "floor": scorer.score(image_stack(dm, dm.train_indices[pick])),
+                       "reference": len(dm.val_indices), "samplers": list(settings), "notes": notes}
+    seeds = torch.arange(args.num_samples)
+    # Few steps first, so an interrupted run already has the cheap part of every curve.
+    for steps in sorted(args.steps):
+        for sampler, setting in settings.items():
+            if any((r["sampler"], r["steps"]) == (sampler, steps) for r in payload["results"]):
+                continue
+            setting = dataclasses.replace(setting, n_steps=steps, name=f"{sampler}_{steps}")
+            start = time.perf_counter()
+            images, nfe = [], 0
+            for batch in seeds.split(args.batch_size):
+                result = model.generate(setting, batch.to(args.device))
+                images.append(result.x.cpu())
+                nfe = result.nfe
+            wall = time.perf_counter() - start
+            images = torch.cat(images)
+            row = {"model": name, "sampler": sampler, "steps": steps, "nfe": nfe, "wall_s": wall,
+                   **scorer.score(images)}
+            save_grid(images, out / "grids" / f"{name}_{sampler}_{steps:04d}.png")
+            payload["results"].append(row)
+            write_atomic(path, json.dumps(payload, indent=1).encode())
+            print(f"{name} {sampler} {steps} steps: spectral {row['spectral_error']:.3f}, "
+                  f"FD-digits {row['fd_digits']:.2f}, {wall:.0f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--steps", nargs="+", type=int, default=list(STEPS))
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--estimate", action="store_true", help="only time one NFE and print the total cost")
+    parser.add_argument("--budget-minutes", type=float, default=40.0)
+    parser.add_argument("--report-only", action="store_true", help="only rewrite table and plot from the results files")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.num_samples < 2:
+        raise SystemExit("--num-samples must be >= 2 (a Frechet distance needs a covariance)")
+    if args.estimate:
+        n_samplers = 3 - len(samplers(SamplerSettings())[1])
+        estimate(args.models, args.batch_size, args.budget_minutes, n_samplers, sorted(args.steps))
+        return
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        features = DigitFeatures()
+        for name in args.models:
+            run_model(name, args, out, features)
+    payload = combine(out, args.num_samples)
+    if not payload["results"]:
+        raise SystemExit(f"no results with {args.num_samples} samples in {out}; run without --report-only first")
+    if write_plot(out / "steps_vs_quality.png", payload):
+        payload["meta"]["plot"] = "steps_vs_quality.png"
+    write_report(out / "steps_vs_quality.md", payload)
+    print(f"wrote {out / 'steps_vs_quality.md'}")
+
+
+if __name__ == "__main__":
+    main()
