@@ -6,7 +6,7 @@ Writes WORKDIR/clean (one uninterrupted run), WORKDIR/killed (KILLS killed runs 
 end) and WORKDIR/report.json. The CLI is imported once and each run is a forked child process, so a run
 costs its sampling time, not the ~7 s import (one thread each); the children are real processes killed with SIGKILL.
 Each kill waits until the child has written a new PNG (it is sampling and writing), then a delay drawn
-from random.Random(RNG_SEED) of up to 2.5 batch times.
+from random.Random(RNG_SEED) of up to 1.5 batch times, so five kills land well before the end.
 """
 
 import json
@@ -71,7 +71,7 @@ for _ in range(int(KILLS)):
     pid = spawn(killed, WORK / "log.txt")
     while len(pngs(killed)) == before and os.waitpid(pid, os.WNOHANG) == (0, 0):
         time.sleep(0.005)
-    delay = rng.uniform(0.0, 2.5 * batch_time)
+    delay = rng.uniform(0.0, 1.5 * batch_time)
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)  # no-op error if it already exited: then the status below says so
     _, status = os.waitpid(pid, 0)
