@@ -138,6 +138,7 @@ class SampleWriter(BasePredictionWriter):
         self.existing: set[int] = set()
         self.written: list[int] = []
         self.nfe: int | None = None
+        self.info: dict = {}  # how the sampler settings were resolved (e.g. alpha: auto)
         self._t0 = 0.0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -173,6 +174,7 @@ class SampleWriter(BasePredictionWriter):
             raise ValueError(f"non-finite sample values for seeds {format_seeds(seeds)}; nothing was written "
                              "for them (lower speed_up or alpha)")
         self.nfe = int(prediction.get("nfe", 0))
+        self.info = prediction.get("info") or self.info
         todo = [(k, s) for k, s in enumerate(seeds) if s not in self.existing]
         if not todo:
             return
@@ -225,6 +227,7 @@ class SampleWriter(BasePredictionWriter):
             "samples_per_s": round(total / wall, 3) if wall > 0 else None,
             "layout": "{seed // 1000:03d}/{seed:06d}.png",
             "npz_shards": self.write_npz,
+            "resolved": self.info,
         }
         write_atomic(self.output_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
 

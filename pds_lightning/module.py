@@ -215,7 +215,7 @@ class ScoreModule(L.LightningModule):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1]."""
         self.ema_net.eval()
         result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
-                          self.image_shape, statistics=self.data_statistics)
+                          self.image_shape, statistics=self.data_statistics, centered=self.centered)
         x = (result.x + 1) / 2 if self.centered else result.x
         result.x = x.clamp(0.0, 1.0)
         return result
@@ -223,7 +223,7 @@ class ScoreModule(L.LightningModule):
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
         result = self.generate(self.sampler, seeds.long())
-        return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
+        return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe, "info": result.info}
 
 
 def _net_image_size(net: nn.Module) -> int | None:

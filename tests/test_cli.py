@@ -85,3 +85,20 @@ def test_fit_then_predict_from_checkpoint_alone(tmp_path):
             cwd=tmp_path)
     pngs = sorted(p.name for p in out.rglob("*.png"))
     assert pngs == [f"{s:06d}.png" for s in range(6)]
+
+
+def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
+    import json
+
+    config = ROOT / "tests" / "configs" / "tiny.yaml"
+    run_cli("fit", "--config", config, "--trainer.default_root_dir", tmp_path,
+            "--data.stats_cache_dir", tmp_path / "stats", cwd=tmp_path)
+    ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
+    out = tmp_path / "auto"
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
+            "--model.sampler.alpha", "auto", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+            "--trainer.callbacks.output_dir", out, cwd=tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    choice = manifest["resolved"]["alpha_auto"]
+    assert choice["n_steps"] == 10 and choice["predicted_w2"] == min(choice["table"].values())
+    assert manifest["settings"]["alpha"] == "auto"

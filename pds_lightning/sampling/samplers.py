@@ -7,7 +7,7 @@ number of score evaluations actually made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,6 +22,8 @@ from pds_lightning.sde import SDE, resolve_steps
 class SampleResult:
     x: Tensor
     nfe: int
+    # How settings were resolved for this run, e.g. {"alpha_auto": AlphaChoice.to_dict()}.
+    info: dict = field(default_factory=dict)
 
 
 class NonFiniteSampleError(RuntimeError):

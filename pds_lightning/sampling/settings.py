@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -55,10 +55,12 @@ class SamplerSettings:
         if self.step_size not in STEP_SIZE_MODES:
             raise ValueError(f"unknown step_size {self.step_size!r}; choose 'sample' (per-sample norms) or "
                              "'batch' (official batch-mean rule)")
-        if isinstance(self.alpha, str):
-            raise ValueError(f"alpha must be a number > 1, got the string {self.alpha!r}"
-                             + (" ('auto' is reserved for a future step-budget rule)" if self.alpha == "auto" else ""))
-        if isinstance(self.alpha, bool) or not math.isfinite(self.alpha) or self.alpha <= 1:
+        if isinstance(self.alpha, str) and self.alpha != "auto":
+            raise ValueError(f"alpha must be a number > 1 or 'auto' (chosen for the step budget), got {self.alpha!r}")
+        if self.alpha == "auto":
+            if self.method != "pc" or self.preconditioner == "none":
+                raise ValueError("alpha: auto needs method: pc and a preconditioner ('freq', 'space' or 'both')")
+        elif isinstance(self.alpha, bool) or not math.isfinite(self.alpha) or self.alpha <= 1:
             raise ValueError(f"alpha must be a finite number > 1 (official default 5; larger is closer to "
                              f"vanilla), got {self.alpha!r}")
         if self.method == "ode" and self.preconditioner != "none":
@@ -104,7 +106,7 @@ class SamplerSettings:
 
 
 def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int] | Tensor, shape,
-             statistics=None) -> SampleResult:
+             statistics=None, centered: bool = False) -> SampleResult:
     """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed and `settings`.
 
     `shape` is the image shape [C, H, W] (or the full [B, C, H, W]); the device is the seeds' device
@@ -120,9 +122,31 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     if len(shape) != 3:
         raise ValueError(f"shape must be the image shape [C, H, W], got {shape}")
     settings.steps_for(sde)  # fail early, with the step-count message
+    info = {}
+    if settings.alpha == "auto":
+        settings, info["alpha_auto"] = resolve_auto_alpha(settings, sde, statistics, centered)
     preconditioner = settings.preconditioner_from(statistics)
     if preconditioner is not None:
         preconditioner = preconditioner.to(device)
     sampler = SAMPLERS[settings.method]
-    return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
-                   preconditioner=preconditioner, **settings.sampler_kwargs())
+    result = sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
+                     preconditioner=preconditioner, **settings.sampler_kwargs())
+    result.info.update(info)
+    return result
+
+
+def resolve_auto_alpha(settings: SamplerSettings, sde: SDE, statistics, centered: bool = False):
+    """Settings with `alpha: auto` replaced by the choice of `alpha.choose_alpha` (vanilla when it predicts
+    no preconditioning helps), and that choice as a dict for logs and manifests."""
+    from pds_lightning.alpha import choose_alpha
+    from pds_lightning.statistics import ImageStatistics
+
+    if statistics is None:
+        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
+    # The surrogate is a small float64 CPU computation, whatever device the model runs on.
+    cpu = [getattr(statistics, k).detach().cpu() for k in ("power_mean", "mean", "sq_mean")]
+    statistics = ImageStatistics.from_moments(statistics.count, *cpu)
+    choice = choose_alpha(statistics, sde, settings, centered=centered)
+    if choice.alpha is None:
+        return replace(settings, preconditioner="none", alpha=5.0), choice.to_dict()
+    return replace(settings, alpha=choice.alpha), choice.to_dict()

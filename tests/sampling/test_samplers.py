@@ -179,8 +179,10 @@ def test_settings_validation():
         SamplerSettings(corrector="hmc")
     with pytest.raises(ValueError, match="alpha must be a finite number > 1"):
         SamplerSettings(alpha=1.0)
-    with pytest.raises(ValueError, match="reserved"):
-        SamplerSettings(alpha="auto")
+    with pytest.raises(ValueError, match="needs method: pc and a preconditioner"):
+        SamplerSettings(alpha="auto")  # the default preconditioner is 'none'
+    with pytest.raises(ValueError, match="a number > 1 or 'auto'"):
+        SamplerSettings(alpha="strong", preconditioner="freq")
     with pytest.raises(ValueError, match="method 'ode' cannot use a PDS preconditioner"):
         SamplerSettings(method="ode", preconditioner="freq")
     with pytest.raises(ValueError, match="not both"):
