@@ -201,10 +201,16 @@ def write_report(path: Path, payload: dict) -> None:
                 r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
                 cells.append(f"{r[0]['wall_s']:.0f} ({r[0]['nfe']})" if r else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "### headline: steps vanilla needs to match PDS", ""]
+        missing = [s for s in STEPS if s not in steps]
+        if missing:
+            lines += ["", f"Not run at this sample count (cost): {', '.join(map(str, missing))} steps."]
+        lines += ["", "### headline: steps vanilla needs to match PDS", "",
+                  "Linear interpolation of vanilla's metric in log(steps) between measured step counts (rule in the "
+                  "script's docstring); the factors inherit the ± of both curves and are not extrapolated beyond "
+                  "the step counts run ('>N').", ""]
         for name in names[1:]:
             for metric in ("spectral_error", "fd_digits"):
-                for at in (66, 100):
+                for at in (20, 40, 66, 100):
                     lines.append(f"- {name} at {at} steps, {metric}: {acceleration(results, model, name, metric, at)}")
         lines.append("")
     if meta.get("plot"):
@@ -277,11 +283,11 @@ def model_json(out: Path, name: str) -> Path:
     return out / f"steps_vs_quality_{name}.json"
 
 
-def combine(out: Path, num_samples: int) -> dict:
+def combine(out: Path, num_samples: int, command: str = "") -> dict:
     """The per-model results with `num_samples` samples, merged into one payload for the table and plot."""
     meta = {"num_samples": num_samples, "models": [], "configs": {}, "checkpoints": {}, "floor": {},
-            "reference": {}, "samplers": [], "notes": [], "command": f"python benchmarks/steps_vs_quality.py "
-            f"--num-samples {num_samples}", "grid_dir": "grids"}
+            "reference": {}, "samplers": [], "notes": [], "grid_dir": "grids",
+            "command": command or f"python benchmarks/steps_vs_quality.py --num-samples {num_samples}"}
     results = []
     for name in MODELS:
         path = model_json(out, name)
@@ -365,7 +371,9 @@ def main() -> None:
         features = DigitFeatures()
         for name in args.models:
             run_model(name, args, out, features)
-    payload = combine(out, args.num_samples)
+    command = (f"python benchmarks/steps_vs_quality.py --num-samples {args.num_samples} --batch-size "
+               f"{args.batch_size} --steps {' '.join(map(str, sorted(args.steps)))}")
+    payload = combine(out, args.num_samples, command)
     if not payload["results"]:
         raise SystemExit(f"no results with {args.num_samples} samples in {out}; run without --report-only first")
     if write_plot(out / "steps_vs_quality.png", payload):
