@@ -77,56 +77,88 @@ class AlphaChoice:
                 "table": {str(k): v for k, v in self.table.items()}}
 
 
-def mode_gains(statistics, preconditioner: str, candidates: Sequence[float | None]) -> Tensor:
-    """Fourier-diagonal part of M M^T per candidate, [A, C, H, W] float64 (ones for vanilla).
+def _filter_values(values: Tensor, peak: float, alpha: float) -> Tensor:
+    """The official filter (filter_from_statistic) at statistic `values` [n], normalised by the data's `peak`."""
+    m = torch.cat([values.to(torch.float64), values.new_tensor([peak], dtype=torch.float64)])
+    return filter_from_statistic(m.view(1, 1, -1), alpha).to(torch.float64).flatten()[:-1]
 
-    Frequency filter: R^2 exactly. Space filter: mean(S^2) per channel (closest circulant; see module doc).
-    """
-    C, H, W = statistics.power_mean.shape
-    freq = statistics.freq_statistic() if preconditioner in ("freq", "both") else None
-    space = statistics.space_statistic() if preconditioner in ("space", "both") else None
-    gains = []
+
+def _pool(key: Tensor, *fields: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Sum `fields` [n] over equal integer keys: (count [K], [sums [K]]); also the inverse index."""
+    cells, inverse, count = torch.unique(key, return_inverse=True, return_counts=True)
+    sums = [torch.zeros(len(cells), dtype=f.dtype).index_add_(0, inverse, f) for f in fields]
+    return count.to(torch.float64), sums
+
+
+def space_gains(space_stat: Tensor, candidates: Sequence[float | None], resolution: float = 1e-4) -> Tensor:
+    """mean over pixels of S^2 per channel and candidate, [A, C] (ones for vanilla): the closest circulant
+    operator to diag(S^2). The statistic is pooled into bins of `resolution` * max first (smooth filter)."""
+    C = space_stat.shape[0]
+    peak = float(space_stat.max())
+    if peak <= 0:
+        raise ValueError("space statistic is zero everywhere; alpha: auto cannot use the space filter")
+    values = space_stat.to(torch.float64).reshape(C, -1)
+    channel = torch.arange(C)[:, None].expand_as(values)
+    key = channel * (int(1 / resolution) + 2) + (values / (peak * resolution)).round().to(torch.int64)
+    count, (total, chan) = _pool(key.flatten(), values.flatten(), channel.flatten().to(torch.float64))
+    chan = (chan / count).round().to(torch.int64)
+    rows = []
     for alpha in candidates:
-        g = torch.ones(C, H, W, dtype=torch.float64)
-        if alpha is not None:
-            if freq is not None:
-                g = g * filter_from_statistic(freq, alpha).to(torch.float64).square()
-            if space is not None:
-                s2 = filter_from_statistic(space, alpha).to(torch.float64).square()
-                g = g * s2.mean(dim=(-2, -1), keepdim=True)
-        gains.append(g)
-    return torch.stack(gains)
+        if alpha is None:
+            rows.append(torch.ones(C, dtype=torch.float64))
+            continue
+        s2 = _filter_values(total / count, peak, alpha).square() * count
+        rows.append(torch.zeros(C, dtype=torch.float64).index_add_(0, chan, s2) / values.shape[1])
+    return torch.stack(rows)
 
 
 @dataclass
 class Modes:
-    """Independent Fourier modes (or pooled cells of them): variance, multiplicity, summed |mu_k|^2, gains [A, K]."""
+    """Independent Fourier modes (or pooled cells of them), all channels together, each [K]: variance lam,
+    multiplicity count, summed |mu_k|^2, channel index, frequency statistic (cell mean) and its global peak."""
 
     lam: Tensor
     count: Tensor
     mean_sq: Tensor
-    gain: Tensor
+    channel: Tensor
+    freq_stat: Tensor
+    freq_peak: float
 
     @classmethod
-    def from_fields(cls, lam: Tensor, mean: Tensor, gains: Tensor, max_modes: int = 8192,
-                    resolution: float = 0.01) -> "Modes":
-        """All C H W modes of the unitary DFT, pooled into cells when there are more than `max_modes`.
-
-        Cells group modes whose log lam and log gain (per candidate) agree to within `resolution`; inside
-        a cell lam and the gains are averaged (multiplicity-weighted) and |mu_k|^2 is summed.
-        """
-        H, W = lam.shape[-2:]
-        mean_sq = torch.fft.fft2(mean).abs().square().flatten() / (H * W)
-        lam, gains = lam.flatten(), gains.flatten(1)
-        ones = torch.ones_like(lam)
+    def from_surrogate(cls, surrogate: GaussianSurrogate, freq_stat: Tensor, max_modes: int = 2048,
+                       resolution: float = 0.01) -> "Modes":
+        """All C H W modes of the unitary DFT; above `max_modes`, pooled into cells of one channel whose
+        log lam and normalised statistic agree to `resolution` (lam and statistic averaged, |mu_k|^2 summed)."""
+        C, H, W = surrogate.lam.shape
+        lam = surrogate.lam.flatten()
+        mean_sq = torch.fft.fft2(surrogate.mean).abs().square().flatten() / (H * W)
+        channel = torch.arange(C).repeat_interleave(H * W)
+        stat = freq_stat.to(torch.float64).flatten()
+        peak = float(stat.max())
         if lam.numel() <= max_modes:
-            return cls(lam, ones, mean_sq, gains)
-        keys = torch.cat([lam.log()[None], gains.log()]) / resolution
-        cells, inverse = torch.unique(keys.round().to(torch.int64), dim=1, return_inverse=True)
-        K = cells.shape[1]
-        pool = lambda v: torch.zeros(v.shape[:-1] + (K,), dtype=v.dtype).index_add_(-1, inverse, v)
-        count = pool(ones)
-        return cls(pool(lam) / count, count, pool(mean_sq), pool(gains) / count)
+            return cls(lam, torch.ones_like(lam), mean_sq, channel, stat, peak)
+        lam_bin = (lam.log() / resolution).round().to(torch.int64)
+        lam_bin -= lam_bin.min()
+        stat_bin = (stat / (max(peak, 1e-300) * resolution)).round().to(torch.int64)
+        span_lam, span_stat = int(lam_bin.max()) + 1, int(stat_bin.max()) + 1
+        key = (channel * span_lam + lam_bin) * span_stat + stat_bin
+        count, (lam_sum, mean_sq, stat_sum, chan) = _pool(key, lam, mean_sq, stat, channel.to(torch.float64))
+        return cls(lam_sum / count, count, mean_sq, (chan / count).round().to(torch.int64), stat_sum / count, peak)
+
+    def gains(self, preconditioner: str, candidates: Sequence[float | None], space_stat: Tensor | None) -> Tensor:
+        """Fourier-diagonal part of M M^T per candidate and mode, [A, K]: R^2 (exact) times mean(S^2) of
+        the mode's channel (closest circulant; see module doc); ones for vanilla."""
+        use_freq = preconditioner in ("freq", "both")
+        space = space_gains(space_stat, candidates) if preconditioner in ("space", "both") else None
+        rows = []
+        for i, alpha in enumerate(candidates):
+            g = torch.ones_like(self.lam)
+            if alpha is not None and use_freq:
+                g = _filter_values(self.freq_stat, self.freq_peak, alpha).square()
+            if space is not None:
+                g = g * space[i][self.channel]
+            rows.append(g)
+        return torch.stack(rows)
 
 
 def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
@@ -150,7 +182,7 @@ def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
             "corrector_a": as64(corrector_a), "prior": torch.tensor(float(sde.prior_sampling(torch.ones(1))))}
 
 
-def pc_output_moments(modes: Modes, sde: SDE, settings) -> tuple[Tensor, Tensor]:
+def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[Tensor, Tensor]:
     """Exact output moments of the PC sampler on the Gaussian model of `modes`, per candidate and mode.
 
     Returns (v, gamma), each [A, K]: the output's variance per mode and its mean gamma * mu_k. Updates
@@ -165,31 +197,30 @@ def pc_output_moments(modes: Modes, sde: SDE, settings) -> tuple[Tensor, Tensor]
         raise ValueError(f"alpha: auto models the correctors {CORRECTORS}, not {settings.corrector!r}; "
                          "give alpha a number")
     sched = _step_schedule(sde, settings)
-    lam, gain = modes.lam, modes.gain
+    lam = modes.lam
     noise_power = (gain * modes.count).sum(-1)  # E||M z||^2 per candidate
     v = sched["prior"] ** 2 * gain
     gamma = torch.zeros_like(gain)
     v_mean = v
     snr2 = float(settings.snr) ** 2
     n_corr = int(settings.n_corrector_steps) if settings.corrector != "none" else 0
-    for i in range(len(sched["a"])):
-        a, s = float(sched["a"][i]), float(sched["s"][i])
+    steps = zip(*(sched[k].tolist() for k in ("a", "s", "corrector_a", "phi", "G2")))
+    for a, s, corrector_a, phi, G2 in steps:
         d = 1.0 / (a * a * lam + s * s)
         gd = gain * d
         for _ in range(n_corr):
             if settings.corrector == "langevin":
                 g_power = (gd.square() * (v * modes.count + (gamma - a).square() * modes.mean_sq)).sum(-1)
-                step = (2 * float(sched["corrector_a"][i]) * snr2 * noise_power / g_power)[:, None]
+                step = (2 * corrector_a * snr2 * noise_power / g_power)[:, None]
             else:  # ald: step = 2 a_t (snr s_t)^2
-                step = torch.full_like(noise_power, 2 * float(sched["corrector_a"][i]) * snr2 * s * s)[:, None]
+                step = 2 * corrector_a * snr2 * s * s
             c = 1 - step * gd
             v = c.square() * v + 2 * step * gain
-            gamma = c * gamma + step * gd * a
-        G2, phi = float(sched["G2"][i]), float(sched["phi"][i])
+            gamma = c * gamma + step * a * gd
         c = 1 - gain * phi - G2 * gd
         v_mean = c.square() * v
         v = v_mean + G2 * gain
-        gamma = c * gamma + G2 * gd * a
+        gamma = c * gamma + G2 * a * gd
     return (v_mean if settings.denoise else v), gamma
 
 
@@ -201,28 +232,34 @@ def predicted_w2(modes: Modes, v: Tensor, gamma: Tensor, num_pixels: int, scale:
     return (w2_sq / num_pixels).sqrt() / scale
 
 
+def predict_w2(statistics, sde: SDE, settings, candidates: Sequence[float | None], centered: bool = False,
+               max_modes: int = 2048) -> Tensor:
+    """Predicted output W2 per pixel ([0, 1] units) of the PC sampler `settings` on the Gaussian surrogate of
+    `statistics`, for each candidate alpha (None: vanilla), [A] float64."""
+    surrogate = GaussianSurrogate.from_statistics(statistics, centered=centered)
+    modes = Modes.from_surrogate(surrogate, statistics.freq_statistic(torch.float64), max_modes=max_modes)
+    space_stat = statistics.space_statistic(torch.float64) if settings.preconditioner in ("space", "both") else None
+    gain = modes.gains(settings.preconditioner, candidates, space_stat)
+    v, gamma = pc_output_moments(modes, gain, sde, settings)
+    return predicted_w2(modes, v, gamma, surrogate.lam.numel(), scale=2.0 if centered else 1.0)
+
+
 def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | None] = DEFAULT_CANDIDATES,
-                 centered: bool = False, max_modes: int = 8192) -> AlphaChoice:
+                 centered: bool = False, max_modes: int = 2048) -> AlphaChoice:
     """The candidate alpha (None = vanilla, always included) with the lowest predicted output W2.
 
     `settings`: a SamplerSettings (predictor, corrector, snr, n_corrector_steps, steps, eps, denoise,
-    preconditioner); `statistics`: ImageStatistics of the data in [0, 1]; `centered`: the model's space.
+    preconditioner); `statistics`: ImageStatistics of the data in [0, 1] (CPU); `centered`: the model's space.
     """
     if getattr(settings, "method", "pc") != "pc":
         raise ValueError("alpha: auto applies to the PC sampler (method: pc) only")
     if settings.preconditioner == "none":
         raise ValueError("alpha: auto chooses the strength of a PDS preconditioner; set preconditioner to "
                          "'freq', 'space' or 'both'")
-    candidates = [None] + [float(a) for a in candidates if a is not None]
-    candidates = list(dict.fromkeys(candidates))
-    surrogate = GaussianSurrogate.from_statistics(statistics, centered=centered)
-    gains = mode_gains(statistics, settings.preconditioner, candidates)
-    modes = Modes.from_fields(surrogate.lam, surrogate.mean, gains, max_modes=max_modes)
-    v, gamma = pc_output_moments(modes, sde, settings)
-    w2 = predicted_w2(modes, v, gamma, surrogate.lam.numel(), scale=2.0 if centered else 1.0)
-    w2 = torch.where(torch.isfinite(w2), w2, torch.full_like(w2, math.inf))
+    candidates = list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
+    w2 = predict_w2(statistics, sde, settings, candidates, centered=centered, max_modes=max_modes)
+    w2 = torch.where(torch.isfinite(w2), w2, torch.full_like(w2, math.inf))  # a diverging candidate loses
     best = int(torch.argmin(w2))
-    N, _ = resolve_steps(sde.N, sde.default_eps, n_steps=settings.n_steps, speed_up=settings.speed_up,
-                         eps=settings.eps)
+    N, _ = settings.steps_for(sde)
     table = {("vanilla" if a is None else a): float(w) for a, w in zip(candidates, w2.tolist())}
     return AlphaChoice(candidates[best], float(w2[best]), table, N)
