@@ -6,7 +6,8 @@ Sampler: the official PDS PC sampler (reverse-diffusion predictor + Langevin cor
 with the official 256 px VE settings: sigma_min 0.01, sigma_max 378, num_scales 2000, snr 0.075,
 N = int(2000 / speed_up) steps ending at eps = 1e-5 speed_up.
 
-Why it is exact: the score of the target is linear and diagonal in Fourier, and so is the preconditioner
+The recursion lives in the library (pds_lightning.alpha.pc_output_moments / predict_w2, used by
+`alpha: auto`); this script only tabulates it. Why it is exact: the score of the target is linear and diagonal in Fourier, and so is the preconditioner
 (the frequency filter R built from the target's own statistic; the space filter of a stationary target
 is constant, hence the identity). Every update then maps each Fourier mode k independently,
 x_k <- c_k x_k + s_k z_k, so the output law is Gaussian with per-mode variances v_k propagated in closed
@@ -33,9 +34,12 @@ from pathlib import Path
 
 import torch
 
+from pds_lightning.alpha import predict_w2
 from pds_lightning.models.gaussian import power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner, filter_from_statistic
-from pds_lightning.sde import VESDE, resolve_steps
+from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.sde import VESDE
+from pds_lightning.statistics import ImageStatistics
 
 SIZES = (64, 128, 256)
 ALPHAS = (None, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)  # None: vanilla
@@ -52,41 +56,23 @@ def target(size: int) -> torch.Tensor:
 
 def freq_filter(lam: torch.Tensor, alpha: float) -> torch.Tensor:
     """The official frequency filter from the target's exact statistic log1p(E|fft2(x)|^2)."""
-    H, W = lam.shape
-    power = H * W * lam.clone()
-    power[0, 0] += (H * W * MEAN) ** 2
-    return filter_from_statistic(torch.log1p(power)[None], alpha)[0].double()
+    return filter_from_statistic(exact_statistics(lam).freq_statistic()[:1], alpha)[0].double()
 
 
-def w2_per_pixel(lam: torch.Tensor, alpha: float | None, n_steps: int) -> float:
-    """Exact W2 per pixel of the PC sampler's output law (moment propagation, see module doc)."""
+def exact_statistics(lam: torch.Tensor) -> ImageStatistics:
+    """The target's exact moments (E|fft2 x|^2, mean, E x^2) as ImageStatistics, one channel."""
     H, W = lam.shape
-    R2 = torch.ones_like(lam) if alpha is None else freq_filter(lam, alpha) ** 2  # M M^T = R^2 per mode
+    mean = torch.full((1, H, W), MEAN, dtype=torch.float64)
+    power = H * W * lam[None] + torch.fft.fft2(mean).abs().square()
+    return ImageStatistics.from_moments(1, power, mean, lam.mean() + mean ** 2)
+
+
+def w2_table(lam: torch.Tensor, n_steps: int) -> list[float]:
+    """Exact W2 per pixel of the PC sampler's output law for every alpha in ALPHAS (library recursion:
+    pds_lightning.alpha.predict_w2, the moment propagation described above)."""
+    settings = SamplerSettings(speed_up=SPEED_UPS[n_steps], snr=SNR, preconditioner="freq")
     sde = VESDE(SIGMA_MIN, SIGMA_MAX, NUM_SCALES)
-    N, eps = resolve_steps(NUM_SCALES, sde.default_eps, speed_up=SPEED_UPS[n_steps])
-    sde = sde.with_num_scales(N)
-    sigmas = sde.discrete_sigmas.double()
-    v = SIGMA_MAX ** 2 * R2  # x_T = sigma_max M z, centred at 0; the mean error is tracked on DC only
-    m = -MEAN * math.sqrt(H * W)  # DC coefficient of (x - mu) in the unitary DFT
-    for t in sde.time_grid(N, eps).double():
-        sigma_t = SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t.item()
-        d = 1.0 / (lam + sigma_t ** 2)  # score = -d (x - mu) per mode
-        # Langevin corrector with expected norms: E||M z||^2 = sum R^2, E||M M^T s||^2 = sum R^4 d^2 E|x-mu|^2.
-        second = v.clone()
-        second[0, 0] += m ** 2
-        step = 2 * SNR ** 2 * R2.sum() / (R2 ** 2 * d ** 2 * second).sum()
-        c = 1 - step * R2 * d
-        v = c ** 2 * v + 2 * step * R2
-        m = c[0, 0].item() * m
-        # Reverse-diffusion predictor at discrete level i.
-        i = int(t.item() * (N - 1))
-        G2 = sigmas[i] ** 2 - (sigmas[i - 1] ** 2 if i > 0 else 0.0)
-        c = 1 - G2 * R2 * d
-        v_mean = c ** 2 * v  # noise removal: the output is the last x_mean
-        v = v_mean + G2 * R2
-        m = c[0, 0].item() * m
-    w2_sq = m ** 2 + ((v_mean.sqrt() - lam.sqrt()) ** 2).sum().item()
-    return math.sqrt(w2_sq / (H * W))
+    return predict_w2(exact_statistics(lam), sde, settings, ALPHAS).tolist()
 
 
 def complex_fft_ops(x, R, S):
@@ -144,7 +130,8 @@ def main(out: Path = Path(__file__).parent / "results" / "gaussian_steps.md") ->
              "Lower is better; **bold** = best of the column for that size.", ""]
     for size in SIZES:
         lam = target(size)
-        table = {a: [w2_per_pixel(lam, a, n) for n in STEPS] for a in ALPHAS}
+        columns = [w2_table(lam, n) for n in STEPS]
+        table = {a: [col[i] for col in columns] for i, a in enumerate(ALPHAS)}
         best = [min(table[a][j] for a in ALPHAS) for j in range(len(STEPS))]
         lines += [f"## {size}x{size}", "", "| sampler | " + " | ".join(f"{n} steps" for n in STEPS) + " |",
                   "|---|" + "---|" * len(STEPS)]
