@@ -218,7 +218,16 @@ class ScoreModule(L.LightningModule):
                           self.image_shape, statistics=self.data_statistics, centered=self.centered)
         x = (result.x + 1) / 2 if self.centered else result.x
         result.x = x.clamp(0.0, 1.0)
+        self._log_alpha_choice(settings.name, result.info.get("alpha_auto"))
         return result
+
+    def _log_alpha_choice(self, name: str, choice: dict | None) -> None:
+        """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its predicted W2."""
+        experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
+        if choice is None or not hasattr(experiment, "add_scalar") or self.global_rank != 0:
+            return
+        experiment.add_scalar(f"alpha_auto/{name}/alpha", choice["alpha"] or 0.0, self.global_step)
+        experiment.add_scalar(f"alpha_auto/{name}/predicted_w2", choice["predicted_w2"], self.global_step)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)

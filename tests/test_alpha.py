@@ -160,3 +160,25 @@ def test_choice_is_fast_at_256_px():
     assert time.perf_counter() - start < 1.0
     # benchmarks/results/gaussian_steps.md (256 px, 200 steps): alpha 20 beats 12 (0.0016 vs 0.0029).
     assert choice.table[20.0] == pytest.approx(0.0016, abs=1e-4) and choice.alpha >= 20
+
+
+def test_score_module_logs_the_choice_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch import Trainer
+    from pds_lightning.models import NCSNpp
+    from pds_lightning.module import ScoreModule
+
+    net = NCSNpp(nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], image_size=8, num_channels=1,
+                 sigma_min=0.01, sigma_max=16.0, num_scales=100)
+    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1)
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    module.set_statistics(ImageStatistics((1, 8, 8)).update(images))
+    logger = TensorBoardLogger(tmp_path)
+    module.trainer = Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    logged = []
+    logger.experiment.add_scalar = lambda tag, value, step: logged.append((tag, value))
+    setting = SamplerSettings(name="auto10", n_steps=10, preconditioner="both", alpha="auto")
+    result = module.generate(setting, torch.arange(2))
+    choice = result.info["alpha_auto"]
+    assert logged == [("alpha_auto/auto10/alpha", choice["alpha"] or 0.0),
+                      ("alpha_auto/auto10/predicted_w2", choice["predicted_w2"])]
