@@ -71,8 +71,19 @@ def measured_w2(x: torch.Tensor, lam: torch.Tensor) -> float:
     return float((w2_sq.clamp_min(0) / n).sqrt())
 
 
+_SAMPLES = {}
+
+
 def sample(settings, lam, stats):
-    """BATCH draws of the PC sampler itself with these settings (the preconditioner as generate builds it)."""
+    """BATCH draws of the PC sampler itself with these settings (the preconditioner as generate builds it);
+    cached per settings within the run, since two tests measure the same samplers (the target is fixed)."""
+    key = repr(settings)
+    if key not in _SAMPLES:
+        _SAMPLES[key] = _sample(settings, lam, stats)
+    return _SAMPLES[key]
+
+
+def _sample(settings, lam, stats):
     score = GaussianScore(MEAN, lam, SDE)
     return pc_sampler(score, SDE, (BATCH, 1, SIZE, SIZE), noise=AntitheticNoise(), **settings.sampler_kwargs(),
                       preconditioner=settings.preconditioner_from(stats)).x
@@ -83,7 +94,7 @@ def settings_for(n_steps, alpha, preconditioner="freq"):
     return SamplerSettings(name="t", n_steps=n_steps, preconditioner=preconditioner, alpha=alpha, step_size="batch")
 
 
-@pytest.mark.parametrize("n_steps,alpha", [(40, 5.0), (66, None), (66, 8.0)])
+@pytest.mark.parametrize("n_steps,alpha", [(40, 5.0), (66, None), (66, 20.0)])
 def test_predicted_error_matches_the_sampler_within_10_percent(n_steps, alpha):
     lam, stats = target()
     setting = settings_for(n_steps, 5.0 if alpha is None else alpha, "none" if alpha is None else "freq")
