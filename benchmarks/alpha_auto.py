@@ -67,7 +67,7 @@ def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:
             c = choose_alpha(stats, sde, settings, centered=centered)
             ms = (time.perf_counter() - start) * 1e3
             alpha = "vanilla" if c.alpha is None else f"{c.alpha:g}"
-            lines.append(f"| {name} | {n} | {alpha} | {c.predicted_w2:.4f} | {c.table[5.0]:.4f} | "
+            lines.append(f"| {name} | {n} | {alpha} | {c.value:.4f} | {c.table[5.0]:.4f} | "
                          f"{c.table['vanilla']:.4f} | {ms:.0f} |")
     text = "\n".join(lines) + "\n" + CAUTION
     write_atomic(out, text)

@@ -4,7 +4,7 @@
     python benchmarks/steps_vs_quality.py --estimate --budget-minutes 40  # cost of one NFE -> samples that fit
 
 For each model (`demo`: MNIST, `patches`: RGB photo patches) and each sampler (vanilla; PDS alpha 5; PDS
-`alpha: auto` when `SamplerSettings` accepts it) at each step count, the same seeds 0..N-1 are sampled
+`alpha: auto` by the surrogate, `pds_auto`, and by pilot samples, `pds_pilot`) at each step count, the same seeds 0..N-1 are sampled
 (common random numbers: differences between settings are not blurred by different noise) with the
 model's configured PC sampler (reverse diffusion + Langevin, snr 0.16, 2 NFE per step), and scored:
 
@@ -68,11 +68,13 @@ def samplers(base: SamplerSettings) -> tuple[dict[str, SamplerSettings], list[st
     """The compared samplers (name -> settings) and notes on any that this version cannot build."""
     out = {"vanilla": dataclasses.replace(base, name="vanilla", preconditioner="none"),
            "pds_a5": dataclasses.replace(base, name="pds_a5", preconditioner="both", alpha=5.0)}
-    notes = []
-    try:
-        out["pds_auto"] = dataclasses.replace(base, name="pds_auto", preconditioner="both", alpha="auto")
-    except ValueError as err:
-        notes.append(f"`alpha: auto` skipped: SamplerSettings refuses it in this version ({err})")
+    out["pds_auto"] = dataclasses.replace(base, name="pds_auto", preconditioner="both", alpha="auto",
+                                          auto_method="surrogate")
+    out["pds_pilot"] = dataclasses.replace(base, name="pds_pilot", preconditioner="both", alpha="auto",
+                                           auto_method="pilot")
+    notes = ["`pds_auto`: alpha: auto chosen by the Gaussian surrogate (no network calls); `pds_pilot`: chosen "
+             f"by {base.pilot_samples} pilot samples per candidate (seeds from 2^40, not the scored ones), "
+             "whose cost is included in its wall time"]
     return out, notes
 
 
@@ -201,6 +203,10 @@ def write_report(path: Path, payload: dict) -> None:
                 r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
                 cells.append(f"{r[0]['wall_s']:.0f} ({r[0]['nfe']})" if r else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        chosen = {r["steps"]: r["alpha"] for r in rows if "alpha" in r}
+        if chosen:
+            lines += ["", "`pds_auto` resolved alpha to: " + ", ".join(
+                f"{'vanilla' if a is None else f'{a:g}'} at {s}" for s, a in sorted(chosen.items())) + " steps."]
         missing = [s for s in STEPS if s not in steps]
         if missing:
             lines += ["", f"Not run at this sample count (cost): {', '.join(map(str, missing))} steps."]
@@ -329,15 +335,18 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
                 continue
             setting = dataclasses.replace(setting, n_steps=steps, name=f"{sampler}_{steps}")
             start = time.perf_counter()
-            images, nfe = [], 0
+            images, nfe, info = [], 0, {}
             for batch in seeds.split(args.batch_size):
                 result = model.generate(setting, batch.to(args.device))
                 images.append(result.x.cpu())
-                nfe = result.nfe
+                nfe, info = result.nfe, result.info
             wall = time.perf_counter() - start
             images = torch.cat(images)
             row = {"model": name, "sampler": sampler, "steps": steps, "nfe": nfe, "wall_s": wall,
                    **scorer.score(images)}
+            if "alpha_auto" in info:  # what `auto` resolved to (alpha None: vanilla) and why
+                row["alpha"] = info["alpha_auto"]["alpha"]
+                row["alpha_auto"] = {k: info["alpha_auto"][k] for k in ("method", "criterion", "value", "nfe")}
             save_grid(images, out / "grids" / f"{name}_{sampler}_{steps:04d}.png")
             payload["results"].append(row)
             write_atomic(path, json.dumps(payload, indent=1).encode())

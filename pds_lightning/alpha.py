@@ -9,6 +9,10 @@ independently, x_k <- c_k x_k + b_k mu_k + s_k z_k: the output law is Gaussian w
 and mean gamma_k mu_k, propagated in closed form (`pc_output_moments`). Its W2 distance to the surrogate
 is the predicted error; the best candidate (vanilla included) is the choice.
 
+`auto_method: pilot` (`pilot_alpha`) instead measures: a few pilot samples of the model itself per
+candidate, scored by their spectral error against the data statistics. It costs network evaluations but
+sees what the surrogate cannot: the trained network's own errors (docs/alpha_auto.md).
+
 Approximations, besides the surrogate itself:
 - The Langevin step uses expected norms, step = 2 a_t snr^2 E||M z||^2 / E||M M^T score||^2, what the
   per-sample (and batch-mean) norms concentrate to (relative spread ~ 1 / sqrt(C H W)).
@@ -30,6 +34,7 @@ from torch import Tensor
 
 from pds_lightning.preconditioner import filter_from_statistic
 from pds_lightning.sampling.correctors import LangevinCorrector
+from pds_lightning.sampling.samplers import NonFiniteSampleError
 from pds_lightning.sde import SDE, resolve_steps
 
 #: Default candidates: None is vanilla (no preconditioning); the official default 5 is included.
@@ -65,16 +70,23 @@ class GaussianSurrogate:
 
 @dataclass
 class AlphaChoice:
-    """The chosen alpha (None: vanilla), its predicted W2 per pixel (data units [0, 1]) and every candidate's."""
+    """The chosen alpha (None: vanilla), the criterion it minimised (`value`) and every candidate's value.
+
+    method 'surrogate': criterion 'predicted_w2', the predicted W2 per pixel (data units [0, 1]);
+    method 'pilot': criterion 'pilot_spectral_error', measured on pilot samples of the model itself.
+    """
 
     alpha: float | None
-    predicted_w2: float
-    table: dict = field(default_factory=dict)  # {"vanilla" or alpha: predicted W2}
+    value: float
+    table: dict = field(default_factory=dict)  # {"vanilla" or alpha: criterion value}
     n_steps: int = 0
+    method: str = "surrogate"
+    criterion: str = "predicted_w2"
+    nfe: int = 0  # network evaluations spent choosing (pilot only)
 
     def to_dict(self) -> dict:
-        return {"alpha": self.alpha, "predicted_w2": self.predicted_w2, "n_steps": self.n_steps,
-                "table": {str(k): v for k, v in self.table.items()}}
+        return {"alpha": self.alpha, "method": self.method, "criterion": self.criterion, "value": self.value,
+                "n_steps": self.n_steps, "nfe": self.nfe, "table": {str(k): v for k, v in self.table.items()}}
 
 
 def _filter_values(values: Tensor, peak: float, alpha: float) -> Tensor:
@@ -263,3 +275,43 @@ def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | No
     N, _ = settings.steps_for(sde)
     table = {("vanilla" if a is None else a): float(w) for a, w in zip(candidates, w2.tolist())}
     return AlphaChoice(candidates[best], float(w2[best]), table, N)
+
+
+#: Pilot candidates: vanilla and the official family from strong (2) to mild (20) preconditioning.
+PILOT_CANDIDATES: tuple[float | None, ...] = (None, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+#: Pilot seeds are PILOT_SEED + i, far from the seeds users sample, so the choice is not scored on them.
+PILOT_SEED = 2 ** 40
+
+
+def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool = False,
+                device: torch.device | str = "cpu",
+                candidates: Sequence[float | None] = PILOT_CANDIDATES) -> AlphaChoice:
+    """Measured choice: `settings.pilot_samples` images per candidate (same pilot seeds, the model's own
+    score) and the candidate whose spectral error against the data statistics is lowest.
+
+    Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
+    samples at the step budget. `centered`: the model samples in [-1, 1].
+    """
+    from pds_lightning.metrics import spectral_error
+    from pds_lightning.sampling.settings import generate, with_alpha
+
+    if statistics is None or getattr(statistics, "count", 0) <= 0:
+        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
+    seeds = torch.arange(settings.pilot_samples, device=device) + PILOT_SEED
+    candidates = list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
+    table, nfe = {}, 0
+    for alpha in candidates:
+        key = "vanilla" if alpha is None else alpha
+        try:
+            result = generate(with_alpha(settings, alpha), score_fn, sde, seeds, shape, statistics=statistics)
+        except NonFiniteSampleError:  # a candidate that diverges at this budget simply loses
+            table[key] = math.inf
+            continue
+        x = (result.x + 1) / 2 if centered else result.x
+        error = spectral_error(x.clamp(0.0, 1.0), statistics.power_mean.to(x.device))
+        table[key] = error if math.isfinite(error) else math.inf
+        nfe += result.nfe * len(seeds)
+    best = min(table, key=table.get)
+    N, _ = settings.steps_for(sde)
+    return AlphaChoice(None if best == "vanilla" else best, table[best], table, N, method="pilot",
+                       criterion="pilot_spectral_error", nfe=nfe)

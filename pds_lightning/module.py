@@ -13,7 +13,7 @@ from torch import nn
 from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
-from pds_lightning.sampling.settings import SamplerSettings, generate
+from pds_lightning.sampling.settings import SamplerSettings, generate, resolve_auto_alpha, with_alpha
 from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
 
@@ -81,6 +81,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.sampler = sampler if sampler is not None else SamplerSettings()
+        self._alpha_choices: dict = {}  # resolve_alpha cache: (settings, step) -> choice
         self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
         size = _net_image_size(net)
         if size is not None and size != image_size:
@@ -214,20 +215,42 @@ class ScoreModule(L.LightningModule):
     def generate(self, settings: SamplerSettings, seeds: torch.Tensor):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1]."""
         self.ema_net.eval()
+        settings, choice = self.resolve_alpha(settings)
         result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
                           self.image_shape, statistics=self.data_statistics, centered=self.centered)
         x = (result.x + 1) / 2 if self.centered else result.x
         result.x = x.clamp(0.0, 1.0)
-        self._log_alpha_choice(settings.name, result.info.get("alpha_auto"))
+        if choice is not None:
+            result.info["alpha_auto"] = choice
         return result
 
-    def _log_alpha_choice(self, name: str, choice: dict | None) -> None:
-        """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its predicted W2."""
+    @torch.no_grad()
+    def resolve_alpha(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
+        """`alpha: auto` resolved once per settings and training step (a pilot samples the model, so it is
+        not repeated per batch), the same on every rank (rank 0's choice), and logged; others unchanged."""
+        if settings.alpha != "auto":
+            return settings, None
+        key = (repr(settings), int(self.global_step))
+        if key not in self._alpha_choices:
+            _, choice = resolve_auto_alpha(settings, self.sde, self.data_statistics, self.centered,
+                                           score_fn=self.score_fn(ema=True), shape=self.image_shape,
+                                           device=self.device)
+            if self._trainer is not None and self.trainer.world_size > 1:
+                choice = self.trainer.strategy.broadcast(choice, src=0)
+            # Earlier steps' choices are stale: the weights have changed since.
+            self._alpha_choices = {k: v for k, v in self._alpha_choices.items() if k[1] == key[1]}
+            self._alpha_choices[key] = choice
+            self._log_alpha_choice(settings.name, choice)
+        choice = self._alpha_choices[key]
+        return with_alpha(settings, choice["alpha"]), choice
+
+    def _log_alpha_choice(self, name: str, choice: dict) -> None:
+        """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its criterion value."""
         experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
-        if choice is None or not hasattr(experiment, "add_scalar") or self.global_rank != 0:
+        if not hasattr(experiment, "add_scalar") or self.global_rank != 0:
             return
         experiment.add_scalar(f"alpha_auto/{name}/alpha", choice["alpha"] or 0.0, self.global_step)
-        experiment.add_scalar(f"alpha_auto/{name}/predicted_w2", choice["predicted_w2"], self.global_step)
+        experiment.add_scalar(f"alpha_auto/{name}/{choice['criterion']}", choice["value"], self.global_step)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)

@@ -100,5 +100,19 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     choice = manifest["resolved"]["alpha_auto"]
-    assert choice["n_steps"] == 10 and choice["predicted_w2"] == min(choice["table"].values())
+    assert choice["n_steps"] == 10 and choice["value"] == min(choice["table"].values())
     assert manifest["settings"]["alpha"] == "auto"
+    assert choice["method"] == "surrogate" and choice["nfe"] == 0
+
+    # The measured (pilot) choice from the same checkpoint: one spectral error per pilot candidate.
+    from pds_lightning.alpha import PILOT_CANDIDATES
+
+    out = tmp_path / "pilot"
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
+            "--model.sampler.alpha", "auto", "--model.sampler.auto_method", "pilot",
+            "--model.sampler.pilot_samples", "2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+            "--trainer.callbacks.output_dir", out, cwd=tmp_path)
+    choice = json.loads((out / "manifest.json").read_text())["resolved"]["alpha_auto"]
+    assert choice["method"] == "pilot" and choice["criterion"] == "pilot_spectral_error"
+    assert len(choice["table"]) == len(PILOT_CANDIDATES) and choice["value"] == min(choice["table"].values())
+    assert choice["nfe"] == len(PILOT_CANDIDATES) * 2 * 20  # 10 PC steps = 20 NFE per pilot sample

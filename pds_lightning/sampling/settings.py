@@ -17,6 +17,7 @@ from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
 from pds_lightning.sde import SDE, resolve_steps
 
 PRECONDITIONERS = ("none", "freq", "space", "both")
+AUTO_METHODS = ("surrogate", "pilot")
 
 
 @dataclass
@@ -26,6 +27,8 @@ class SamplerSettings:
 
     Steps: `n_steps`, or `speed_up` (N = int(num_scales / speed_up), eps = default_eps * speed_up);
     `eps` overrides the end time. `preconditioner`: which PDS filters to use ('none' is vanilla).
+    `alpha: auto` picks alpha for the step budget by `auto_method`: 'surrogate' (predicted from the data
+    statistics, no network calls) or 'pilot' (measured on `pilot_samples` samples per candidate).
     """
 
     name: str = "pc"
@@ -39,6 +42,8 @@ class SamplerSettings:
     eps: float | None = None
     preconditioner: str = "none"
     alpha: float | str = 5.0
+    auto_method: str = "surrogate"
+    pilot_samples: int = 16
     denoise: bool = True
     step_size: str = "sample"
     check_finite_every: int = 0
@@ -57,6 +62,11 @@ class SamplerSettings:
                              "'batch' (official batch-mean rule)")
         if isinstance(self.alpha, str) and self.alpha != "auto":
             raise ValueError(f"alpha must be a number > 1 or 'auto' (chosen for the step budget), got {self.alpha!r}")
+        if self.auto_method not in AUTO_METHODS:
+            raise ValueError(f"unknown auto_method {self.auto_method!r}; choose 'surrogate' (predicted from the "
+                             "data statistics) or 'pilot' (measured on a few samples of the model)")
+        if self.pilot_samples < 2:
+            raise ValueError(f"pilot_samples must be >= 2 (a spectrum is estimated from them), got {self.pilot_samples}")
         if self.alpha == "auto":
             if self.method != "pc" or self.preconditioner == "none":
                 raise ValueError("alpha: auto needs method: pc and a preconditioner ('freq', 'space' or 'both')")
@@ -124,7 +134,8 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     settings.steps_for(sde)  # fail early, with the step-count message
     info = {}
     if settings.alpha == "auto":
-        settings, info["alpha_auto"] = resolve_auto_alpha(settings, sde, statistics, centered)
+        settings, info["alpha_auto"] = resolve_auto_alpha(settings, sde, statistics, centered, score_fn=score_fn,
+                                                          shape=shape, device=device)
     preconditioner = settings.preconditioner_from(statistics)
     if preconditioner is not None:
         preconditioner = preconditioner.to(device)
@@ -135,18 +146,30 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     return result
 
 
-def resolve_auto_alpha(settings: SamplerSettings, sde: SDE, statistics, centered: bool = False):
-    """Settings with `alpha: auto` replaced by the choice of `alpha.choose_alpha` (vanilla when it predicts
-    no preconditioning helps), and that choice as a dict for logs and manifests."""
-    from pds_lightning.alpha import choose_alpha
+def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
+    """`settings` at a fixed alpha; None means vanilla (preconditioner 'none')."""
+    if alpha is None:
+        return replace(settings, preconditioner="none", alpha=5.0)
+    return replace(settings, alpha=float(alpha))
+
+
+def resolve_auto_alpha(settings: SamplerSettings, sde: SDE, statistics, centered: bool = False, *,
+                       score_fn=None, shape=None, device="cpu"):
+    """Settings with `alpha: auto` replaced by the choice of `settings.auto_method` (vanilla when no
+    preconditioning wins), and that choice as a dict for logs and manifests. 'pilot' needs score_fn and the
+    image shape; 'surrogate' needs neither."""
+    from pds_lightning.alpha import choose_alpha, pilot_alpha
     from pds_lightning.statistics import ImageStatistics
 
     if statistics is None:
         raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
+    if settings.auto_method == "pilot":
+        if score_fn is None or shape is None:
+            raise ValueError("auto_method: pilot samples the model; pass score_fn and shape")
+        choice = pilot_alpha(settings, score_fn, sde, shape, statistics, centered=centered, device=device)
+        return with_alpha(settings, choice.alpha), choice.to_dict()
     # The surrogate is a small float64 CPU computation, whatever device the model runs on.
     cpu = [getattr(statistics, k).detach().cpu() for k in ("power_mean", "mean", "sq_mean")]
     statistics = ImageStatistics.from_moments(statistics.count, *cpu)
     choice = choose_alpha(statistics, sde, settings, centered=centered)
-    if choice.alpha is None:
-        return replace(settings, preconditioner="none", alpha=5.0), choice.to_dict()
-    return replace(settings, alpha=choice.alpha), choice.to_dict()
+    return with_alpha(settings, choice.alpha), choice.to_dict()
