@@ -77,6 +77,17 @@ def test_two_processes_write_identical_pngs_and_validate_each_seed_once(tmp_path
 
 
 @pytest.mark.slow
+def test_pilot_alpha_is_the_same_on_every_rank_and_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    predict_ddp.predict(str(one), 1, "0-5", 2, predict_ddp.PILOT)
+    proc = run_script("pilot", two, 2, "0-5", 2, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = [json.loads((d / "manifest.json").read_text())["resolved"]["alpha_auto"] for d in (one, two)]
+    assert resolved[0] == resolved[1] and resolved[0]["method"] == "pilot"
+    assert png_bytes(two, range(6)) == png_bytes(one, range(6))
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_every_seed_once_with_uninterrupted_pixels(tmp_path):
     seeds = range(60)
     reference = tmp_path / "reference"

@@ -1,6 +1,7 @@
 """Predict / validate a tiny real ScoreModule on CPU with 1 or more processes (Lightning DDP, gloo).
 
     python tests/scripts/predict_ddp.py predict OUT_DIR DEVICES SEEDS BATCH
+    python tests/scripts/predict_ddp.py pilot OUT_DIR DEVICES SEEDS BATCH      (alpha: auto, pilot)
     python tests/scripts/predict_ddp.py validate LOG_DIR DEVICES NUM_SAMPLES DATA_NPZ
     python tests/scripts/predict_ddp.py both OUT_DIR DEVICES SEEDS BATCH LOG_DIR NUM_SAMPLES DATA_NPZ
 
@@ -27,6 +28,9 @@ from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
 SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
+# alpha chosen by pilot samples: each rank runs the pilot, rank 0's choice is broadcast.
+PILOT = SamplerSettings(name="pilot_5", preconditioner="both", n_steps=5, alpha="auto", auto_method="pilot",
+                        pilot_samples=2)
 
 
 class Features(torch.nn.Module):
@@ -41,12 +45,12 @@ class Features(torch.nn.Module):
         return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
 
 
-def tiny_module() -> ScoreModule:
+def tiny_module(sampler: SamplerSettings = SETTINGS) -> ScoreModule:
     torch.manual_seed(0)  # the same weights in every process
     net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
                  num_scales=100, image_size=8, num_channels=1)
     module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, lr=1e-3, warmup=1,
-                         sampler=SETTINGS)
+                         sampler=sampler)
     images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     module.set_statistics(ImageStatistics((1, 8, 8)).update(images))  # PDS filters from fixed images
     return module
@@ -58,10 +62,10 @@ def trainer(devices: int, **kw) -> L.Trainer:
                      enable_model_summary=False, enable_progress_bar=False, **kw)
 
 
-def predict(out_dir: str, devices: int, seeds: str, batch: int) -> None:
+def predict(out_dir: str, devices: int, seeds: str, batch: int, sampler: SamplerSettings = SETTINGS) -> None:
     dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
     trainer(devices, logger=False, callbacks=[SampleWriter(out_dir)]).predict(
-        tiny_module(), datamodule=dm, return_predictions=False)
+        tiny_module(sampler), datamodule=dm, return_predictions=False)
 
 
 def validate(log_dir: str, devices: int, num_samples: int, data: str) -> None:
@@ -89,10 +93,12 @@ if __name__ == "__main__":
     mode, path, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "predict":
         predict(path, devices, sys.argv[4], int(sys.argv[5]))
+    elif mode == "pilot":
+        predict(path, devices, sys.argv[4], int(sys.argv[5]), PILOT)
     elif mode == "validate":
         validate(path, devices, int(sys.argv[4]), sys.argv[5])
     elif mode == "both":  # one process start for both checks (starting processes dominates the time)
         predict(path, devices, sys.argv[4], int(sys.argv[5]))
         validate(sys.argv[6], devices, int(sys.argv[7]), sys.argv[8])
     else:
-        raise SystemExit(f"unknown mode {mode!r}; use predict, validate or both")
+        raise SystemExit(f"unknown mode {mode!r}; use predict, pilot, validate or both")
