@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"demo (MNIST)": "configs/demo.yaml", "patches": "configs/patches.yaml"}
 STEPS = (200, 100, 66, 40, 20)
 CAUTION = """
-Caution: on the trained reference models the surrogate's ranking disagrees with measured quality. The
-steps_vs_quality run (benchmarks/results/steps_vs_quality_*.json, same data) measured PDS alpha 5 far
-better than vanilla at 40 and 66 steps, while the surrogate predicts alpha 5 worse than vanilla there.
-The stationary Gaussian surrogate is exact on Gaussian targets (tests/test_alpha.py) but does not capture
-what limits a trained network at few steps; see docs/alpha_auto.md.
+How these choices fare on the trained reference models (sample quality against alpha 5 and vanilla):
+benchmarks/results/steps_vs_quality.md, rows `pds_auto`; summary in docs/alpha_auto.md. In short: better
+than alpha 5 on patches at every budget and on the demo at 40-100 steps (spectral error), worse on the
+demo at 20 steps. The predicted W2 itself is exact only on Gaussian targets (tests/test_alpha.py).
 """
 
 

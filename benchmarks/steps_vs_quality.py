@@ -203,10 +203,11 @@ def write_report(path: Path, payload: dict) -> None:
                 r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
                 cells.append(f"{r[0]['wall_s']:.0f} ({r[0]['nfe']})" if r else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        chosen = {r["steps"]: r["alpha"] for r in rows if "alpha" in r}
-        if chosen:
-            lines += ["", "`pds_auto` resolved alpha to: " + ", ".join(
-                f"{'vanilla' if a is None else f'{a:g}'} at {s}" for s, a in sorted(chosen.items())) + " steps."]
+        for name in names:
+            chosen = {r["steps"]: r["alpha"] for r in rows if r["sampler"] == name and "alpha" in r}
+            if chosen:
+                lines += ["", f"`{name}` resolved alpha to: " + ", ".join(
+                    f"{'vanilla' if a is None else f'{a:g}'} at {s}" for s, a in sorted(chosen.items())) + " steps."]
         missing = [s for s in STEPS if s not in steps]
         if missing:
             lines += ["", f"Not run at this sample count (cost): {', '.join(map(str, missing))} steps."]
@@ -371,7 +372,7 @@ def main() -> None:
     if args.num_samples < 2:
         raise SystemExit("--num-samples must be >= 2 (a Frechet distance needs a covariance)")
     if args.estimate:
-        n_samplers = 3 - len(samplers(SamplerSettings())[1])
+        n_samplers = len(samplers(SamplerSettings())[0])  # the pilot's own samples are not counted
         estimate(args.models, args.batch_size, args.budget_minutes, n_samplers, sorted(args.steps))
         return
     out = args.output_dir
