@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from steps_vs_quality import load_model, save_grid  # noqa: E402
+from steps_vs_quality import image_stack, load_model, save_grid  # noqa: E402
 
 from pds_lightning.fileio import write_atomic  # noqa: E402
 from pds_lightning.data import ImageDataModule  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     rows = timeline(logs[-1].parent, classifier)
     settings = [k for k in rows[-1] if k not in ("step", "minutes", "val_loss")]
     dm = ImageDataModule(source="mnist", image_size=32, num_channels=1).setup_images()
-    real = torch.stack([dm.images[int(i)] for i in dm.val_indices])
+    real = image_stack(dm, dm.val_indices)
     real_frac, real_mean = confident(classifier, real)
 
     ckpt = args.run / "checkpoints" / "last.ckpt"

@@ -89,6 +89,11 @@ class AlphaChoice:
                 "n_steps": self.n_steps, "nfe": self.nfe, "table": {str(k): v for k, v in self.table.items()}}
 
 
+def _with_vanilla(candidates: Sequence[float | None]) -> list[float | None]:
+    """The candidates as floats, each once, with vanilla (None) first: it is always a candidate."""
+    return list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
+
+
 def _filter_values(values: Tensor, peak: float, alpha: float) -> Tensor:
     """The official filter (filter_from_statistic) at statistic `values` [n], normalised by the data's `peak`."""
     m = torch.cat([values.to(torch.float64), values.new_tensor([peak], dtype=torch.float64)])
@@ -268,7 +273,7 @@ def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | No
     if settings.preconditioner == "none":
         raise ValueError("alpha: auto chooses the strength of a PDS preconditioner; set preconditioner to "
                          "'freq', 'space' or 'both'")
-    candidates = list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
+    candidates = _with_vanilla(candidates)
     w2 = predict_w2(statistics, sde, settings, candidates, centered=centered, max_modes=max_modes)
     w2 = torch.where(torch.isfinite(w2), w2, torch.full_like(w2, math.inf))  # a diverging candidate loses
     best = int(torch.argmin(w2))
@@ -292,13 +297,14 @@ def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool 
     Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
     samples at the step budget. `centered`: the model samples in [-1, 1].
     """
+    from pds_lightning.data import to_unit_range
     from pds_lightning.metrics import spectral_error
     from pds_lightning.sampling.settings import generate, with_alpha
 
     if statistics is None or getattr(statistics, "count", 0) <= 0:
         raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
     seeds = torch.arange(settings.pilot_samples, device=device) + PILOT_SEED
-    candidates = list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
+    candidates = _with_vanilla(candidates)
     table, nfe = {}, 0
     for alpha in candidates:
         key = "vanilla" if alpha is None else alpha
@@ -307,8 +313,8 @@ def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool 
         except NonFiniteSampleError:  # a candidate that diverges at this budget simply loses
             table[key] = math.inf
             continue
-        x = (result.x + 1) / 2 if centered else result.x
-        error = spectral_error(x.clamp(0.0, 1.0), statistics.power_mean.to(x.device))
+        x = to_unit_range(result.x, centered).clamp(0.0, 1.0)
+        error = spectral_error(x, statistics.power_mean.to(x.device))
         table[key] = error if math.isfinite(error) else math.inf
         nfe += result.nfe * len(seeds)
     best = min(table, key=table.get)

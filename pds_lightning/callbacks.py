@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import nn
 
+from pds_lightning.data import to_unit_range
 from pds_lightning.fileio import TMP_SUFFIX, write_atomic
 from pds_lightning.metrics import FeatureMetrics, make_feature_extractor, metric_name, spectral_error
 from pds_lightning.sampling.settings import SamplerSettings
@@ -368,7 +369,7 @@ class SamplingCallback(Callback):
                 x = x[: max(limit - seen, 0)]
             first = (rank - seen) % world  # the first row of this batch whose global index is rank mod world
             mine = x[first::world].to(device).float()
-            fm.update((mine + 1) / 2 if pl_module.centered else mine, real=True)
+            fm.update(to_unit_range(mine, pl_module.centered), real=True)
             seen += x.shape[0]
             if limit is not None and seen >= limit:
                 break

@@ -29,7 +29,17 @@ EMBEDDED = {"mnist": "mnist_32.npz", "patches": "patches_32.npz"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TORCHVISION_DATASETS = ("CIFAR10", "MNIST", "FashionMNIST", "CelebA", "LSUN")
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> L.
-LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)  # BT.601 luminance weights of R, G, B
+
+
+def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """Images in [0, 1] -> the model's space ([-1, 1] when centered)."""
+    return x * 2.0 - 1.0 if centered else x
+
+
+def to_unit_range(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """The inverse of `to_model_space`: model-space images (e.g. samples) -> [0, 1] units."""
+    return (x + 1) / 2 if centered else x
 
 
 def embedded_data_dir() -> Path:
@@ -308,7 +318,7 @@ class TrainImages(Dataset):
         if self.dequantize:
             # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1).
             x = (torch.rand_like(x) + x * 255.0) / 256.0
-        return x * 2.0 - 1.0 if self.centered else x
+        return to_model_space(x, self.centered)
 
 
 # --------------------------------------------------------------------------------------------------------------

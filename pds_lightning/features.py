@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pds_lightning.data import LUMA  # BT.601 weights of R, G, B
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "digit_classifier.pt"
-LUMA = (0.299, 0.587, 0.114)  # BT.601 weights of R, G, B
 IMAGE_SIZE = 32
 
 

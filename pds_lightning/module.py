@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from pds_lightning.data import to_unit_range
 from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
@@ -218,8 +219,7 @@ class ScoreModule(L.LightningModule):
         settings, choice = self.resolve_alpha(settings)
         result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
                           self.image_shape, statistics=self.data_statistics, centered=self.centered)
-        x = (result.x + 1) / 2 if self.centered else result.x
-        result.x = x.clamp(0.0, 1.0)
+        result.x = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
         if choice is not None:
             result.info["alpha_auto"] = choice
         return result

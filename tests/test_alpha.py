@@ -17,15 +17,6 @@ SDE = VESDE(0.01, 5.0, 1000)
 BATCH = 2048
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny FFTs on a shared machine: threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class AntitheticNoise:
     """Draws z for the first half of the batch and -z for the second (antithetic variates): on this linear
     target the batch mean of the output is then (almost) exactly the sampler's mean, which removes the
