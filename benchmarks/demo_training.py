@@ -91,7 +91,7 @@ def main() -> None:
 
     ckpt = args.run / "checkpoints" / "last.ckpt"
     model, _ = load_model(args.config, str(ckpt.resolve()))
-    result = model.generate(model.sampler, torch.arange(args.num_samples))
+    result = model.sample(model.sampler, torch.arange(args.num_samples))
     final_frac, final_mean = confident(classifier, result.x)
     grid_path = args.output.with_name(args.output.stem + "_final.png")
     save_grid(result.x, grid_path)

@@ -338,7 +338,7 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
             start = time.perf_counter()
             images, nfe, info = [], 0, {}
             for batch in seeds.split(args.batch_size):
-                result = model.generate(setting, batch.to(args.device))
+                result = model.sample(setting, batch.to(args.device))
                 images.append(result.x.cpu())
                 nfe, info = result.nfe, result.info
             wall = time.perf_counter() - start

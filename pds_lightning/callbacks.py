@@ -312,7 +312,7 @@ class SamplingCallback(Callback):
         sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda *a: None)
         sync()
         t0 = time.perf_counter()
-        result = pl_module.generate(setting, seeds)
+        result = pl_module.sample(setting, seeds)
         sync()
         return result.x.float(), int(result.nfe), time.perf_counter() - t0
 

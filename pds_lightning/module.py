@@ -10,11 +10,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from pds_lightning.alpha import resolve_alpha
 from pds_lightning.data import to_unit_range
 from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
-from pds_lightning.sampling.settings import SamplerSettings, generate, resolve_auto_alpha, with_alpha
+from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
 from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
 
@@ -82,7 +83,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.sampler = sampler if sampler is not None else SamplerSettings()
-        self._alpha_choices: dict = {}  # resolve_alpha cache: (settings, step) -> choice
+        self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
         self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
         size = _net_image_size(net)
         if size is not None and size != image_size:
@@ -213,28 +214,28 @@ class ScoreModule(L.LightningModule):
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, settings: SamplerSettings, seeds: torch.Tensor):
+    def sample(self, settings: SamplerSettings, seeds: torch.Tensor):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1]."""
         self.ema_net.eval()
-        settings, choice = self.resolve_alpha(settings)
+        settings, choice = self.resolved_settings(settings)
         result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
-                          self.image_shape, statistics=self.data_statistics, centered=self.centered)
+                          self.image_shape, statistics=self.data_statistics)
         result.x = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
         if choice is not None:
             result.info["alpha_auto"] = choice
         return result
 
     @torch.no_grad()
-    def resolve_alpha(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
-        """`alpha: auto` resolved once per settings and training step (a pilot samples the model, so it is
-        not repeated per batch), the same on every rank (rank 0's choice), and logged; others unchanged."""
+    def resolved_settings(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
+        """`settings` with `alpha: auto` resolved by pds_lightning.alpha.resolve_alpha, once per settings and
+        training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
+        (rank 0's choice), and logged; other settings come back unchanged with None."""
         if settings.alpha != "auto":
             return settings, None
         key = (repr(settings), int(self.global_step))
         if key not in self._alpha_choices:
-            _, choice = resolve_auto_alpha(settings, self.sde, self.data_statistics, self.centered,
-                                           score_fn=self.score_fn(ema=True), shape=self.image_shape,
-                                           device=self.device)
+            _, choice = resolve_alpha(settings, self.sde, self.data_statistics, centered=self.centered,
+                                      score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
             if self._trainer is not None and self.trainer.world_size > 1:
                 choice = self.trainer.strategy.broadcast(choice, src=0)
             # Earlier steps' choices are stale: the weights have changed since.
@@ -254,7 +255,7 @@ class ScoreModule(L.LightningModule):
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
-        result = self.generate(self.sampler, seeds.long())
+        result = self.sample(self.sampler, seeds.long())
         return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe, "info": result.info}
 
 

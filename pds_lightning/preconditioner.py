@@ -65,8 +65,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _mirror(f: Tensor) -> Tensor:
-    """f(-k): index (-i mod H, -j mod W)."""
+def frequency_mirror(f: Tensor) -> Tensor:
+    """f(-k) of an unshifted DFT-layout array (DC at [0, 0]): index (-i mod H, -j mod W)."""
     return torch.roll(torch.flip(f, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
 
 
@@ -77,7 +77,7 @@ class Preconditioner(nn.Module):
         super().__init__()
         if freq_filter is not None:
             freq_filter = self._checked_filter(freq_filter, "frequency filter")
-            if not torch.allclose(freq_filter, _mirror(freq_filter), rtol=1e-5, atol=0):
+            if not torch.allclose(freq_filter, frequency_mirror(freq_filter), rtol=1e-5, atol=0):
                 raise ValueError("frequency filter is not symmetric under k -> -k (R[c, -i, -j] != R[c, i, j]); "
                                  "it must come from |fft2|^2 statistics stored unshifted (DC at [0, 0]). "
                                  "A filter saved fft-shifted (odd sizes) shows this; apply torch.fft.ifftshift.")

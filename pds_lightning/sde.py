@@ -25,16 +25,12 @@ def resolve_steps(num_scales: int, default_eps: float, n_steps: int | None = Non
 
     Official rule: N = int(num_scales / speed_up), eps = default_eps * speed_up. An explicit `n_steps`
     is the same rule with speed_up = num_scales / n_steps; an explicit `eps` overrides the scaled one.
+    The values themselves (n_steps >= 1, speed_up > 0, not both) are checked by SamplerSettings; this
+    checks only what depends on the SDE.
     """
-    if n_steps is not None and speed_up != 1.0:
-        raise ValueError(f"give either n_steps ({n_steps}) or speed_up ({speed_up}), not both")
     if n_steps is not None:
-        if int(n_steps) < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         N, factor = int(n_steps), num_scales / int(n_steps)
     else:
-        if not speed_up > 0:
-            raise ValueError(f"speed_up must be > 0, got {speed_up}")
         N, factor = int(num_scales / speed_up), float(speed_up)
         if N < 1:
             raise ValueError(f"speed_up={speed_up} leaves int({num_scales} / {speed_up}) = {N} steps; "
@@ -86,6 +82,16 @@ class SDE:
     def with_num_scales(self, num_scales: int) -> "SDE":
         """The same SDE discretised into `num_scales` levels (what speed_up builds)."""
         raise NotImplementedError
+
+    def discretised(self, n_steps: int | None = None, speed_up: float = 1.0,
+                    eps: float | None = None) -> tuple["SDE", int, float]:
+        """(this SDE re-discretised into N levels, N, eps) for a sampling run (`resolve_steps`'s rule)."""
+        N, eps = resolve_steps(self.N, self.default_eps, n_steps=n_steps, speed_up=speed_up, eps=eps)
+        return (self if N == self.N else self.with_num_scales(N)), N, eps
+
+    def ddpm_alpha(self, t: Tensor, like: Tensor) -> Tensor:
+        """a_t of the Langevin step size 2 a_t (snr ||z|| / ||score||)^2: 1 here (VE), DDPM alpha_i for VP."""
+        return torch.ones(t.shape, device=like.device, dtype=like.dtype)
 
 
 class ReverseSDE:
@@ -139,12 +145,16 @@ class VESDE(SDE):
     def prior_sampling(self, z):
         return z * self.sigma_max
 
+    def sigma_and_prev(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(sigma_i, sigma_{i-1}) of the SMLD levels at t, [B] each, in like's device and dtype; sigma_{-1} = 0."""
+        i = self.timestep(t)
+        sigmas = self.discrete_sigmas.to(device=like.device, dtype=like.dtype)
+        sigma = sigmas[i]
+        return sigma, torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
+
     def discretize(self, x, t):
         """SMLD: x_{i} = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z, sigma_{-1} = 0."""
-        i = self.timestep(t)
-        sigmas = self.discrete_sigmas.to(device=x.device, dtype=x.dtype)
-        sigma = sigmas[i]
-        sigma_prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
+        sigma, sigma_prev = self.sigma_and_prev(t, x)
         return torch.zeros_like(x), torch.sqrt(sigma ** 2 - sigma_prev ** 2)
 
 
@@ -183,12 +193,14 @@ class VPSDE(SDE):
         std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
         return per_sample(torch.exp(log_mean_coeff)) * x, std
 
+    def ddpm_alpha(self, t: Tensor, like: Tensor) -> Tensor:
+        """The DDPM alpha_i = 1 - beta_i at t's level (the official Langevin step uses it for sub-VP too)."""
+        return self.alphas.to(device=like.device, dtype=like.dtype)[self.timestep(t)]
+
     def discretize(self, x, t):
         """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
-        i = self.timestep(t)
-        beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[i]
-        alpha = self.alphas.to(device=x.device, dtype=x.dtype)[i]
-        return per_sample(torch.sqrt(alpha)) * x - x, torch.sqrt(beta)
+        beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[self.timestep(t)]
+        return per_sample(torch.sqrt(self.ddpm_alpha(t, x))) * x - x, torch.sqrt(beta)
 
 
 class SubVPSDE(VPSDE):

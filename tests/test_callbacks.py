@@ -28,7 +28,7 @@ SIZE, CHANNELS, MEAN, VARIANCE = 8, 3, 0.5, 0.004
 class GaussianModule(L.LightningModule):
     """The ScoreModule sampling API over an exact Gaussian score (no network to train).
 
-    `generate` runs the package's sampler; the data statistics are the target's analytic moments.
+    `sample` runs the package's sampler; the data statistics are the target's analytic moments.
     A single scalar parameter gives Lightning's fit loop something to optimise.
     """
 
@@ -47,7 +47,7 @@ class GaussianModule(L.LightningModule):
         self.data_statistics = ImageStatistics.from_moments(
             1000, power, torch.full_like(lam, MEAN), torch.full_like(lam, MEAN ** 2 + VARIANCE))
 
-    def generate(self, settings, seeds):
+    def sample(self, settings, seeds):
         result = generate(settings, self.target, self.sde, seeds.to(self.device), self.image_shape,
                           statistics=self.data_statistics)
         result.x = result.x.clamp(0.0, 1.0)
@@ -64,7 +64,7 @@ class GaussianModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         self.predicted_seeds += batch.tolist()
-        result = self.generate(self.sampler, batch.long())
+        result = self.sample(self.sampler, batch.long())
         return {"seeds": batch.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
 
 
@@ -89,7 +89,7 @@ def read_png(path):
 
 def expected_pixels(seeds, model=None):
     model = model or GaussianModule()
-    return to_uint8(model.generate(model.sampler, torch.tensor(seeds)).x)
+    return to_uint8(model.sample(model.sampler, torch.tensor(seeds)).x)
 
 
 # ---- files -----------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_writer_writes_every_seed_once_with_the_sampled_pixels_and_a_manifest(tm
         assert z["seeds"].tolist() == [8, 9, 1000, 1001]
         assert np.array_equal(z["samples"], pixels[8:])
     manifest = json.loads((out / "manifest.json").read_text())
-    nfe = model.generate(model.sampler, torch.tensor([0])).nfe
+    nfe = model.sample(model.sampler, torch.tensor([0])).nfe
     assert manifest["num_written"] == 12 and manifest["num_on_disk"] == 12
     assert manifest["nfe_per_sample"] == nfe == 2 * 25  # speed_up 4 of 100 scales, corrector + predictor
     assert manifest["settings"]["preconditioner"] == "both" and manifest["settings"]["speed_up"] == 4.0
@@ -251,7 +251,7 @@ def test_sampling_callback_logs_grids_and_metrics_to_tensorboard(tmp_path):
     assert {"samples/vanilla", "samples/pds_25", "samples/side_by_side"} <= set(tags["images"])
     seeds = torch.arange(10)
     for s in settings:
-        result = model.generate(s, seeds)
+        result = model.sample(s, seeds)
         [sp] = events.Scalars(f"val/spectral_error/{s.name}")  # one epoch; the sanity check logs nothing
         assert sp.value == pytest.approx(spectral_error(result.x, model.data_statistics.power_mean), rel=1e-5)
         assert events.Scalars(f"val/nfe/{s.name}")[0].value == result.nfe

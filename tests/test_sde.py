@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from pds_lightning.sampling.settings import SamplerSettings
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE, resolve_steps
 
 
@@ -125,7 +126,10 @@ def test_resolve_steps_official_rule():
 def test_resolve_steps_errors():
     with pytest.raises(ValueError, match="leaves"):
         resolve_steps(20, 1e-5, speed_up=40)
+    with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\)"):
+        resolve_steps(20, 1e-3, n_steps=10, eps=1.5)
+    # The values themselves are checked once, where the user gives them: SamplerSettings.
     with pytest.raises(ValueError, match="not both"):
-        resolve_steps(20, 1e-5, n_steps=4, speed_up=2)
+        SamplerSettings(n_steps=4, speed_up=2)
     with pytest.raises(ValueError, match="n_steps must be >= 1"):
-        resolve_steps(20, 1e-5, n_steps=0)
+        SamplerSettings(n_steps=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pds_lightning.preconditioner import frequency_mirror
 from pds_lightning.sde import SDE, per_sample
 
 
@@ -40,8 +41,7 @@ class GaussianScore(nn.Module):
             raise ValueError(f"power_spectrum must be [H, W] or [C, H, W], got {tuple(lam.shape)}")
         if not torch.isfinite(lam).all() or (lam <= 0).any():
             raise ValueError("power_spectrum must be finite and positive everywhere")
-        mirrored = torch.roll(torch.flip(lam, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
-        if not torch.allclose(lam, mirrored, rtol=1e-6, atol=0):
+        if not torch.allclose(lam, frequency_mirror(lam), rtol=1e-6, atol=0):
             raise ValueError("power_spectrum must satisfy lam(k) = lam(-k) (a real stationary image model), "
                              "stored unshifted with DC at [0, 0]")
         self.sde = sde

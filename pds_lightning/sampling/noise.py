@@ -1,4 +1,4 @@
-"""Sources of standard-normal draws for samplers, and the one preconditioning hook.
+"""Sources of standard-normal draws for samplers (`noise(like) -> z`); PDS applies M to them, not these.
 
 A sample must depend only on its seed and the settings, not on batch size, position or process count:
 `SeededNoise` keeps one generator per seed and draws row b from seed b's generator only.
@@ -51,20 +51,3 @@ class RecordedNoise:
         self.calls += 1
         return z.to(device=like.device, dtype=like.dtype)
 
-
-class PreconditionedNoise:
-    """The one hook through which PDS enters every update: drift terms get M M^T, noise draws get M.
-
-    With `preconditioner=None` both are the identity, which is exactly vanilla sampling.
-    """
-
-    def __init__(self, source, preconditioner=None):
-        self.source = source
-        self.preconditioner = preconditioner
-
-    def drift(self, g: Tensor) -> Tensor:
-        return g if self.preconditioner is None else self.preconditioner.drift(g)
-
-    def noise(self, like: Tensor) -> Tensor:
-        z = self.source.noise(like)
-        return z if self.preconditioner is None else self.preconditioner.noise(z)

@@ -1,7 +1,8 @@
-"""Predictors of the PC sampler (score_sde semantics), each preconditioned through the hook.
+"""Predictors of the PC sampler (score_sde semantics), each preconditioned by PDS.
 
 `update(x, t) -> (x, x_mean)`: x_mean is the step without its noise (used for noise removal).
-Every drift increment goes through `hook.drift` (M M^T) and every noise draw through `hook.noise` (M).
+Every drift increment gets M M^T (`preconditioner.drift`) and every noise draw M (`preconditioner.noise`);
+the identity preconditioner (no filters) is vanilla sampling.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import math
 import torch
 from torch import Tensor
 
+from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sde import SDE, VESDE, VPSDE, SubVPSDE, per_sample
 
 
 class Predictor:
-    def __init__(self, sde: SDE, score_fn, hook):
+    def __init__(self, sde: SDE, score_fn, preconditioner: Preconditioner, noise):
         self.sde = sde
         self.score_fn = score_fn
-        self.hook = hook
+        self.preconditioner = preconditioner
+        self.noise = noise
+
+    def mz(self, like: Tensor) -> Tensor:
+        """M z for a fresh standard-normal draw z shaped like `like`."""
+        return self.preconditioner.noise(self.noise.noise(like))
 
     def update(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -29,8 +36,8 @@ class ReverseDiffusionPredictor(Predictor):
 
     def update(self, x, t):
         f, G = self.sde.reverse(self.score_fn).discretize(x, t)
-        x_mean = x - self.hook.drift(f)
-        return x_mean + per_sample(G) * self.hook.noise(x), x_mean
+        x_mean = x - self.preconditioner.drift(f)
+        return x_mean + per_sample(G) * self.mz(x), x_mean
 
 
 class EulerMaruyamaPredictor(Predictor):
@@ -38,36 +45,33 @@ class EulerMaruyamaPredictor(Predictor):
 
     def update(self, x, t):
         dt = -1.0 / self.sde.N
-        z = self.hook.noise(x)  # drawn before the score, as the official code does
+        z = self.mz(x)  # drawn before the score, as the official code does
         drift, diffusion = self.sde.reverse(self.score_fn).sde(x, t)
-        x_mean = x + self.hook.drift(drift * dt)
+        x_mean = x + self.preconditioner.drift(drift * dt)
         return x_mean + per_sample(diffusion) * math.sqrt(-dt) * z, x_mean
 
 
 class AncestralSamplingPredictor(Predictor):
     """Ancestral sampling of the SMLD (VE) or DDPM (VP) chain."""
 
-    def __init__(self, sde, score_fn, hook):
+    def __init__(self, sde, score_fn, preconditioner, noise):
         if isinstance(sde, SubVPSDE) or not isinstance(sde, (VESDE, VPSDE)):
             raise ValueError(f"ancestral_sampling supports VE and VP SDEs only, not {type(sde).__name__}; "
                              "use reverse_diffusion or euler_maruyama")
-        super().__init__(sde, score_fn, hook)
+        super().__init__(sde, score_fn, preconditioner, noise)
 
     def update(self, x, t):
-        i = self.sde.timestep(t)
         score = self.score_fn(x, t)
         if isinstance(self.sde, VESDE):
-            sigmas = self.sde.discrete_sigmas.to(device=x.device, dtype=x.dtype)
-            sigma = sigmas[i]
-            sigma_prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
-            x_mean = x + self.hook.drift(score * per_sample(sigma ** 2 - sigma_prev ** 2))
+            sigma, sigma_prev = self.sde.sigma_and_prev(t, x)
+            x_mean = x + self.preconditioner.drift(score * per_sample(sigma ** 2 - sigma_prev ** 2))
             std = torch.sqrt(sigma_prev ** 2 * (sigma ** 2 - sigma_prev ** 2) / sigma ** 2)
         else:
-            beta = self.sde.discrete_betas.to(device=x.device, dtype=x.dtype)[i]
+            beta = self.sde.discrete_betas.to(device=x.device, dtype=x.dtype)[self.sde.timestep(t)]
             step = (x + per_sample(beta) * score) / per_sample(torch.sqrt(1.0 - beta)) - x
-            x_mean = x + self.hook.drift(step)
+            x_mean = x + self.preconditioner.drift(step)
             std = torch.sqrt(beta)
-        return x_mean + per_sample(std) * self.hook.noise(x), x_mean
+        return x_mean + per_sample(std) * self.mz(x), x_mean
 
 
 class NonePredictor(Predictor):
@@ -83,9 +87,3 @@ PREDICTORS = {
     "ancestral_sampling": AncestralSamplingPredictor,
     "none": NonePredictor,
 }
-
-
-def get_predictor(name: str) -> type[Predictor]:
-    if name not in PREDICTORS:
-        raise ValueError(f"unknown predictor {name!r}; choose one of {sorted(PREDICTORS)}")
-    return PREDICTORS[name]

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pds_lightning.sampling.correctors import get_corrector
-from pds_lightning.sampling.noise import PreconditionedNoise
-from pds_lightning.sampling.predictors import get_predictor
-from pds_lightning.sde import SDE, resolve_steps
+from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling.correctors import CORRECTORS
+from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sde import SDE
 
 
 @dataclass
@@ -53,17 +53,17 @@ def _check_finite(x: Tensor, step: int, n_steps: int, every: int) -> None:
         raise NonFiniteSampleError(step, n_steps)
 
 
-def _steps(sde: SDE, n_steps, speed_up, eps) -> tuple[SDE, int, float]:
-    """The SDE re-discretised into the resolved number of steps (official speed_up rule)."""
-    N, eps = resolve_steps(sde.N, sde.default_eps, n_steps=n_steps, speed_up=speed_up, eps=eps)
-    return (sde if N == sde.N else sde.with_num_scales(N)), N, eps
+def identity_if_none(preconditioner: Preconditioner | None) -> Preconditioner:
+    """The preconditioner, or the identity (no filters: M = I, vanilla sampling) when there is none."""
+    return Preconditioner() if preconditioner is None else preconditioner
 
 
-def _initial(sde: SDE, shape, hook, device, dtype) -> Tensor:
-    """x_T from a (preconditioned) standard-normal draw."""
+def initial_sample(sde: SDE, shape, preconditioner: Preconditioner, noise, dtype) -> Tensor:
+    """x_T = prior(M z) from one standard-normal draw z of shape [B, C, H, W]."""
     if len(shape) != 4:
         raise ValueError(f"shape must be [B, C, H, W], got {tuple(shape)}")
-    return sde.prior_sampling(hook.noise(torch.zeros(shape, device=device, dtype=dtype)))
+    return sde.prior_sampling(preconditioner.noise(noise.noise(torch.zeros(shape, device=noise.device,
+                                                                          dtype=dtype))))
 
 
 @torch.no_grad()
@@ -73,12 +73,12 @@ def pc_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, predict
                denoise: bool = True, step_size: str = "sample", check_finite_every: int = 0,
                dtype: torch.dtype = torch.float32) -> SampleResult:
     """Predictor-corrector sampling: per step t_i of linspace(T, eps, N), corrector then predictor."""
-    sde, N, eps = _steps(sde, n_steps, speed_up, eps)
+    sde, N, eps = sde.discretised(n_steps, speed_up, eps)
     counted = _CountingScore(score_fn)
-    hook = PreconditionedNoise(noise, preconditioner)
-    predict = get_predictor(predictor)(sde, counted, hook)
-    correct = get_corrector(corrector)(sde, counted, hook, snr, n_corrector_steps, step_size)
-    x = _initial(sde, shape, hook, noise.device, dtype)
+    preconditioner = identity_if_none(preconditioner)
+    predict = PREDICTORS[predictor](sde, counted, preconditioner, noise)
+    correct = CORRECTORS[corrector](sde, counted, preconditioner, noise, snr, n_corrector_steps, step_size)
+    x = initial_sample(sde, shape, preconditioner, noise, dtype)
     x_mean = x
     for i, t in enumerate(sde.time_grid(N, eps, device=x.device)):
         vec_t = torch.full((shape[0],), float(t), device=x.device)
@@ -101,10 +101,10 @@ def ode_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, n_step
                          "not the model's probability-flow ODE (only the matching M-shaped noise of the "
                          "SDE keeps the marginals p_t), so the deterministic path would go elsewhere. Use "
                          "method 'pc' for PDS, or preconditioner 'none' with the ODE")
-    sde, N, eps = _steps(sde, n_steps, speed_up, eps)
+    sde, N, eps = sde.discretised(n_steps, speed_up, eps)
     counted = _CountingScore(score_fn)
     flow = sde.reverse(counted, probability_flow=True)
-    x = _initial(sde, shape, PreconditionedNoise(noise), noise.device, dtype)
+    x = initial_sample(sde, shape, Preconditioner(), noise, dtype)
     times = torch.linspace(sde.T, eps, N + 1, device=x.device, dtype=torch.float32)
     for i in range(N):
         t, t_next = times[i], times[i + 1]

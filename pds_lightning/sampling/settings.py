@@ -1,4 +1,8 @@
-"""YAML-friendly sampler settings and `generate`, the one entry point that turns seeds into samples."""
+"""YAML-friendly sampler settings and `generate`, the one entry point that turns seeds into samples.
+
+`generate` runs settings whose alpha is a number; `alpha: auto` is chosen above this package, by
+`pds_lightning.alpha.resolve_alpha`, before sampling.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from pds_lightning.sampling.predictors import PREDICTORS
 from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
 from pds_lightning.sde import SDE, resolve_steps
 
-PRECONDITIONERS = ("none", "freq", "space", "both")
-AUTO_METHODS = ("surrogate", "pilot")
+#: Values of `SamplerSettings.preconditioner`: which PDS filters to build ('none' is vanilla).
+PRECONDITIONER_CHOICES = ("none", "freq", "space", "both")
+#: Values of `SamplerSettings.auto_method` (how pds_lightning.alpha chooses `alpha: auto`).
+AUTO_METHOD_CHOICES = ("surrogate", "pilot")
 
 
 @dataclass
@@ -55,14 +61,14 @@ class SamplerSettings:
             raise ValueError(f"unknown predictor {self.predictor!r}; choose one of {sorted(PREDICTORS)}")
         if self.corrector not in CORRECTORS:
             raise ValueError(f"unknown corrector {self.corrector!r}; choose one of {sorted(CORRECTORS)}")
-        if self.preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {PRECONDITIONERS}")
+        if self.preconditioner not in PRECONDITIONER_CHOICES:
+            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {PRECONDITIONER_CHOICES}")
         if self.step_size not in STEP_SIZE_MODES:
             raise ValueError(f"unknown step_size {self.step_size!r}; choose 'sample' (per-sample norms) or "
                              "'batch' (official batch-mean rule)")
         if isinstance(self.alpha, str) and self.alpha != "auto":
             raise ValueError(f"alpha must be a number > 1 or 'auto' (chosen for the step budget), got {self.alpha!r}")
-        if self.auto_method not in AUTO_METHODS:
+        if self.auto_method not in AUTO_METHOD_CHOICES:
             raise ValueError(f"unknown auto_method {self.auto_method!r}; choose 'surrogate' (predicted from the "
                              "data statistics) or 'pilot' (measured on a few samples of the model)")
         if self.pilot_samples < 2:
@@ -116,12 +122,17 @@ class SamplerSettings:
 
 
 def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int] | Tensor, shape,
-             statistics=None, centered: bool = False) -> SampleResult:
+             statistics=None) -> SampleResult:
     """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed and `settings`.
 
     `shape` is the image shape [C, H, W] (or the full [B, C, H, W]); the device is the seeds' device
-    (CPU for a list). `statistics` is an ImageStatistics-like object or None.
+    (CPU for a list). `statistics` is an ImageStatistics-like object or None. `settings.alpha` must be a
+    number: resolve 'auto' first with pds_lightning.alpha.resolve_alpha.
     """
+    if settings.alpha == "auto":
+        raise ValueError(f"sampler {settings.name!r} has alpha: 'auto', which generate does not choose; resolve "
+                         "it first with pds_lightning.alpha.resolve_alpha(settings, sde, statistics, ...) "
+                         "(ScoreModule.sample does this for you), or give alpha a number")
     seeds_list = seeds.flatten().tolist() if isinstance(seeds, Tensor) else [int(s) for s in seeds]
     device = seeds.device if isinstance(seeds, Tensor) else torch.device("cpu")
     shape = tuple(int(s) for s in shape)
@@ -132,18 +143,12 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     if len(shape) != 3:
         raise ValueError(f"shape must be the image shape [C, H, W], got {shape}")
     settings.steps_for(sde)  # fail early, with the step-count message
-    info = {}
-    if settings.alpha == "auto":
-        settings, info["alpha_auto"] = resolve_auto_alpha(settings, sde, statistics, centered, score_fn=score_fn,
-                                                          shape=shape, device=device)
     preconditioner = settings.preconditioner_from(statistics)
     if preconditioner is not None:
         preconditioner = preconditioner.to(device)
     sampler = SAMPLERS[settings.method]
-    result = sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
-                     preconditioner=preconditioner, **settings.sampler_kwargs())
-    result.info.update(info)
-    return result
+    return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
+                   preconditioner=preconditioner, **settings.sampler_kwargs())
 
 
 def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
@@ -151,25 +156,3 @@ def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSetting
     if alpha is None:
         return replace(settings, preconditioner="none", alpha=5.0)
     return replace(settings, alpha=float(alpha))
-
-
-def resolve_auto_alpha(settings: SamplerSettings, sde: SDE, statistics, centered: bool = False, *,
-                       score_fn=None, shape=None, device="cpu"):
-    """Settings with `alpha: auto` replaced by the choice of `settings.auto_method` (vanilla when no
-    preconditioning wins), and that choice as a dict for logs and manifests. 'pilot' needs score_fn and the
-    image shape; 'surrogate' needs neither."""
-    from pds_lightning.alpha import choose_alpha, pilot_alpha
-    from pds_lightning.statistics import ImageStatistics
-
-    if statistics is None:
-        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
-    if settings.auto_method == "pilot":
-        if score_fn is None or shape is None:
-            raise ValueError("auto_method: pilot samples the model; pass score_fn and shape")
-        choice = pilot_alpha(settings, score_fn, sde, shape, statistics, centered=centered, device=device)
-        return with_alpha(settings, choice.alpha), choice.to_dict()
-    # The surrogate is a small float64 CPU computation, whatever device the model runs on.
-    cpu = [getattr(statistics, k).detach().cpu() for k in ("power_mean", "mean", "sq_mean")]
-    statistics = ImageStatistics.from_moments(statistics.count, *cpu)
-    choice = choose_alpha(statistics, sde, settings, centered=centered)
-    return with_alpha(settings, choice.alpha), choice.to_dict()

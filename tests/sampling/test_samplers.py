@@ -1,4 +1,4 @@
-"""Update rules, the preconditioning hook, errors and bookkeeping of the samplers."""
+"""Update rules, how the preconditioner enters them, errors and bookkeeping of the samplers."""
 
 import math
 
@@ -7,10 +7,10 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling import (NonFiniteSampleError, PreconditionedNoise, RecordedNoise, SamplerSettings,
-                                    SeededNoise, generate, ode_sampler, pc_sampler)
-from pds_lightning.sampling.correctors import get_corrector
-from pds_lightning.sampling.predictors import get_predictor
+from pds_lightning.sampling import (NonFiniteSampleError, RecordedNoise, SamplerSettings, SeededNoise, generate,
+                                    ode_sampler, pc_sampler)
+from pds_lightning.sampling.correctors import CORRECTORS
+from pds_lightning.sampling.predictors import PREDICTORS
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 SHAPE = (2, 2, 6, 6)
@@ -32,20 +32,20 @@ SDES = {"VE": VESDE(num_scales=50), "VP": VPSDE(num_scales=50), "subVP": SubVPSD
 
 @pytest.mark.parametrize("name", ["reverse_diffusion", "euler_maruyama", "ancestral_sampling"])
 @pytest.mark.parametrize("kind", SDES)
-def test_predictors_take_the_preconditioner_through_the_hook(name, kind):
+def test_predictors_apply_the_preconditioner_to_drift_and_noise(name, kind):
     """With P: x_mean = x + M M^T (x_mean_vanilla - x) and x - x_mean = M (its vanilla noise term)."""
     sde = SDES[kind]
     if name == "ancestral_sampling" and kind == "subVP":
         with pytest.raises(ValueError, match="VE and VP"):
-            get_predictor(name)(sde, gaussian(sde), None)
+            PREDICTORS[name](sde, gaussian(sde), Preconditioner(), SeededNoise([0, 1]))
         return
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    step = lambda p: get_predictor(name)(sde, gaussian(sde), PreconditionedNoise(RecordedNoise(z), p)).update(x, t)
-    xv, mv = step(None)
+    step = lambda p: PREDICTORS[name](sde, gaussian(sde), p, RecordedNoise(z)).update(x, t)
+    xv, mv = step(Preconditioner())
     xp, mp = step(pre)
     torch.testing.assert_close(mp, x + pre.drift(mv - x))
     torch.testing.assert_close(xp - mp, pre.noise(xv - mv))
@@ -53,16 +53,15 @@ def test_predictors_take_the_preconditioner_through_the_hook(name, kind):
 
 
 @pytest.mark.parametrize("kind", SDES)
-def test_ald_takes_the_preconditioner_through_the_hook(kind):
+def test_ald_applies_the_preconditioner_to_drift_and_noise(kind):
     sde = SDES[kind]
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    step = lambda p: get_corrector("ald")(sde, gaussian(sde), PreconditionedNoise(RecordedNoise(z), p),
-                                          0.16, 1).update(x, t)
-    xv, mv = step(None)
+    step = lambda p: CORRECTORS["ald"](sde, gaussian(sde), p, RecordedNoise(z), 0.16, 1).update(x, t)
+    xv, mv = step(Preconditioner())
     xp, mp = step(pre)
     torch.testing.assert_close(mp, x + pre.drift(mv - x))
     torch.testing.assert_close(xp - mp, pre.noise(xv - mv))
@@ -78,8 +77,7 @@ def test_langevin_step_is_the_official_rule(mode, kind):
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    new_x, x_mean = get_corrector("langevin")(sde, score, PreconditionedNoise(RecordedNoise(z), pre), 0.2, 1,
-                                              mode).update(x, t)
+    new_x, x_mean = CORRECTORS["langevin"](sde, score, pre, RecordedNoise(z), 0.2, 1, mode).update(x, t)
     g, xi = pre.drift(score(x, t)), pre.noise(z[0])
     g_norm, xi_norm = g.flatten(1).norm(dim=1), xi.flatten(1).norm(dim=1)
     if mode == "batch":

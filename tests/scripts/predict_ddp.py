@@ -77,7 +77,7 @@ def validate(log_dir: str, devices: int, num_samples: int, data: str) -> None:
                 callbacks=[SamplingCallback([SETTINGS], num_samples=num_samples, fid_feature_extractor=Features())])
     t.fit(module, datamodule=dm)
     if t.is_global_zero:
-        result = module.generate(SETTINGS, torch.arange(num_samples))
+        result = module.sample(SETTINGS, torch.arange(num_samples))
         reference = torch.cat(list(dm.val_dataloader()))
         with torch.no_grad():
             f = Features()

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from pds_lightning.alpha import GaussianSurrogate, choose_alpha, predict_w2
+from pds_lightning.alpha import GaussianSurrogate, choose_alpha, predict_w2, resolve_alpha
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sampling.samplers import pc_sampler
-from pds_lightning.sampling.settings import SamplerSettings, generate, resolve_auto_alpha, with_alpha
+from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -101,7 +101,7 @@ def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
     lam, stats = target()
     choice = choose_alpha(stats, SDE, settings_for(n_steps, 5.0))
     assert choice.table["vanilla"] >= choice.value and choice.table[5.0] >= choice.value
-    chosen, info = resolve_auto_alpha(settings_for(n_steps, "auto"), SDE, stats)  # generate's own resolution
+    chosen, info = resolve_alpha(settings_for(n_steps, "auto"), SDE, stats)  # the one resolution path
     assert info["alpha"] == choice.alpha
     w_vanilla = measured_w2(sample(settings_for(n_steps, 5.0, "none"), lam, stats), lam)
     w_five = measured_w2(sample(settings_for(n_steps, 5.0), lam, stats), lam)
@@ -110,19 +110,25 @@ def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
     assert w_auto <= 1.05 * w_vanilla and w_auto <= 1.05 * w_five, (choice.alpha, w_auto, w_vanilla, w_five)
 
 
-def test_generate_resolves_auto_to_the_chosen_alpha_and_reports_it():
+def test_resolve_alpha_gives_the_chosen_alpha_and_reports_it():
     lam, stats = target()
     auto = SamplerSettings(name="auto", n_steps=66, preconditioner="freq", alpha="auto", step_size="batch")
     choice = choose_alpha(stats, SDE, auto)
     assert choice.alpha is not None  # on a 1/f^2 target at 66 steps preconditioning is predicted to help
     score = GaussianScore(MEAN, lam, SDE)
     seeds = torch.arange(4)
-    result = generate(auto, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
+    resolved, info = resolve_alpha(auto, SDE, stats)
+    assert resolved.alpha == choice.alpha and resolved.preconditioner == "freq"
+    result = generate(resolved, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
     fixed = generate(settings_for(66, choice.alpha), score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
     torch.testing.assert_close(result.x, fixed.x, rtol=0, atol=0)
-    assert result.info["alpha_auto"]["alpha"] == choice.alpha
-    assert result.info["alpha_auto"]["value"] == pytest.approx(choice.value)
-    assert result.info["alpha_auto"]["criterion"] == "predicted_w2"
+    assert info["alpha"] == choice.alpha
+    assert info["value"] == pytest.approx(choice.value)
+    assert info["criterion"] == "predicted_w2"
+    # A number passes through unchanged; the sampling package itself refuses "auto" and says what to call.
+    assert resolve_alpha(resolved, SDE, stats) == (resolved, None)
+    with pytest.raises(ValueError, match="resolve it first with pds_lightning.alpha.resolve_alpha"):
+        generate(auto, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
 
 
 def test_auto_needs_a_preconditioner_and_statistics():
@@ -130,10 +136,8 @@ def test_auto_needs_a_preconditioner_and_statistics():
         SamplerSettings(alpha="auto", preconditioner="none")
     with pytest.raises(ValueError, match="'auto'"):
         SamplerSettings(alpha="fast", preconditioner="freq")
-    lam, _ = target()
-    with pytest.raises(ValueError, match="statistics"):
-        generate(SamplerSettings(alpha="auto", preconditioner="freq", n_steps=10), GaussianScore(MEAN, lam, SDE), SDE,
-                 [0], (1, SIZE, SIZE), statistics=None)
+    with pytest.raises(ValueError, match="no data statistics"):
+        resolve_alpha(SamplerSettings(alpha="auto", preconditioner="freq", n_steps=10), SDE, None)
 
 
 def test_space_filter_of_a_stationary_target_changes_nothing_and_pooling_is_accurate():
@@ -181,7 +185,7 @@ def test_score_module_logs_the_choice_to_tensorboard(tmp_path):
     logged = []
     logger.experiment.add_scalar = lambda tag, value, step: logged.append((tag, value))
     setting = SamplerSettings(name="auto10", n_steps=10, preconditioner="both", alpha="auto")
-    result = module.generate(setting, torch.arange(2))
+    result = module.sample(setting, torch.arange(2))
     choice = result.info["alpha_auto"]
     assert logged == [("alpha_auto/auto10/alpha", choice["alpha"] or 0.0),
                       ("alpha_auto/auto10/predicted_w2", choice["value"])]
@@ -203,7 +207,7 @@ def test_pilot_choice_is_not_worse_than_vanilla_or_alpha_5_on_held_out_seeds(n_s
     score = GaussianScore(MEAN, lam, SDE)
     auto = SamplerSettings(name="pilot", n_steps=n_steps, preconditioner="freq", alpha="auto",
                            auto_method="pilot", pilot_samples=16)
-    chosen, choice = resolve_auto_alpha(auto, SDE, stats, score_fn=score, shape=(1, SIZE, SIZE))
+    chosen, choice = resolve_alpha(auto, SDE, stats, score_fn=score, shape=(1, SIZE, SIZE))
     assert choice["method"] == "pilot" and len(choice["table"]) == len(PILOT_CANDIDATES)
     assert choice["nfe"] == len(PILOT_CANDIDATES) * 16 * (2 * n_steps)
     # The table is the spectral error of exactly those pilot seeds with each candidate.
@@ -227,8 +231,8 @@ def test_pilot_needs_samples_and_a_known_method():
         SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", pilot_samples=1)
     _, stats = target()
     with pytest.raises(ValueError, match="score_fn"):
-        resolve_auto_alpha(SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", n_steps=10),
-                           SDE, stats)
+        resolve_alpha(SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", n_steps=10),
+                      SDE, stats)
 
 
 def test_score_module_runs_the_pilot_once_per_training_step():
@@ -244,9 +248,9 @@ def test_score_module_runs_the_pilot_once_per_training_step():
     module.ema_net.register_forward_hook(lambda *_: calls.append(1))
     setting = SamplerSettings(name="p", n_steps=5, preconditioner="both", alpha="auto", auto_method="pilot",
                               pilot_samples=2)
-    first = module.generate(setting, torch.arange(2))
+    first = module.sample(setting, torch.arange(2))
     pilot_calls = len(calls) - 10  # 5 PC steps = 10 network calls for the batch itself
     assert first.info["alpha_auto"]["nfe"] == pilot_calls * 2  # batched: one call serves both pilot samples
     calls.clear()
-    second = module.generate(setting, torch.arange(2, 4))
+    second = module.sample(setting, torch.arange(2, 4))
     assert len(calls) == 10 and second.info["alpha_auto"] == first.info["alpha_auto"]

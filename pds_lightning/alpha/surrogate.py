@@ -1,6 +1,6 @@
-"""Preconditioner strength alpha chosen for the step budget (`alpha: auto`).
+"""Surrogate choice of the preconditioner strength alpha for the step budget (`auto_method: surrogate`).
 
-Method: fit a Gaussian surrogate of the data, N(mean, F^-1 diag(lam) F) per channel,
+Pure maths on the data statistics (no sampler runs, no network calls). Method: fit a Gaussian surrogate of the data, N(mean, F^-1 diag(lam) F) per channel,
 from ImageStatistics (mean image; lam(k) = (power_mean(k) - |fft2(mean)(k)|^2) / (H W), the variance of
 Fourier mode k). This *stationary* approximation keeps the exact second moment per frequency but drops
 the correlations between frequencies a non-stationary image set has. For the surrogate the score is
@@ -9,9 +9,7 @@ independently, x_k <- c_k x_k + b_k mu_k + s_k z_k: the output law is Gaussian w
 and mean gamma_k mu_k, propagated in closed form (`pc_output_moments`). Its W2 distance to the surrogate
 is the predicted error; the best candidate (vanilla included) is the choice.
 
-`auto_method: pilot` (`pilot_alpha`) instead measures: a few pilot samples of the model itself per
-candidate, scored by their spectral error against the data statistics. It costs network evaluations but
-sees what the surrogate cannot: the trained network's own errors (docs/alpha_auto.md).
+`auto_method: pilot` (pds_lightning.alpha.pilot) instead measures on pilot samples of the model itself.
 
 Approximations, besides the surrogate itself:
 - The Langevin step uses expected norms, step = 2 a_t snr^2 E||M z||^2 / E||M M^T score||^2, what the
@@ -33,15 +31,14 @@ import torch
 from torch import Tensor
 
 from pds_lightning.preconditioner import filter_from_statistic
-from pds_lightning.sampling.correctors import LangevinCorrector
-from pds_lightning.sampling.samplers import NonFiniteSampleError
-from pds_lightning.sde import SDE, resolve_steps
+from pds_lightning.sde import SDE
 
 #: Default candidates: None is vanilla (no preconditioning); the official default 5 is included.
 DEFAULT_CANDIDATES: tuple[float | None, ...] = (None, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0,
                                                  15.0, 20.0, 30.0, 50.0, 100.0)
-PREDICTORS = ("reverse_diffusion", "euler_maruyama")
-CORRECTORS = ("langevin", "ald", "none")
+#: The predictors and correctors whose updates the surrogate models in closed form.
+SURROGATE_PREDICTORS = ("reverse_diffusion", "euler_maruyama")
+SURROGATE_CORRECTORS = ("langevin", "ald", "none")
 
 
 @dataclass
@@ -89,7 +86,7 @@ class AlphaChoice:
                 "n_steps": self.n_steps, "nfe": self.nfe, "table": {str(k): v for k, v in self.table.items()}}
 
 
-def _with_vanilla(candidates: Sequence[float | None]) -> list[float | None]:
+def candidates_with_vanilla(candidates: Sequence[float | None]) -> list[float | None]:
     """The candidates as floats, each once, with vanilla (None) first: it is always a candidate."""
     return list(dict.fromkeys([None] + [float(a) for a in candidates if a is not None]))
 
@@ -181,9 +178,7 @@ class Modes:
 def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
     """Per-step scalars of the sampler, float64 [N], read off the SDE with a unit input (as the sampler's
     float32 grid): a_t, s_t of the marginal, predictor (phi, G^2) with f = phi x, corrector a_t."""
-    N, eps = resolve_steps(sde.N, sde.default_eps, n_steps=settings.n_steps, speed_up=settings.speed_up,
-                           eps=settings.eps)
-    sde = sde if N == sde.N else sde.with_num_scales(N)
+    sde, N, eps = sde.discretised(settings.n_steps, settings.speed_up, settings.eps)
     t = sde.time_grid(N, eps)
     ones = torch.ones(N, 1, 1, 1)
     a, s = sde.marginal_prob(ones, t)
@@ -193,7 +188,7 @@ def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
     else:  # euler_maruyama: x_mean = x + M M^T (f - g^2 score) (-1/N), noise g sqrt(1/N)
         drift, g = sde.sde(ones, t)
         phi, G2 = drift.flatten() / N, g.square() / N
-    corrector_a = LangevinCorrector(sde, None, None, settings.snr, 1).alpha(t, ones)
+    corrector_a = sde.ddpm_alpha(t, ones)
     as64 = lambda v: v.flatten().to(torch.float64)
     return {"a": as64(a.flatten()), "s": as64(s), "phi": as64(phi), "G2": as64(G2),
             "corrector_a": as64(corrector_a), "prior": torch.tensor(float(sde.prior_sampling(torch.ones(1))))}
@@ -207,11 +202,11 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
       Langevin: x <- (1 - step gain d) x + step gain d a_t mu + sqrt(2 step) M z
       predictor: x_mean = (1 - gain (phi + G^2 d)) x + gain G^2 d a_t mu, x = x_mean + G M z.
     """
-    if settings.predictor not in PREDICTORS:
-        raise ValueError(f"alpha: auto models the predictors {PREDICTORS}, not {settings.predictor!r}; "
+    if settings.predictor not in SURROGATE_PREDICTORS:
+        raise ValueError(f"alpha: auto models the predictors {SURROGATE_PREDICTORS}, not {settings.predictor!r}; "
                          "give alpha a number")
-    if settings.corrector not in CORRECTORS:
-        raise ValueError(f"alpha: auto models the correctors {CORRECTORS}, not {settings.corrector!r}; "
+    if settings.corrector not in SURROGATE_CORRECTORS:
+        raise ValueError(f"alpha: auto models the correctors {SURROGATE_CORRECTORS}, not {settings.corrector!r}; "
                          "give alpha a number")
     sched = _step_schedule(sde, settings)
     lam = modes.lam
@@ -273,51 +268,10 @@ def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | No
     if settings.preconditioner == "none":
         raise ValueError("alpha: auto chooses the strength of a PDS preconditioner; set preconditioner to "
                          "'freq', 'space' or 'both'")
-    candidates = _with_vanilla(candidates)
+    candidates = candidates_with_vanilla(candidates)
     w2 = predict_w2(statistics, sde, settings, candidates, centered=centered, max_modes=max_modes)
     w2 = torch.where(torch.isfinite(w2), w2, torch.full_like(w2, math.inf))  # a diverging candidate loses
     best = int(torch.argmin(w2))
     N, _ = settings.steps_for(sde)
     table = {("vanilla" if a is None else a): float(w) for a, w in zip(candidates, w2.tolist())}
     return AlphaChoice(candidates[best], float(w2[best]), table, N)
-
-
-#: Pilot candidates: vanilla and the official family from strong (2) to mild (20) preconditioning.
-PILOT_CANDIDATES: tuple[float | None, ...] = (None, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
-#: Pilot seeds are PILOT_SEED + i, far from the seeds users sample, so the choice is not scored on them.
-PILOT_SEED = 2 ** 40
-
-
-def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool = False,
-                device: torch.device | str = "cpu",
-                candidates: Sequence[float | None] = PILOT_CANDIDATES) -> AlphaChoice:
-    """Measured choice: `settings.pilot_samples` images per candidate (same pilot seeds, the model's own
-    score) and the candidate whose spectral error against the data statistics is lowest.
-
-    Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
-    samples at the step budget. `centered`: the model samples in [-1, 1].
-    """
-    from pds_lightning.data import to_unit_range
-    from pds_lightning.metrics import spectral_error
-    from pds_lightning.sampling.settings import generate, with_alpha
-
-    if statistics is None or getattr(statistics, "count", 0) <= 0:
-        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
-    seeds = torch.arange(settings.pilot_samples, device=device) + PILOT_SEED
-    candidates = _with_vanilla(candidates)
-    table, nfe = {}, 0
-    for alpha in candidates:
-        key = "vanilla" if alpha is None else alpha
-        try:
-            result = generate(with_alpha(settings, alpha), score_fn, sde, seeds, shape, statistics=statistics)
-        except NonFiniteSampleError:  # a candidate that diverges at this budget simply loses
-            table[key] = math.inf
-            continue
-        x = to_unit_range(result.x, centered).clamp(0.0, 1.0)
-        error = spectral_error(x, statistics.power_mean.to(x.device))
-        table[key] = error if math.isfinite(error) else math.inf
-        nfe += result.nfe * len(seeds)
-    best = min(table, key=table.get)
-    N, _ = settings.steps_for(sde)
-    return AlphaChoice(None if best == "vanilla" else best, table[best], table, N, method="pilot",
-                       criterion="pilot_spectral_error", nfe=nfe)
