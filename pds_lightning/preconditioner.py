@@ -127,37 +127,34 @@ class Preconditioner(nn.Module):
                              f"{tuple(x.shape)}; build the filters from statistics of images of this size")
 
     def _circulant(self, x: Tensor) -> Tensor:
-        """F^-1 diag(R) F x for real x, via real FFTs (R Hermitian-symmetric)."""
+        """C x = F^-1 diag(R) F x for real x, via real FFTs (R Hermitian-symmetric); x when there is no R."""
+        if self.freq_filter is None:
+            return x
         H, W = x.shape[-2:]
         x = x.to(_compute_dtype(x))
         R = self.freq_filter[..., : W // 2 + 1].to(device=x.device, dtype=x.dtype)
         return torch.fft.irfft2(R * torch.fft.rfft2(x), s=(H, W))
 
+    def _diagonal(self, x: Tensor, squared: bool) -> Tensor:
+        """S x (or S^2 x when `squared`) in x's compute precision; x when there is no S."""
+        if self.space_filter is None:
+            return x
+        S = self.space_filter.to(device=x.device, dtype=_compute_dtype(x))
+        return x * (S ** 2 if squared else S)
+
     def noise(self, z: Tensor) -> Tensor:
-        """M z: space filter first, then frequency filter."""
+        """M z = C S z: space filter first, then frequency filter."""
         if self.is_identity:
             return z
         self._check_input(z)
-        out = z
-        if self.space_filter is not None:
-            out = out * self.space_filter.to(device=z.device, dtype=_compute_dtype(z))
-        if self.freq_filter is not None:
-            out = self._circulant(out)
-        return out.to(z.dtype)
+        return self._circulant(self._diagonal(z, squared=False)).to(z.dtype)
 
     def drift(self, g: Tensor) -> Tensor:
         """M M^T g = C S^2 C g with C = F^-1 diag(R) F."""
         if self.is_identity:
             return g
         self._check_input(g)
-        out = g
-        if self.freq_filter is not None:
-            out = self._circulant(out)
-        if self.space_filter is not None:
-            out = out * self.space_filter.to(device=g.device, dtype=_compute_dtype(g)) ** 2
-        if self.freq_filter is not None:
-            out = self._circulant(out)
-        return out.to(g.dtype)
+        return self._circulant(self._diagonal(self._circulant(g), squared=True)).to(g.dtype)
 
 
 def read_statistic(path: str | os.PathLike) -> Tensor:

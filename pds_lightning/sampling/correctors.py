@@ -9,32 +9,24 @@ batch ('batch', the official rule). Settings are checked by SamplerSettings.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling.step import Step
 from pds_lightning.sde import SDE, per_sample
 
 #: Langevin step-size rules: per-sample norms, or the official batch-mean norms.
 STEP_SIZE_MODES = ("sample", "batch")
 
 
-class Corrector:
+class Corrector(Step):
+    """A corrector: `n_steps` MCMC steps at t_i with signal-to-noise ratio `snr`."""
+
     def __init__(self, sde: SDE, score_fn, preconditioner: Preconditioner, noise, snr: float, n_steps: int,
                  step_size: str = "sample"):
-        self.sde = sde
-        self.score_fn = score_fn
-        self.preconditioner = preconditioner
-        self.noise = noise
+        super().__init__(sde, score_fn, preconditioner, noise)
         self.snr = float(snr)
         self.n_steps = int(n_steps)
         self.step_size = step_size
-
-    def mz(self, like: Tensor) -> Tensor:
-        """M z for a fresh standard-normal draw z shaped like `like`."""
-        return self.preconditioner.noise(self.noise.noise(like))
-
-    def update(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
 
 
 class LangevinCorrector(Corrector):

@@ -10,25 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
-from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sde import SDE, VESDE, VPSDE, SubVPSDE, per_sample
+from pds_lightning.sampling.step import Step
+from pds_lightning.sde import VESDE, VPSDE, SubVPSDE, per_sample
 
 
-class Predictor:
-    def __init__(self, sde: SDE, score_fn, preconditioner: Preconditioner, noise):
-        self.sde = sde
-        self.score_fn = score_fn
-        self.preconditioner = preconditioner
-        self.noise = noise
-
-    def mz(self, like: Tensor) -> Tensor:
-        """M z for a fresh standard-normal draw z shaped like `like`."""
-        return self.preconditioner.noise(self.noise.noise(like))
-
-    def update(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+class Predictor(Step):
+    """A predictor: one step of the discretised reverse SDE from t_i to t_{i+1}."""
 
 
 class ReverseDiffusionPredictor(Predictor):
