@@ -133,3 +133,35 @@ def test_resolve_steps_errors():
         SamplerSettings(n_steps=4, speed_up=2)
     with pytest.raises(ValueError, match="n_steps must be >= 1"):
         SamplerSettings(n_steps=0)
+
+
+def test_ve_sigma_and_prev_are_the_smld_levels():
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0, num_scales=5)
+    t = torch.tensor([0.0, 0.3, 1.0])  # levels int(t * 4): 0, 1, 4
+    sigma, sigma_prev = sde.sigma_and_prev(t, torch.zeros(3, dtype=torch.float64))
+    levels = [0.01 * 5000 ** (i / 4) for i in range(5)]
+    # The level table is float32 (as the official code), cast to the input's dtype.
+    torch.testing.assert_close(sigma, torch.tensor([levels[0], levels[1], levels[4]], dtype=torch.float64), rtol=1e-6,
+                               atol=0)
+    torch.testing.assert_close(sigma_prev, torch.tensor([0.0, levels[0], levels[3]], dtype=torch.float64), rtol=1e-6,
+                               atol=0)
+    assert sigma.dtype == torch.float64
+
+
+def test_ddpm_alpha_is_one_for_ve_and_one_minus_beta_for_vp():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    like = torch.zeros(3)
+    assert torch.equal(VESDE(num_scales=10).ddpm_alpha(t, like), torch.ones(3))
+    for sde in (VPSDE(0.1, 20.0, 10), SubVPSDE(0.1, 20.0, 10)):
+        betas = [(0.1 + (20.0 - 0.1) * i / 9) / 10 for i in (0, 4, 9)]  # levels int(t * 9): 0, 4, 9
+        torch.testing.assert_close(sde.ddpm_alpha(t, like), 1 - torch.tensor(betas))
+
+
+def test_discretised_follows_resolve_steps():
+    sde = VESDE(num_scales=1000)
+    same, N, eps = sde.discretised()
+    assert same is sde and (N, eps) == (1000, 1e-5)
+    small, N, eps = sde.discretised(speed_up=4.0)
+    assert (small.N, N) == (250, 250) and eps == pytest.approx(4e-5) and small.sigma_max == sde.sigma_max
+    vp, N, eps = SubVPSDE(num_scales=1000).discretised(n_steps=100, eps=1e-4)
+    assert type(vp) is SubVPSDE and (vp.N, N, eps) == (100, 100, 1e-4)
