@@ -30,7 +30,7 @@ CAUTION = """
 How these choices fare on the trained reference models (sample quality against alpha 5 and vanilla):
 benchmarks/results/steps_vs_quality.md, rows `pds_auto`; summary in docs/alpha_auto.md. In short: better
 than alpha 5 on patches at every budget and on the demo at 40-100 steps (spectral error), worse on the
-demo at 20 steps. The predicted W2 itself is exact only on Gaussian targets (tests/test_alpha.py).
+demo at 20 steps. The predicted W2 itself is exact only on Gaussian targets (tests/alpha/test_alpha.py).
 """
 
 
