@@ -297,7 +297,7 @@ def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool 
     Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
     samples at the step budget. `centered`: the model samples in [-1, 1].
     """
-    from pds_lightning.data import to_unit_range
+    from pds_lightning.images import to_unit_range
     from pds_lightning.metrics import spectral_error
     from pds_lightning.sampling.settings import generate, with_alpha
 
