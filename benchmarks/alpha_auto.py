@@ -10,8 +10,6 @@ diffusion + Langevin, snr 0.16, both filters). Also timed: one choose_alpha call
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import yaml
 
 from pds_lightning.alpha import choose_alpha
 from pds_lightning.data import ImageDataModule
+from pds_lightning.fileio import write_atomic
 from pds_lightning.sampling.settings import SamplerSettings
 from pds_lightning.sde import VESDE
 
@@ -43,13 +42,6 @@ def statistics_and_sde(config: str):
     return dm.statistics, VESDE(**cfg["model"]["sde"]["init_args"]), bool(data.get("centered", False))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:
     torch.set_num_threads(1)
     lines = ["# alpha: auto on the reference data sets", "",
@@ -69,7 +61,7 @@ def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:
             lines.append(f"| {name} | {n} | {alpha} | {c.value:.4f} | {c.table[5.0]:.4f} | "
                          f"{c.table['vanilla']:.4f} | {ms:.0f} |")
     text = "\n".join(lines) + "\n" + CAUTION
-    write_atomic(out, text)
+    write_atomic(out, text.encode())
     return text
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pds_lightning.callbacks import write_atomic
+from pds_lightning.fileio import write_atomic
 from pds_lightning.data import EMBEDDED, ImageDataModule, embedded_data_dir
 from pds_lightning.features import DEFAULT_WEIGHTS, DigitClassifier
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from pds_lightning.callbacks import write_atomic
+from pds_lightning.fileio import write_atomic
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import Preconditioner

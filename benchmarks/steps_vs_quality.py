@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from pds_lightning.callbacks import write_atomic
+from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
 from pds_lightning.metrics import feature_moments, frechet_distance, log_spectral_distance
 from pds_lightning.sampling.settings import SamplerSettings

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _user_error(err: BaseException) -> bool:
     """ValueError / OSError are the package's bad-input errors; of RuntimeErrors only its own named ones."""
-    from pds_lightning.callbacks import SampleWriteError
+    from pds_lightning.writer import SampleWriteError
     from pds_lightning.sampling import NonFiniteSampleError
 
     return isinstance(err, (ValueError, OSError, NonFiniteSampleError, SampleWriteError))

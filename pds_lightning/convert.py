@@ -13,7 +13,6 @@ Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --outp
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +21,9 @@ import torch
 import yaml
 from torch import nn
 
+from pds_lightning.classpath import import_class
 from pds_lightning.fileio import atomic_path
+from pds_lightning.models.checkpoint import state_dict_mismatch
 
 # shipped configs: configs/score_sde/<name>.yaml at the repository root
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "score_sde"
@@ -65,11 +66,10 @@ def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 def instantiate(spec: dict[str, Any]) -> Any:
     """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would."""
-    module_name, _, class_name = spec["class_path"].rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConversionError(f"cannot import class_path {spec['class_path']!r}: {err}") from err
+        cls = import_class(spec["class_path"], what="class_path")
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
     return cls(**(spec.get("init_args") or {}))
 
 
@@ -102,16 +102,10 @@ def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], config: str) -> None:
     """Strict match of names and shapes; one error listing every difference."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(v.shape)}"
-                  for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mismatched:
-        parts = [f"{name} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-                 if keys]
-        raise ConversionError(f"checkpoint does not match config {config}: " + "; ".join(parts)
-                              + ". Pick the config the checkpoint was trained with.")
+    problem = state_dict_mismatch(expected, got, show=20, against="config")
+    if problem:
+        raise ConversionError(f"checkpoint does not match config {config}: {problem}. "
+                              "Pick the config the checkpoint was trained with.")
 
 
 def ema_state_dict(net: nn.Module, raw: dict[str, torch.Tensor], shadow: Sequence[torch.Tensor]) -> dict:

@@ -11,7 +11,6 @@ FID and KID when a feature extractor is configured (they need reference images).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -22,7 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from pds_lightning.data import FolderSource, PreparedImages, open_source
+from pds_lightning.classpath import import_class
+from pds_lightning.data.datamodule import PreparedImages
+from pds_lightning.data.sources import FolderSource, open_source
+from pds_lightning.fileio import write_atomic
 from pds_lightning.metrics import FeatureMetrics, log_spectral_distance, make_feature_extractor
 from pds_lightning.statistics import ImageStatistics
 
@@ -117,18 +119,6 @@ def evaluate_folder(samples_dir: str | os.PathLike, reference: ImageStatistics |
     return result
 
 
-def _load_class(spec: str) -> nn.Module:
-    """'package.module:Class' (or 'package.module.Class') -> Class()."""
-    module, _, name = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
-    if not module:
-        raise ValueError(f"--feature-extractor wants 'package.module:Class', got {spec!r}")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import feature extractor {spec!r}: {err}") from err
-    return cls()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("samples_dir", help="folder of sample images (e.g. a predict output_dir)")
@@ -143,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     try:
-        module = _load_class(args.feature_extractor) if args.feature_extractor else None
+        module = import_class(args.feature_extractor, "feature extractor")() if args.feature_extractor else None
         extractor = make_feature_extractor(module, args.inception_weights)
         reference: Any = args.reference
         if args.root and not args.reference.endswith(".pt"):
@@ -156,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        from pds_lightning.callbacks import write_atomic
-
         write_atomic(args.output, (text + "\n").encode())
     return 0
 

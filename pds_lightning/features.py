@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pds_lightning.data import LUMA  # BT.601 weights of R, G, B
+from pds_lightning.images import rgb_to_gray
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "digit_classifier.pt"
 IMAGE_SIZE = 32
@@ -28,8 +28,7 @@ def luminance(x: Tensor) -> Tensor:
         raise ValueError(f"expected images [B, 1 or 3, H, W], got shape {list(x.shape)}")
     if x.shape[1] == 1:
         return x
-    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return rgb_to_gray(x)
 
 
 class DigitClassifier(nn.Module):
@@ -88,4 +87,4 @@ class DigitFeatures(nn.Module):
         return self.classifier.features(x.float())
 
 
-__all__ = ["DEFAULT_WEIGHTS", "DigitClassifier", "DigitFeatures", "LUMA", "load_digit_classifier", "luminance"]
+__all__ = ["DEFAULT_WEIGHTS", "DigitClassifier", "DigitFeatures", "load_digit_classifier", "luminance"]

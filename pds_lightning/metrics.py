@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from pds_lightning.distributed import is_distributed
 from pds_lightning.statistics import ImageStatistics
 
 
@@ -183,7 +184,7 @@ class FeatureMetrics(nn.Module):
         out = {"fid": float(self.fid.compute())}
         n_fake = int(self.fid.fake_features_num_samples)
         n_real = int(self.fid.real_features_num_samples)
-        if _is_distributed():
+        if is_distributed():
             counts = torch.tensor([n_fake, n_real], device=self.fid.fake_features_sum.device)
             torch.distributed.all_reduce(counts)
             n_fake, n_real = (int(c) for c in counts)
@@ -198,10 +199,6 @@ class FeatureMetrics(nn.Module):
         """Forget generated images, keep the reference."""
         self.fid.reset()
         self.kid.reset()
-
-
-def _is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def metric_name(kind: str, n: int, setting: str, stage: str = "val") -> str:

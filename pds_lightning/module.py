@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
-from pds_lightning.data import to_unit_range
+from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import radial_power_spectrum
+from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
 from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
@@ -262,21 +263,6 @@ class ScoreModule(L.LightningModule):
 def _net_image_size(net: nn.Module) -> int | None:
     size = getattr(net, "image_size", None) or getattr(getattr(net, "config", None), "image_size", None)
     return None if size is None else int(size)
-
-
-def state_dict_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], show: int = 3) -> str:
-    """'' when the keys and shapes agree, else a short list of missing, unexpected and reshaped keys."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    reshaped = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    parts = []
-    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                        ("shape mismatches (checkpoint vs model)", reshaped)):
-        if keys:
-            more = f" and {len(keys) - show} more" if len(keys) > show else ""
-            parts.append(f"{len(keys)} {label}: {', '.join(keys[:show])}{more}")
-    return "; ".join(parts)
 
 
 def _images(batch: Any) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from pds_lightning.distributed import is_distributed
 from pds_lightning.fileio import atomic_path
 
 MOMENTS = ("power_mean", "mean", "sq_mean")
@@ -104,7 +105,7 @@ class ImageStatistics:
         The reduction runs on `device` (default: the current CUDA device for NCCL, else the CPU), since
         NCCL only reduces CUDA tensors and gloo is happiest with CPU tensors; results return to `self.device`.
         """
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return self
         if device is None:
             nccl = dist.get_backend() == dist.Backend.NCCL

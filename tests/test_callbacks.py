@@ -13,8 +13,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import nn
 
-from pds_lightning.callbacks import (SampleWriteError, SampleWriter, SamplingCallback, encode_png, sample_path,
-                                     scan_written_seeds, to_uint8, write_atomic)
+from pds_lightning.callbacks import SampleWriter, SamplingCallback
+from pds_lightning.fileio import write_atomic
+from pds_lightning.images import encode_png, to_uint8
+from pds_lightning.writer import SampleWriteError, sample_path, scan_written_seeds
 from pds_lightning.data import ImageDataModule
 from pds_lightning.metrics import spectral_error
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum

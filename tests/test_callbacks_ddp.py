@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pds_lightning.callbacks import sample_path, scan_written_seeds
+from pds_lightning.writer import sample_path, scan_written_seeds
 
 SCRIPT = Path(__file__).parent / "scripts" / "predict_ddp.py"
 spec = importlib.util.spec_from_file_location("predict_ddp", SCRIPT)

@@ -7,12 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from pds_lightning.callbacks import encode_png, sample_path, to_uint8, write_atomic
 from pds_lightning.evaluate import evaluate_folder, main
+from pds_lightning.fileio import write_atomic
+from pds_lightning.images import encode_png, to_uint8
 from pds_lightning.metrics import frechet_distance, feature_moments, spectral_error
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
+from pds_lightning.writer import sample_path
 
 SIZE = 8
 

@@ -5,7 +5,8 @@ import io
 import pytest
 import torch
 
-from pds_lightning.features import DigitClassifier, DigitFeatures, LUMA, load_digit_classifier, luminance
+from pds_lightning.features import DigitClassifier, DigitFeatures, load_digit_classifier, luminance
+from pds_lightning.images import LUMA
 from pds_lightning.metrics import feature_moments, frechet_distance
 
 torch.set_num_threads(1)

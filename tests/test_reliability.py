@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pds_lightning.callbacks import scan_written_seeds
+from pds_lightning.writer import scan_written_seeds
 from pds_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from pds_lightning.alpha.surrogate import AlphaChoice, candidates_with_vanilla
-from pds_lightning.data import to_unit_range
+from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import spectral_error
 from pds_lightning.sampling import NonFiniteSampleError, generate, with_alpha
 from pds_lightning.sde import SDE
