@@ -4,7 +4,9 @@ score_sde saves ``{'model': state_dict of nn.DataParallel(net) ('module.' prefix
 'num_updates', 'shadow_params': list in the order of the parameters with requires_grad},
 'optimizer': Adam state_dict, 'step': int}``. The output holds ``ScoreModule``'s state dict
 (``net.*`` raw weights, ``ema_net.*`` EMA weights used for sampling, ``ema_num_updates``, statistics
-buffers) and the Adam state, so both ``predict`` and ``fit --ckpt_path`` accept it.
+buffers) and the Adam state, so both ``predict`` and ``fit --ckpt_path`` accept it. A resumed fit continues
+score_sde's step count, Adam moments and warm-up (the rate is a function of the global step, so no scheduler
+state is needed).
 
 Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --output FILE.ckpt
 [--freq-stat F.npy --space-stat S.npy]``.
@@ -214,7 +216,7 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         "epoch": 0,
         "pytorch-lightning_version": lightning.__version__,
         "optimizer_states": [optimizer] if optimizer is not None else [],
-        "lr_schedulers": [],
+        "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
         "loops": {"fit_loop": fit_loop_state(step)},
         "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
     }

@@ -21,23 +21,38 @@ from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
 
 
-def dsm_loss(score_fn, sde: SDE, x: torch.Tensor, eps: float, *, reduce_mean: bool = True,
+# score_sde draws training times in [TRAIN_EPS, T] for every SDE (get_sde_loss_fn's eps), not the sampling eps.
+TRAIN_EPS = 1e-5
+
+
+def dsm_loss(score_fn, sde: SDE, x: torch.Tensor, eps: float = TRAIN_EPS, *, reduce_mean: bool = True,
              likelihood_weighting: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Continuous-time denoising score matching loss of score_sde (mean over the batch)."""
+    """score_sde's continuous-time denoising score matching loss: per sample the mean over pixels
+    (reduce_mean) or half their sum, times g(t)^2 with likelihood weighting; then the mean over the batch."""
     b = x.shape[0]
     t = torch.rand(b, device=x.device, dtype=x.dtype, generator=generator) * (sde.T - eps) + eps
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
     mean, std = sde.marginal_prob(x, t)
     std = per_sample(std)
     score = score_fn(mean + std * z, t)
-    reduce = (lambda v: v.mean(dim=tuple(range(1, v.ndim)))) if reduce_mean else \
-        (lambda v: v.sum(dim=tuple(range(1, v.ndim))))
     if likelihood_weighting:
         g2 = sde.sde(torch.zeros_like(x), t)[1] ** 2
-        losses = reduce((score + z / std) ** 2) * g2
+        losses = _reduce_pixels((score + z / std) ** 2, reduce_mean) * g2
     else:
-        losses = reduce((score * std + z) ** 2)
+        losses = _reduce_pixels((score * std + z) ** 2, reduce_mean)
     return losses.mean()
+
+
+def _reduce_pixels(v: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
+    """Per-sample mean over pixels, or half the sum (score_sde's reduce_mean=False)."""
+    dims = tuple(range(1, v.ndim))
+    return v.mean(dim=dims) if reduce_mean else 0.5 * v.sum(dim=dims)
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """score_sde's learning-rate warm-up: lr * min(step / warmup, 1), step = optimizer steps taken before this
+    update (so the first update has rate 0); no warm-up when warmup <= 0."""
+    return min(step / warmup, 1.0) if warmup > 0 else 1.0
 
 
 def ema_decay_at(decay: float, num_updates: int) -> float:
@@ -61,7 +76,7 @@ class ScoreModule(L.LightningModule):
         centered: bool = False,
         reduce_mean: bool = True,
         likelihood_weighting: bool = False,
-        train_eps: float | None = None,
+        train_eps: float = TRAIN_EPS,
         lr: float = 2e-4,
         beta1: float = 0.9,
         adam_eps: float = 1e-8,
@@ -74,6 +89,8 @@ class ScoreModule(L.LightningModule):
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if train_eps is not None and not 0.0 < train_eps < sde.T:
+            raise ValueError(f"train_eps must lie in (0, T={sde.T}), got {train_eps}; score_sde uses {TRAIN_EPS}")
         if image_size < 1 or num_channels < 1:
             raise ValueError(f"image_size and num_channels must be positive, got {image_size}, {num_channels}")
         self.save_hyperparameters(ignore=["net", "sde"])
@@ -102,8 +119,9 @@ class ScoreModule(L.LightningModule):
 
     @property
     def train_eps(self) -> float:
+        """Smallest training time (score_sde's 1e-5 for every SDE unless set; None in older checkpoints)."""
         eps = self.hparams.get("train_eps")
-        return self.sde.default_eps if eps is None else eps
+        return TRAIN_EPS if eps is None else eps
 
     # ---- statistics ------------------------------------------------------------------------
     @property
@@ -167,14 +185,23 @@ class ScoreModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         return loss
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999), eps=hp.adam_eps,
-                               weight_decay=hp.weight_decay)
-        warmup = max(int(hp.warmup), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: min((step + 1) / warmup, 1.0) if warmup > 0 else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # No scheduler: the warm-up is a function of the global step (set_warmup_lr), so a resumed run,
+        # including one from a converted score_sde checkpoint that carries no scheduler state, continues it.
+        return torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999), eps=hp.adam_eps,
+                                weight_decay=hp.weight_decay)
+
+    def set_warmup_lr(self, step: int) -> float:
+        """Set the optimizer's rate to score_sde's warm-up value for `step` optimizer steps taken; returns it."""
+        lr = self.hparams.lr * warmup_factor(step, int(self.hparams.warmup))
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def on_train_start(self) -> None:
+        self.set_warmup_lr(self.global_step)  # after a resume, before the first batch (and LearningRateMonitor)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         max_norm = self.hparams.grad_clip if self.hparams.grad_clip > 0 else math.inf
@@ -182,8 +209,10 @@ class ScoreModule(L.LightningModule):
         self.log("train/grad_norm", grad_norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        self.set_warmup_lr(self.global_step)  # score_sde: the step count before this update
         super().optimizer_step(*args, **kwargs)
         self.update_ema()
+        self.set_warmup_lr(self.global_step + 1)  # the next update's rate, as loggers will read it
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -86,6 +86,21 @@ def test_fit_then_predict_from_checkpoint_alone(tmp_path):
     pngs = sorted(p.name for p in out.rglob("*.png"))
     assert pngs == [f"{s:06d}.png" for s in range(6)]
 
+    # The files are the module's own sampling of the same seeds, byte for byte; the manifest has its NFE.
+    import json
+
+    from pds_lightning.images import encode_png, to_uint8
+    from pds_lightning.writer import sample_path
+    from pds_lightning.cli import cli_main
+
+    module = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False).model
+    module.load_state_dict(state, strict=True)
+    result = module.sample(module.sampler, torch.arange(6))
+    for seed, image in enumerate(to_uint8(result.x)):
+        assert sample_path(out, seed).read_bytes() == encode_png(image), seed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["nfe_per_sample"] == result.nfe == 2 * 10  # 10 PC steps: one predictor + one corrector call
+
 
 def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     import json

@@ -155,3 +155,87 @@ def test_score_module_resumes_from_the_converted_checkpoint(tmp_path):
                 ckpt_path=out)
     assert trainer.global_step == 8  # continues score_sde's step 7
     assert int(module.ema_num_updates) == 8
+
+
+def checkpoint_with_adam_moments(tmp_path):
+    """The fixture checkpoint (step 7) with the Adam state of 7 real updates, as score_sde saves it."""
+    from pds_lightning.convert import instantiate
+
+    ckpt = torch.load(CHECKPOINT, weights_only=True)
+    net = instantiate(yaml.safe_load(CONFIG.read_text())["model"]["net"])
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(ckpt["step"]):
+        for p in net.parameters():
+            p.grad = torch.randn(p.shape, generator=g) if p.requires_grad else None
+        opt.step()
+    ckpt["optimizer"] = opt.state_dict()
+    torch.save(ckpt, tmp_path / "moments.pth")
+    return tmp_path / "moments.pth", ckpt["optimizer"]["state"]
+
+
+class RecordUpdate:
+    """Adam state, parameters and rate around the first update after the resume."""
+
+    def __init__(self):
+        import lightning as L
+
+        rec = self
+
+        class Hooks(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                rec.before = {i: {k: v.clone() for k, v in s.items()} for i, s in
+                              enumerate(trainer.optimizers[0].state[p] for p in pl_module.net.parameters())}
+                rec.params = [p.detach().clone() for p in pl_module.net.parameters()]
+
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                rec.lr = optimizer.param_groups[0]["lr"]
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                params = list(pl_module.net.parameters())
+                rec.grads = [None if p.grad is None else p.grad.clone() for p in params]  # clipped, as used
+                rec.after = [trainer.optimizers[0].state[p] for p in params]
+                rec.new_params = [p.detach().clone() for p in params]
+
+        self.callback = Hooks()
+
+
+@pytest.mark.parametrize("warmup", [5, 20])  # step 7: past the warm-up / inside it
+def test_resume_from_converted_checkpoint_continues_schedule_and_adam(tmp_path, warmup):
+    """The first update after `fit --ckpt_path converted.ckpt` at score_sde step 7 uses score_sde's rate
+    lr * min(7 / warmup, 1) and continues Adam from the saved moments (step count 8 in the bias correction)."""
+    import lightning as L
+
+    from pds_lightning.convert import instantiate
+    from pds_lightning.module import ScoreModule
+
+    source, adam = checkpoint_with_adam_moments(tmp_path)
+    out = convert_score_sde(source, CONFIG, tmp_path / "tiny.ckpt")
+    cfg = yaml.safe_load(CONFIG.read_text())["model"]
+    lr, b1, b2, eps = 2e-4, 0.9, 0.999, 1e-8
+    module = ScoreModule(net=instantiate(cfg["net"]), sde=instantiate(cfg["sde"]), image_size=16, num_channels=3,
+                         lr=lr, warmup=warmup, adam_eps=eps)
+    rec = RecordUpdate()
+    trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        default_root_dir=tmp_path, callbacks=[rec.callback])
+    data = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=out)
+
+    assert trainer.global_step == 8
+    rate = lr * min(7 / warmup, 1.0)
+    assert rec.lr == pytest.approx(rate, rel=1e-12)
+    assert len(adam) == sum(p.requires_grad for p in module.net.parameters())
+    for i, state in adam.items():  # the moments score_sde saved are the ones resumed from
+        assert float(rec.before[i]["step"]) == 7
+        assert torch.equal(rec.before[i]["exp_avg"], state["exp_avg"])
+        assert torch.equal(rec.before[i]["exp_avg_sq"], state["exp_avg_sq"])
+        g, after = rec.grads[i], rec.after[i]
+        m = b1 * state["exp_avg"] + (1 - b1) * g
+        v = b2 * state["exp_avg_sq"] + (1 - b2) * g ** 2
+        assert float(after["step"]) == 8
+        torch.testing.assert_close(after["exp_avg"], m, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(after["exp_avg_sq"], v, rtol=1e-5, atol=1e-14)
+        step = -rate * (m / (1 - b1 ** 8)) / ((v / (1 - b2 ** 8)).sqrt() + eps)
+        ulp = torch.finfo(torch.float32).eps * rec.params[i].abs().max().item()  # rounding of p + step
+        torch.testing.assert_close(rec.new_params[i] - rec.params[i], step, rtol=1e-3, atol=2 * ulp)

@@ -15,6 +15,7 @@ from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 from pds_lightning.writer import sample_path
+from metric_reference import frechet_reference, kid_reference
 
 SIZE = 8
 
@@ -44,8 +45,11 @@ def reference_npz(tmp_path, images):
 class TinyFeatures(nn.Module):
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv = nn.utils.skip_init(nn.Conv2d, 3, 6, 3, padding=1)  # weights from a local generator
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
 
     def forward(self, x):
         return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
@@ -95,14 +99,21 @@ def test_cli_prints_json_with_a_torchscript_inception_file(tmp_path, capsys):
 
     weights = tmp_path / "inception.pt"
     torch.jit.script(Scripted()).save(str(weights))
-    write_samples(tmp_path / "s", gaussian(12, seed=5))
-    ref_path, _ = reference_npz(tmp_path, gaussian(20, seed=6))
+    decoded = write_samples(tmp_path / "s", gaussian(12, seed=5))
+    ref_path, ref = reference_npz(tmp_path, gaussian(12, seed=6))  # 12 and 12: KID's subsets are the whole sets
     out = tmp_path / "result.json"
     assert main([str(tmp_path / "s"), "--reference", str(ref_path), "--inception-weights", str(weights),
                  "--output", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert set(printed) >= {"spectral_error", "fid", "kid", "num_samples"} and printed["num_samples"] == 12
+
+    def features(x):  # the stand-in Inception: per-image mean and std of the [0, 255] pixels, over 255
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1)
+
+    real, fake = features(ref), features(decoded)
+    assert printed["fid"] == pytest.approx(frechet_reference(real, fake), rel=1e-4, abs=1e-9)
+    assert printed["kid"] == pytest.approx(kid_reference(real, fake), rel=1e-3, abs=1e-7)
 
 
 def test_cli_errors_are_one_line_and_non_zero(tmp_path, capsys):

@@ -101,12 +101,12 @@ def test_predict_killed_five_times_resumes_to_the_uninterrupted_images(fit_run, 
 # ---- 2. fit killed and resumed from last.ckpt ----------------------------------------------------------------
 def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
     report = json.loads((fit_run / "report.json").read_text())
-    assert report["killed_by"] == 9 and report["resume_exit"] == 0
+    assert report["killed_by"] == 9 and report["resume_exit"] == 0 and report["step_time_s"] > 0
     saved = torch.load(fit_run / "killed_last.ckpt", weights_only=True)
     restored = torch.load(fit_run / "restored.pt", weights_only=True)
     final = torch.load(fit_run / "final.pt", weights_only=True)
     step = saved["global_step"]
-    assert 2 <= step < 30 and step % 2 == 0
+    assert 4 <= step < 30 and step % 2 == 0  # killed after the two timed checkpoints, well before the end
     assert restored["global_step"] == step and restored["ema_num_updates"] == step
     for name, value in saved["state_dict"].items():  # raw and EMA weights, EMA counter, statistics buffers
         assert torch.equal(restored["state_dict"][name], value), name

@@ -2,7 +2,9 @@
 
     python tests/scripts/kill_fit.py CONFIG WORKDIR MAX_STEPS RNG_SEED
 
-The killed run saves last.ckpt every 2 steps (ModelCheckpoint save_last + every_n_train_steps). Before
+The killed run saves last.ckpt every 2 steps (ModelCheckpoint save_last + every_n_train_steps). The step time
+is measured between its first two checkpoints, and the kill comes a delay drawn from random.Random(RNG_SEED)
+of up to KILL_WITHIN_STEPS step times later, so it lands mid-run on a slow or a fast machine. Before
 resuming, WORKDIR/killed_last.ckpt keeps a copy of what the resumed run must start from. The resumed run
 carries `RestoreProbe`, which saves the module and datamodule state at `on_train_start` (after the
 restore) to WORKDIR/restored.pt and the final state to WORKDIR/final.pt. Report: WORKDIR/report.json.
@@ -22,6 +24,9 @@ import lightning as L
 import torch
 
 from pds_lightning.cli import main
+
+
+KILL_WITHIN_STEPS = 10  # the kill lands within 10 step times after step 4, far from the end (MAX_STEPS 30)
 
 
 class RestoreProbe(L.Callback):
@@ -76,14 +81,19 @@ if __name__ == "__main__":
     report = {}
     pid = spawn(common, WORK / "log.txt")
     last = ckpt_dir / "last.ckpt"
-    while not last.exists() and os.waitpid(pid, os.WNOHANG) == (0, 0):
-        time.sleep(0.01)
-    delay = random.Random(int(RNG_SEED)).uniform(0.0, 1.5)
+    times = []  # when the 1st and 2nd step checkpoints (steps 2 and 4) appeared
+    while len(times) < 2 and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if len(list(ckpt_dir.glob("*step=*.ckpt"))) > len(times) and last.exists():
+            times.append(time.monotonic())
+        time.sleep(0.005)
+    step_time = (times[1] - times[0]) / 2 if len(times) == 2 else 0.0
+    delay = random.Random(int(RNG_SEED)).uniform(0.0, KILL_WITHIN_STEPS * step_time)
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     report["killed_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     report["delay_s"] = delay
+    report["step_time_s"] = step_time
     shutil.copy(last, WORK / "killed_last.ckpt")
     # The resumed run estimates statistics from fewer images: the checkpoint's must win.
     sys.path.insert(0, str(Path(__file__).parent))
