@@ -157,6 +157,19 @@ class VESDE(SDE):
         sigma, sigma_prev = self.sigma_and_prev(t, x)
         return torch.zeros_like(x), torch.sqrt(sigma ** 2 - sigma_prev ** 2)
 
+    # ---- sigma-space map (EDM convention x = s(t) (x0 + sigma(t) n)) --------------------------------
+    def scale_of_t(self, t: Tensor) -> Tensor:
+        """s(t) = 1: VE adds noise without shrinking the data."""
+        return torch.ones_like(t)
+
+    def sigma_of_t(self, t: Tensor) -> Tensor:
+        """sigma(t) = sigma_min (sigma_max / sigma_min)^t, the marginal std itself."""
+        return self.sigma(t)
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of sigma_of_t: t = log(sigma / sigma_min) / log(sigma_max / sigma_min)."""
+        return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
 
 class VPSDE(SDE):
     """Variance preserving: beta(t) = beta_min + t (beta_max - beta_min), drift -beta x / 2."""
@@ -202,6 +215,29 @@ class VPSDE(SDE):
         beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[self.timestep(t)]
         return per_sample(torch.sqrt(self.ddpm_alpha(t, x))) * x - x, torch.sqrt(beta)
 
+    # ---- sigma-space map (EDM convention x = s(t) (x0 + sigma(t) n)) --------------------------------
+    # The marginal is x_t = m(t) x0 + std(t) n with m = exp(lmc), lmc = -t^2 (beta_1 - beta_0) / 4 - t beta_0 / 2.
+    # Writing it as s (x0 + sigma n) gives s = m and sigma = std / m. VP: std^2 = 1 - m^2, so
+    # sigma^2 = 1/m^2 - 1 = expm1(-2 lmc). The inverse solves lmc(t) = -L, a quadratic in t:
+    # (beta_1 - beta_0) t^2 / 4 + beta_0 t / 2 - L = 0, whose positive root in the cancellation-free form is
+    # t = 2 L / (beta_0 / 2 + sqrt(beta_0^2 / 4 + (beta_1 - beta_0) L)) (also right for beta_1 = beta_0).
+    def scale_of_t(self, t: Tensor) -> Tensor:
+        """s(t) = exp(lmc(t)), the mean coefficient of the marginal."""
+        return torch.exp(self._log_mean_coeff(t))
+
+    def sigma_of_t(self, t: Tensor) -> Tensor:
+        """sigma(t) = sqrt(1 / s^2 - 1) = sqrt(expm1(-2 lmc))."""
+        return torch.sqrt(torch.expm1(-2.0 * self._log_mean_coeff(t)))
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of sigma_of_t: L = -lmc = log(1 + sigma^2) / 2, then the quadratic's positive root."""
+        return self._t_of_neg_log_mean(0.5 * torch.log1p(sigma ** 2))
+
+    def _t_of_neg_log_mean(self, L: Tensor) -> Tensor:
+        """The t >= 0 with lmc(t) = -L."""
+        b0, d = self.beta_0, self.beta_1 - self.beta_0
+        return 2.0 * L / (0.5 * b0 + torch.sqrt(0.25 * b0 ** 2 + d * L))
+
 
 class SubVPSDE(VPSDE):
     """Sub-VP: VP drift with diffusion beta(t) (1 - exp(-2 int beta)); Euler discretisation.
@@ -220,3 +256,13 @@ class SubVPSDE(VPSDE):
         return per_sample(torch.exp(log_mean_coeff)) * x, 1.0 - torch.exp(2.0 * log_mean_coeff)
 
     discretize = SDE.discretize
+
+    # ---- sigma-space map: same s = exp(lmc) as VP; the marginal std is 1 - exp(2 lmc) = 1 - s^2, so
+    # sigma = (1 - s^2) / s = exp(-lmc) - exp(lmc) = 2 sinh(-lmc), and the inverse is -lmc = asinh(sigma / 2).
+    def sigma_of_t(self, t: Tensor) -> Tensor:
+        """sigma(t) = 2 sinh(-lmc(t))."""
+        return 2.0 * torch.sinh(-self._log_mean_coeff(t))
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of sigma_of_t: L = asinh(sigma / 2), then VP's quadratic in t."""
+        return self._t_of_neg_log_mean(torch.asinh(0.5 * sigma))

@@ -18,12 +18,15 @@ from pds_lightning.sampling.correctors import CORRECTORS, STEP_SIZE_MODES
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.predictors import PREDICTORS
 from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
+from pds_lightning.sampling.solvers import MIN_STEPS, ODE_CORRECTORS, SCHEDULES, SOLVERS
 from pds_lightning.sde import SDE, resolve_steps
 
 #: Values of `SamplerSettings.preconditioner`: which PDS filters to build ('none' is vanilla).
 PRECONDITIONER_CHOICES = ("none", "freq", "space", "both")
 #: Values of `SamplerSettings.auto_method` (how pds_lightning.alpha chooses `alpha: auto`).
 AUTO_METHOD_CHOICES = ("surrogate", "pilot")
+#: Every sampling method by its name: the PC and probability-flow samplers and the sigma-space solvers.
+METHODS = {**SAMPLERS, **SOLVERS}
 
 
 @dataclass
@@ -35,6 +38,13 @@ class SamplerSettings:
     `eps` overrides the end time. `preconditioner`: which PDS filters to use ('none' is vanilla).
     `alpha: auto` picks alpha for the step budget by `auto_method`: 'surrogate' (predicted from the data
     statistics, no network calls) or 'pilot' (measured on `pilot_samples` samples per candidate).
+
+    Fast samplers in sigma-space (sampling/solvers.py), `method`: 'edm_heun', 'edm_stochastic', 'dpmpp_2m',
+    'euler'. For them `n_steps` is the number of noise levels N (>= 2) and NFE per sample is 2N - 1 (Heun
+    methods) or N (dpmpp_2m, euler), plus n_corrector_steps (N - 1) with `ode_corrector: langevin` (the PDS
+    corrector between steps; the only way a preconditioner enters them). `schedule`: 'karras' (rho,
+    sigma_min/sigma_max; None = sigma(eps), sigma(T) of the SDE) or 'sde' (the SDE's own time grid).
+    edm_stochastic: S_churn, S_tmin, S_tmax (None = no upper bound), S_noise as in EDM.
     """
 
     name: str = "pc"
@@ -53,10 +63,21 @@ class SamplerSettings:
     denoise: bool = True
     step_size: str = "sample"
     check_finite_every: int = 0
+    # ---- fast samplers in sigma-space (solvers.py); ignored by 'pc' and 'ode' --------------------------
+    schedule: str = "karras"
+    rho: float = 7.0
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    S_churn: float = 0.0
+    S_tmin: float = 0.0
+    S_tmax: float | None = None
+    S_noise: float = 1.0
+    ode_corrector: str = "none"
 
     def __post_init__(self):
-        if self.method not in SAMPLERS:
-            raise ValueError(f"unknown sampling method {self.method!r}; choose one of {sorted(SAMPLERS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown sampling method {self.method!r}; choose one of {sorted(METHODS)}")
+        self._check_solver_settings()
         if self.predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {self.predictor!r}; choose one of {sorted(PREDICTORS)}")
         if self.corrector not in CORRECTORS:
@@ -93,6 +114,39 @@ class SamplerSettings:
         if not self.speed_up > 0:
             raise ValueError(f"speed_up must be > 0, got {self.speed_up}")
 
+    def _check_solver_settings(self) -> None:
+        """Checks of the sigma-space solver fields (solvers.py)."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.ode_corrector not in ODE_CORRECTORS:
+            raise ValueError(f"unknown ode_corrector {self.ode_corrector!r}; choose one of {ODE_CORRECTORS}")
+        if isinstance(self.rho, bool) or not math.isfinite(self.rho) or self.rho <= 0:
+            raise ValueError(f"rho must be a finite number > 0 (EDM default 7), got {self.rho!r}")
+        for key in ("sigma_min", "sigma_max"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be a finite number > 0 or None (from the SDE), got {value!r}")
+        if self.sigma_min is not None and self.sigma_max is not None and self.sigma_min >= self.sigma_max:
+            raise ValueError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
+        if self.schedule == "sde" and (self.sigma_min is not None or self.sigma_max is not None):
+            raise ValueError("sigma_min/sigma_max set the 'karras' schedule; with schedule: sde leave them None")
+        if not self.S_churn >= 0:
+            raise ValueError(f"S_churn must be >= 0 (0: deterministic), got {self.S_churn}")
+        if not self.S_noise > 0:
+            raise ValueError(f"S_noise must be > 0 (EDM uses 1 to 1.007), got {self.S_noise}")
+        if not self.S_tmin >= 0 or (self.S_tmax is not None and not self.S_tmax >= self.S_tmin):
+            raise ValueError(f"need 0 <= S_tmin <= S_tmax (None: no upper bound), got {self.S_tmin}, {self.S_tmax}")
+        if self.method not in SOLVERS:
+            if self.ode_corrector != "none":
+                raise ValueError(f"ode_corrector applies to methods {sorted(SOLVERS)}; method {self.method!r} "
+                                 "has its own corrector setting")
+            return
+        if self.n_steps is not None and self.n_steps < MIN_STEPS:
+            raise ValueError(f"method {self.method!r} needs n_steps >= {MIN_STEPS} noise levels, got {self.n_steps}")
+        if self.preconditioner != "none" and self.ode_corrector == "none":
+            raise ValueError(f"method {self.method!r} uses a PDS preconditioner only in its Langevin corrector; "
+                             "set ode_corrector: langevin, or preconditioner: none")
+
     def steps_for(self, sde: SDE) -> tuple[int, float]:
         """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step."""
         return resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
@@ -114,6 +168,14 @@ class SamplerSettings:
                       check_finite_every=self.check_finite_every)
         if self.method == "ode":
             return common
+        if self.method in SOLVERS:
+            solver = dict(common, schedule=self.schedule, rho=self.rho, sigma_min=self.sigma_min,
+                          sigma_max=self.sigma_max, ode_corrector=self.ode_corrector, snr=self.snr,
+                          n_corrector_steps=self.n_corrector_steps, step_size=self.step_size)
+            solver.pop("denoise")  # they end at sigma = 0
+            if self.method == "edm_stochastic":
+                solver.update(S_churn=self.S_churn, S_tmin=self.S_tmin, S_tmax=self.S_tmax, S_noise=self.S_noise)
+            return solver
         return dict(common, predictor=self.predictor, corrector=self.corrector, snr=self.snr,
                     n_corrector_steps=self.n_corrector_steps, step_size=self.step_size)
 
@@ -146,7 +208,7 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     preconditioner = settings.preconditioner_from(statistics)
     if preconditioner is not None:
         preconditioner = preconditioner.to(device)
-    sampler = SAMPLERS[settings.method]
+    sampler = METHODS[settings.method]
     return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
                    preconditioner=preconditioner, **settings.sampler_kwargs())
 

@@ -1,0 +1,344 @@
+"""Sample quality against NFE: PC samplers (vanilla, PDS) against EDM / DPM-Solver++ / Euler samplers.
+
+    python benchmarks/samplers_vs_nfe.py --models gaussian                          # 64 px Gaussian target, exact
+    python benchmarks/samplers_vs_nfe.py --models demo patches --num-samples 1000   # trained reference models
+
+Rows (sampler -> SamplerSettings; n_steps chosen per NFE budget so the exact NFE is as close as possible,
+and printed): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot samples), the SDE-grid Heun
+ODE (method 'ode', 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
+EDM stochastic (S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003: EDM's ImageNet-64 values; 2N - 1),
+DPM-Solver++(2M) (N), Euler/DDIM (N), EDM Heun + the PDS Langevin corrector (alpha 5, 3N - 2), and PDS PC
+with the consistent predictor when SamplerSettings has `pds_predictor`. PC samplers: 2 NFE per step.
+
+`gaussian`: an exact-score stationary Gaussian at 64x64 (`GaussianScore`) whose mean and power spectrum are
+those of the embedded MNIST digits resized to 64 px, under the demo model's SDE (VE, sigma 0.01..16).
+Quality is W2 per pixel of the output law against the target:
+- exact for the samplers that are affine in their draws (all ODE/EDM rows without a corrector): the law is
+  read off impulse responses (row j + 1 of a batch gets a unit impulse in draw j), per Fourier mode;
+- for the PC rows, the library's moment recursion (`pds_lightning.alpha.predict_w2`: exact per mode except
+  that the Langevin step uses expected norms);
+- for every row also a Monte-Carlo estimate from --num-samples samples (per-mode sample variances; its
+  floor, the same estimate on exact target draws, is printed), the only figure for rows with a corrector.
+Trained models (`demo`, `patches`): spectral error and FD-digits with bootstrap standard errors, exactly as
+benchmarks/steps_vs_quality.py (its loading and scoring are imported). Results accumulate in
+results/samplers_vs_nfe.json (rows already there with the same sample count are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steps_vs_quality import MODELS, ROOT, Scorer, image_stack, load_model  # noqa: E402
+
+from pds_lightning.alpha import resolve_alpha  # noqa: E402
+from pds_lightning.fileio import write_atomic  # noqa: E402
+from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate  # noqa: E402
+from pds_lightning.sampling.samplers import ode_sampler  # noqa: E402
+from pds_lightning.sampling.settings import METHODS  # noqa: E402
+from pds_lightning.sampling.solvers import solver_nfe  # noqa: E402
+
+NFE = (10, 20, 40, 80, 132, 200)
+EDM_CHURN = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
+GAUSSIAN_SIZE = 64
+
+
+# ---- rows ------------------------------------------------------------------------------------------
+def rows(base: SamplerSettings) -> dict[str, tuple[SamplerSettings, callable]]:
+    """name -> (settings without n_steps, NFE as a function of n_steps)."""
+    pc = lambda **kw: dataclasses.replace(base, method="pc", **kw)
+    solver = lambda method, **kw: dataclasses.replace(base, method=method, **{"preconditioner": "none", "alpha": 5.0, **kw})
+    nfe_of = lambda s: (lambda n: solver_nfe(s.method, n, s.ode_corrector, s.n_corrector_steps))
+    out = {"vanilla": pc(preconditioner="none"), "pds_a5": pc(preconditioner="both", alpha=5.0),
+           "pds_auto": pc(preconditioner="both", alpha="auto", auto_method="surrogate"),
+           "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot")}
+    if any(f.name == "pds_predictor" for f in dataclasses.fields(SamplerSettings)):
+        out["pds_consistent"] = pc(preconditioner="both", alpha=5.0, pds_predictor="consistent")
+    table = {name: (s, lambda n: 2 * n) for name, s in out.items()}
+    table["heun_sde_grid"] = (solver("ode"), lambda n: 2 * n + 1)
+    for name, s in {"edm_heun": solver("edm_heun"), "edm_stochastic": solver("edm_stochastic", **EDM_CHURN),
+                    "dpmpp_2m": solver("dpmpp_2m"), "euler": solver("euler"),
+                    "edm_heun_pds_corrector": solver("edm_heun", ode_corrector="langevin", preconditioner="both")
+                    }.items():
+        table[name] = (s, nfe_of(s))
+    return {name: (dataclasses.replace(s, name=name), f) for name, (s, f) in table.items()}
+
+
+def steps_for_budget(nfe_of, budget: int) -> int:
+    """The n_steps whose NFE is closest to `budget` (fewer NFE on ties)."""
+    return min(range(2, budget + 2), key=lambda n: (abs(nfe_of(n) - budget), nfe_of(n)))
+
+
+# ---- the 64 px Gaussian target -------------------------------------------------------------------
+class GaussianTarget:
+    """Exact-score Gaussian with the embedded MNIST digits' mean and power spectrum at 64 px."""
+
+    def __init__(self, size: int = GAUSSIAN_SIZE):
+        import numpy as np
+
+        from pds_lightning.data import embedded_data_dir
+        from pds_lightning.models.gaussian import GaussianScore
+        from pds_lightning.sde import VESDE
+        from pds_lightning.statistics import ImageStatistics
+
+        images = torch.from_numpy(np.load(embedded_data_dir() / "mnist_32.npz")["images"]).double() / 255
+        x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                                            align_corners=False)
+        self.mean = float(x.mean())
+        lam = (torch.fft.fft2(x - self.mean).abs() ** 2).mean(0) / (size * size)  # [1, H, W], lam(k) = lam(-k)
+        self.lam = lam.clamp(min=1e-8 * float(lam.max()))
+        self.sde = VESDE(0.01, 16.0, 1000)
+        self.score = GaussianScore(self.mean, self.lam, self.sde)
+        self.shape = (1, size, size)
+        mean_img = torch.full((1, size, size), self.mean, dtype=torch.float64)
+        power = size * size * self.lam + torch.fft.fft2(mean_img).abs() ** 2
+        self.statistics = ImageStatistics.from_moments(len(x), power, mean_img, self.lam.mean() + mean_img ** 2)
+
+    def w2(self, mean: torch.Tensor, v: torch.Tensor) -> float:
+        """W2 per pixel of N(mean image, per-mode variances v) against the target (circulant covariances)."""
+        H, W = self.shape[1:]
+        target = torch.full_like(mean, self.mean)
+        sq = (mean - target).pow(2).sum() + (v.sqrt() - self.lam[0].sqrt()).pow(2).sum()
+        return math.sqrt(float(sq) / (H * W))
+
+    def mc_w2(self, x: torch.Tensor) -> float:
+        """W2 per pixel from sample moments per Fourier mode, x [n, 1, H, W]."""
+        x = x[:, 0].double()
+        H, W = x.shape[-2:]
+        v = (torch.fft.fft2(x - x.mean(0)).abs() ** 2).mean(0) / (H * W)
+        return self.w2(x.mean(0), v)
+
+    def impulse_w2(self, setting: SamplerSettings, draws: int) -> float:
+        """Exact W2 of a sampler affine in its `draws` standard-normal draws, from impulse responses."""
+        H, W = self.shape[1:]
+        stream = [torch.zeros(draws + 1, 1, H, W, dtype=torch.float64) for _ in range(draws)]
+        for j in range(draws):
+            stream[j][j + 1, 0, 0, 0] = 1.0
+        sampler = METHODS[setting.method]
+        x = sampler(self.score, self.sde, (draws + 1, 1, H, W), noise=RecordedNoise(stream),
+                    dtype=torch.float64, **setting.sampler_kwargs()).x[:, 0]
+        return self.w2(x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0))
+
+
+def exact_w2(target: GaussianTarget, name: str, setting: SamplerSettings) -> tuple[float | None, str]:
+    """(exact W2 per pixel, how) for the rows where it is available."""
+    from pds_lightning.alpha import predict_w2
+
+    if setting.method == "pc" and name != "pds_consistent":  # the recursion knows the official predictor only
+        candidate = None if setting.preconditioner == "none" else setting.alpha
+        pds = dataclasses.replace(setting, preconditioner="both", alpha=5.0)
+        return float(predict_w2(target.statistics, target.sde, pds, [candidate])[0]), "moments"
+    if setting.method in ("ode", "edm_heun", "dpmpp_2m", "euler") and setting.ode_corrector == "none":
+        return target.impulse_w2(setting, 1), "impulse"
+    if setting.method == "edm_stochastic" and setting.ode_corrector == "none":
+        return target.impulse_w2(setting, 1 + setting.steps_for(target.sde)[0]), "impulse"
+    return None, "mc only"
+
+
+def run_gaussian(args, payload: dict, path: Path) -> None:
+    target = GaussianTarget()
+    seeds = list(range(args.num_samples))
+    floor = target.mc_w2(target.score.sample(args.num_samples, torch.Generator().manual_seed(0))[:, :1].float())
+    payload["meta"].setdefault("floor", {})["gaussian"] = {"w2_mc": floor}
+    for budget in sorted(args.nfe):
+        for name, (setting, nfe_of) in rows(SamplerSettings(snr=0.16)).items():
+            if name not in args.samplers or done(payload, "gaussian", name, budget, args.num_samples):
+                continue
+            setting = dataclasses.replace(setting, n_steps=steps_for_budget(nfe_of, budget))
+            start = time.perf_counter()
+            resolved, choice = resolve_alpha(setting, target.sde, target.statistics, score_fn=target.score,
+                                             shape=target.shape)
+            result = generate(resolved, target.score, target.sde, seeds, target.shape, statistics=target.statistics)
+            wall = (time.perf_counter() - start) / len(seeds)
+            if choice is not None:
+                result.info["alpha_auto"] = choice
+            exact, how = exact_w2(target, name, resolved)
+            row = {"model": "gaussian", "sampler": name, "budget": budget, "nfe": result.nfe,
+                   "n_steps": setting.n_steps, "num_samples": args.num_samples, "wall_s_per_sample": wall,
+                   "w2_exact": exact, "w2_exact_how": how, "w2_mc": target.mc_w2(result.x)}
+            if "alpha_auto" in result.info:
+                row["alpha"] = result.info["alpha_auto"]["alpha"]
+            save_row(payload, row, path)
+
+
+def run_trained(name: str, args, payload: dict, path: Path, features) -> None:
+    model, dm = load_model(*MODELS[name])
+    model.to(args.device)
+    scorer = Scorer(image_stack(dm, dm.val_indices), features)
+    pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[: args.num_samples]
+    payload["meta"].setdefault("floor", {})[name] = scorer.score(image_stack(dm, dm.train_indices[pick]))
+    seeds = torch.arange(args.num_samples)
+    for budget in sorted(args.nfe):
+        for sampler, (setting, nfe_of) in rows(model.sampler).items():
+            if sampler not in args.samplers or done(payload, name, sampler, budget, args.num_samples):
+                continue
+            setting = dataclasses.replace(setting, n_steps=steps_for_budget(nfe_of, budget))
+            start = time.perf_counter()
+            images, info, nfe = [], {}, 0
+            for batch in seeds.split(args.batch_size):
+                result = model.sample(setting, batch.to(args.device))
+                images.append(result.x.cpu())
+                nfe, info = result.nfe, result.info
+            wall = (time.perf_counter() - start) / args.num_samples
+            row = {"model": name, "sampler": sampler, "budget": budget, "nfe": nfe, "n_steps": setting.n_steps,
+                   "num_samples": args.num_samples, "wall_s_per_sample": wall, **scorer.score(torch.cat(images))}
+            if "alpha_auto" in info:
+                row["alpha"] = info["alpha_auto"]["alpha"]
+            save_row(payload, row, path)
+
+
+def done(payload, model, sampler, budget, n) -> bool:
+    return any((r["model"], r["sampler"], r["budget"], r["num_samples"]) == (model, sampler, budget, n)
+               for r in payload["results"])
+
+
+def save_row(payload: dict, row: dict, path: Path) -> None:
+    payload["results"].append(row)
+    write_atomic(path, json.dumps(payload, indent=1).encode())
+    figures = {k: v for k, v in row.items() if k in ("w2_exact", "w2_mc", "spectral_error", "fd_digits")}
+    print(f"{row['model']} {row['sampler']} budget {row['budget']}: NFE {row['nfe']} (n_steps {row['n_steps']}), "
+          + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in figures.items())
+          + f", {row['wall_s_per_sample'] * 1e3:.1f} ms/sample", flush=True)
+
+
+# ---- report ----------------------------------------------------------------------------------------
+METRICS = {"gaussian": (("w2_exact", "W2 per pixel, exact"), ("w2_mc", "W2 per pixel, Monte Carlo")),
+           "trained": (("spectral_error", "spectral error (decades)"), ("fd_digits", "FD-digits"))}
+
+
+def cell(r: dict, metric: str, best: float | None) -> str:
+    value = r.get(metric)
+    if value is None:
+        return f"n/a ({r['nfe']})"
+    se = r.get(metric + "_se")
+    text = f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+    text = f"**{text}**" if best is not None and value == best else text
+    return f"{text} ({r['nfe']})"
+
+
+def write_report(path: Path, payload: dict, command: str) -> None:
+    results, meta = payload["results"], payload["meta"]
+    lines = ["# Samplers against NFE: PC (vanilla, PDS) vs EDM, DPM-Solver++ and Euler", "",
+             f"Generated by `{command}`. Method: the script's docstring. Cells: value (exact NFE per sample); "
+             "lower is better; **bold** = best of the column. Wall time: ms per sample on this machine (1 CPU thread).", ""]
+    for model in dict.fromkeys(r["model"] for r in results):
+        rows_m = [r for r in results if r["model"] == model]
+        budgets = sorted({r["budget"] for r in rows_m})
+        names = list(dict.fromkeys(r["sampler"] for r in rows_m))
+        n = rows_m[0]["num_samples"]
+        lines += [f"## {model} ({n} samples per row)", ""]
+        if model == "gaussian":
+            lines += [f"64x64 Gaussian with the embedded MNIST digits' mean and power spectrum, VE sigma 0.01..16. "
+                      f"'exact': impulse responses (affine samplers) or the PC moment recursion (PC rows, expected "
+                      f"Langevin norms). Monte-Carlo floor (exact target draws, same n): "
+                      f"{meta['floor']['gaussian']['w2_mc']:.4f}.", ""]
+        for metric, label in METRICS["gaussian" if model == "gaussian" else "trained"]:
+            lines += [f"### {label}", "", "| sampler | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+                      "|---" * (len(budgets) + 1) + "|"]
+            best = {b: min((r[metric] for r in rows_m if r["budget"] == b and r.get(metric) is not None),
+                           default=None) for b in budgets}
+            for name in names:
+                cells = []
+                for b in budgets:
+                    r = [x for x in rows_m if x["sampler"] == name and x["budget"] == b]
+                    cells.append(cell(r[0], metric, best[b]) if r else "")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            if model != "gaussian" and model in meta.get("floor", {}):
+                f = meta["floor"][model]
+                lines.append(f"| *floor* | {f[metric]:.4f} ± {f[metric + '_se']:.4f} (training images) |")
+            lines.append("")
+        lines += ["### wall time (ms per sample)", "", "| sampler | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for name in names:
+            cells = []
+            for b in budgets:
+                r = [x for x in rows_m if x["sampler"] == name and x["budget"] == b]
+                cells.append(f"{r[0]['wall_s_per_sample'] * 1e3:.1f}" if r else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        chosen = [(r["sampler"], r["budget"], r["alpha"]) for r in rows_m if "alpha" in r]
+        if chosen:
+            lines += ["", "alpha: auto resolved to: " + ", ".join(
+                f"{s} {'vanilla' if a is None else f'{a:g}'} at {b} NFE" for s, b, a in chosen) + "."]
+        lines.append("")
+    if meta.get("plot"):
+        lines += [f"![quality against NFE]({meta['plot']})", ""]
+    write_atomic(path, "\n".join(lines).encode())
+
+
+def write_plot(path: Path, payload: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return False
+    results = payload["results"]
+    models = list(dict.fromkeys(r["model"] for r in results))
+    fig, axes = plt.subplots(len(models), 1, figsize=(7, 4 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        metric = "w2_exact" if model == "gaussian" else "spectral_error"
+        for name in dict.fromkeys(r["sampler"] for r in results if r["model"] == model):
+            pts = sorted((r["nfe"], r.get(metric) if r.get(metric) is not None else r.get("w2_mc"))
+                         for r in results if r["model"] == model and r["sampler"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE per sample")
+        ax.set_title(f"{model}: {metric} (Monte Carlo where no exact figure)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
+    return True
+
+
+def main() -> None:
+    all_rows = list(rows(SamplerSettings()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["gaussian", *MODELS], choices=["gaussian", *MODELS])
+    parser.add_argument("--nfe", nargs="+", type=int, default=list(NFE))
+    parser.add_argument("--samplers", nargs="+", default=all_rows, choices=all_rows)
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "samplers_vs_nfe.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {"meta": {}, "results": []}
+    payload["meta"].update(torch=torch.__version__, threads=args.threads)
+    if "gaussian" in args.models:
+        run_gaussian(args, payload, path)
+    trained = [m for m in args.models if m != "gaussian"]
+    if trained:
+        from pds_lightning.features import DigitFeatures
+
+        features = DigitFeatures()
+        for name in trained:
+            run_trained(name, args, payload, path, features)
+    command = ("python benchmarks/samplers_vs_nfe.py --models " + " ".join(args.models) + f" --num-samples "
+               f"{args.num_samples} --nfe " + " ".join(map(str, sorted(args.nfe))))
+    if write_plot(out / "samplers_vs_nfe.png", payload):
+        payload["meta"]["plot"] = "samplers_vs_nfe.png"
+    write_atomic(path, json.dumps(payload, indent=1).encode())
+    write_report(out / "samplers_vs_nfe.md", payload, command)
+    print(f"wrote {out / 'samplers_vs_nfe.md'}")
+
+
+if __name__ == "__main__":
+    main()
