@@ -94,8 +94,31 @@ class SamplerSettings:
             raise ValueError(f"speed_up must be > 0, got {self.speed_up}")
 
     def steps_for(self, sde: SDE) -> tuple[int, float]:
-        """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step."""
-        return resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
+        """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step, or if
+        a step that reads the DDPM alphas 1 - beta_i (VP, sub-VP) would find one <= 0 at this N."""
+        N, eps = resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
+        users = self.ddpm_table_users(sde)
+        n_min = sde.min_ddpm_steps()
+        if users and N < n_min:
+            raise ValueError(
+                f"{type(sde).__name__} with beta_max {sde.beta_1:g} cannot be sampled in {N} steps by "
+                f"{' and '.join(users)}: they read the DDPM alphas 1 - beta_i, which reach 1 - beta_max / N = "
+                f"{1 - sde.beta_1 / N:.3g} <= 0 (square roots of negative numbers, division by zero). Use at "
+                f"least {n_min} steps (n_steps >= {n_min}, or speed_up <= {sde.N / n_min:.4g}), or predictor: "
+                "euler_maruyama with corrector: none, which works at any step count")
+        return N, eps
+
+    def ddpm_table_users(self, sde: SDE) -> list[str]:
+        """The steps of this setting that read `sde`'s DDPM alphas 1 - beta_i: the DDPM predictors on VP,
+        and the Langevin/ALD correctors (a_t) on VP and sub-VP. Empty on VE."""
+        if self.method != "pc":
+            return []
+        users = []
+        if self.predictor in ("reverse_diffusion", "ancestral_sampling") and sde.ddpm_discretisation:
+            users.append(f"the {self.predictor} predictor")
+        if self.corrector in ("langevin", "ald") and self.n_corrector_steps > 0 and sde.min_ddpm_steps() > 1:
+            users.append(f"the {self.corrector} corrector (a_t)")
+        return users
 
     def preconditioner_from(self, statistics) -> Preconditioner | None:
         """The PDS preconditioner from an object with freq_statistic()/space_statistic(), or None."""
