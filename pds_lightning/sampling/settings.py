@@ -16,7 +16,7 @@ from torch import Tensor
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.correctors import CORRECTORS, STEP_SIZE_MODES
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sampling.predictors import PDS_PREDICTOR_CHOICES, PREDICTORS, predictor_class
 from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
 from pds_lightning.sde import SDE, resolve_steps
 
@@ -35,6 +35,9 @@ class SamplerSettings:
     `eps` overrides the end time. `preconditioner`: which PDS filters to use ('none' is vanilla).
     `alpha: auto` picks alpha for the step budget by `auto_method`: 'surrogate' (predicted from the data
     statistics, no network calls) or 'pilot' (measured on `pilot_samples` samples per candidate).
+    `pds_predictor`: 'official' (the PDS paper's predictor, M M^T on the whole drift: it does not keep the
+    target p_t, and biases preconditioned modes even at large N) or 'consistent' (drift f - (g^2/2)
+    (I + M M^T) score with noise g M z: keeps p_t). The PDS Langevin corrector keeps p_t either way.
     """
 
     name: str = "pc"
@@ -48,6 +51,7 @@ class SamplerSettings:
     eps: float | None = None
     preconditioner: str = "none"
     alpha: float | str = 5.0
+    pds_predictor: str = "official"
     auto_method: str = "surrogate"
     pilot_samples: int = 16
     denoise: bool = True
@@ -63,6 +67,10 @@ class SamplerSettings:
             raise ValueError(f"unknown corrector {self.corrector!r}; choose one of {sorted(CORRECTORS)}")
         if self.preconditioner not in PRECONDITIONER_CHOICES:
             raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {PRECONDITIONER_CHOICES}")
+        if self.method == "pc":
+            predictor_class(self.predictor, self.pds_predictor)  # unknown variant, or no consistent form
+        elif self.pds_predictor not in PDS_PREDICTOR_CHOICES:
+            raise ValueError(f"unknown pds_predictor {self.pds_predictor!r}; choose one of {PDS_PREDICTOR_CHOICES}")
         if self.step_size not in STEP_SIZE_MODES:
             raise ValueError(f"unknown step_size {self.step_size!r}; choose 'sample' (per-sample norms) or "
                              "'batch' (official batch-mean rule)")
@@ -138,7 +146,8 @@ class SamplerSettings:
         if self.method == "ode":
             return common
         return dict(common, predictor=self.predictor, corrector=self.corrector, snr=self.snr,
-                    n_corrector_steps=self.n_corrector_steps, step_size=self.step_size)
+                    n_corrector_steps=self.n_corrector_steps, step_size=self.step_size,
+                    pds_predictor=self.pds_predictor)
 
     def to_dict(self) -> dict:
         return asdict(self)
