@@ -81,3 +81,32 @@ def test_ode_sampler_is_not_refused():
     sde = VPSDE()
     settings = SamplerSettings(method="ode", n_steps=3)
     assert settings.steps_for(sde) == (3, pytest.approx(1e-3 * 1000 / 3))
+
+
+@pytest.mark.parametrize("corrector", ["ald", "langevin"])
+def test_subvp_corrector_uses_the_vp_ddpm_alpha(corrector):
+    """With a zero score the corrector only adds sqrt(2 step) z, so the step (hence a_t) can be read off."""
+    from pds_lightning.preconditioner import Preconditioner
+    from pds_lightning.sampling.correctors import CORRECTORS
+    from pds_lightning.sampling.noise import RecordedNoise
+
+    sde = SubVPSDE(0.1, 20.0, 50)
+    t = torch.tensor([0.3, 0.9])
+    level = (t * 49).long()  # truncation, as the official code
+    vp_alpha = 1 - (0.1 + (20.0 - 0.1) * level / 49) / 50  # the VP's 1 - beta_i at that level
+    z = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.zeros_like(z)
+    if corrector == "ald":
+        score = lambda x, t: torch.zeros_like(x)
+        std = sde.marginal_prob(x, t)[1]
+        expected_step = 2 * vp_alpha * (0.16 * std) ** 2
+    else:  # Langevin: ||g|| from a score of known norm (ones), ||xi|| = ||z||
+        score = lambda x, t: torch.ones_like(x)
+        expected_step = 2 * vp_alpha * (0.16 * z.flatten(1).norm(dim=1) / 4.0) ** 2
+    step = CORRECTORS[corrector](sde, score, Preconditioner(), RecordedNoise([z]), 0.16, 1)
+    x_new, x_mean = step.update(x, t)
+    drift = x_mean - x
+    noise = (x_new - x_mean) / z
+    torch.testing.assert_close(noise[:, 0, 0, 0], torch.sqrt(2 * expected_step.double()))
+    if corrector == "langevin":
+        torch.testing.assert_close(drift[:, 0, 0, 0], expected_step.double())
