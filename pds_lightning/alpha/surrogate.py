@@ -57,6 +57,15 @@ class GaussianSurrogate:
                              "or give a number for alpha")
         power = statistics.power_mean.to(torch.float64)
         mean = statistics.mean.to(torch.float64)
+        if not mean.any() and power.any():
+            raise ValueError(
+                "alpha: auto (auto_method: surrogate) needs the pixel mean of the data, but these statistics "
+                "have none (mean zero everywhere with a non-zero power spectrum: official PDS .npy statistics, "
+                "as pds_lightning.convert stores them, hold only log1p(mean |fft2 x|^2) and mean x^2). The "
+                "surrogate would count the mean as variance and predict errors several times too high. Use "
+                "auto_method: pilot (measured on samples of the model), or recompute the statistics from the "
+                "training data (the data module with stats_num_images > 0, or ScoreModule.set_statistics("
+                "ImageStatistics(shape).update(images))), or give alpha a number")
         H, W = power.shape[-2:]
         lam = (power - torch.fft.fft2(mean).abs().square()) / (H * W)
         lam = lam.clamp_min(floor * float(lam.max().clamp_min(1e-300)))
