@@ -8,7 +8,7 @@ and printed): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot
 ODE (method 'ode', 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
 EDM stochastic (S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003: EDM's ImageNet-64 values; 2N - 1),
 DPM-Solver++(2M) (N), Euler/DDIM (N), EDM Heun + the PDS Langevin corrector (alpha 5, 3N - 2), and PDS PC
-with the consistent predictor when SamplerSettings has `pds_predictor`. PC samplers: 2 NFE per step.
+with the consistent predictor (`pds_predictor: consistent`). PC samplers: 2 NFE per step.
 
 `gaussian`: an exact-score stationary Gaussian at 64x64 (`GaussianScore`) whose mean and power spectrum are
 those of the embedded MNIST digits resized to 64 px, under the demo model's SDE (VE, sigma 0.01..16).
@@ -60,9 +60,8 @@ def rows(base: SamplerSettings) -> dict[str, tuple[SamplerSettings, callable]]:
     nfe_of = lambda s: (lambda n: solver_nfe(s.method, n, s.ode_corrector, s.n_corrector_steps))
     out = {"vanilla": pc(preconditioner="none"), "pds_a5": pc(preconditioner="both", alpha=5.0),
            "pds_auto": pc(preconditioner="both", alpha="auto", auto_method="surrogate"),
-           "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot")}
-    if any(f.name == "pds_predictor" for f in dataclasses.fields(SamplerSettings)):
-        out["pds_consistent"] = pc(preconditioner="both", alpha=5.0, pds_predictor="consistent")
+           "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot"),
+           "pds_consistent": pc(preconditioner="both", alpha=5.0, pds_predictor="consistent")}
     table = {name: (s, lambda n: 2 * n) for name, s in out.items()}
     table["heun_sde_grid"] = (solver("ode"), lambda n: 2 * n + 1)
     for name, s in {"edm_heun": solver("edm_heun"), "edm_stochastic": solver("edm_stochastic", **EDM_CHURN),

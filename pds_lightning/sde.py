@@ -46,6 +46,8 @@ class SDE:
 
     T = 1.0
     default_eps = 1e-3
+    #: Whether `discretize` is the DDPM chain, whose alphas 1 - beta_i must be > 0 (see `min_ddpm_steps`).
+    ddpm_discretisation = False
 
     def __init__(self, num_scales: int):
         if int(num_scales) < 1:
@@ -92,6 +94,10 @@ class SDE:
     def ddpm_alpha(self, t: Tensor, like: Tensor) -> Tensor:
         """a_t of the Langevin step size 2 a_t (snr ||z|| / ||score||)^2: 1 here (VE), DDPM alpha_i for VP."""
         return torch.ones(t.shape, device=like.device, dtype=like.dtype)
+
+    def min_ddpm_steps(self) -> int:
+        """Smallest step count N whose DDPM alphas 1 - beta_i are all > 0: 1 here (no DDPM tables)."""
+        return 1
 
 
 class ReverseSDE:
@@ -175,6 +181,7 @@ class VPSDE(SDE):
     """Variance preserving: beta(t) = beta_min + t (beta_max - beta_min), drift -beta x / 2."""
 
     default_eps = 1e-3
+    ddpm_discretisation = True
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, num_scales: int = 1000):
         super().__init__(num_scales)
@@ -210,6 +217,11 @@ class VPSDE(SDE):
         """The DDPM alpha_i = 1 - beta_i at t's level (the official Langevin step uses it for sub-VP too)."""
         return self.alphas.to(device=like.device, dtype=like.dtype)[self.timestep(t)]
 
+    def min_ddpm_steps(self) -> int:
+        """Smallest N with beta_max / N < 1: below it the last DDPM alpha 1 - beta_max / N is <= 0, and the
+        DDPM step, the Langevin/ALD a_t and ancestral sampling take its square root or divide by it."""
+        return math.floor(self.beta_1) + 1
+
     def discretize(self, x, t):
         """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
         beta = self.discrete_betas.to(device=x.device, dtype=x.dtype)[self.timestep(t)]
@@ -242,8 +254,11 @@ class VPSDE(SDE):
 class SubVPSDE(VPSDE):
     """Sub-VP: VP drift with diffusion beta(t) (1 - exp(-2 int beta)); Euler discretisation.
 
-    It keeps the VP discrete tables because the Langevin corrector reads `alphas` for it too.
+    It keeps the VP discrete tables because the Langevin and ALD correctors read `alphas` for it too: their
+    a_t on sub-VP is the VP's DDPM alpha_i = 1 - beta_i, as in score_sde (there is no sub-VP DDPM chain).
     """
+
+    ddpm_discretisation = False
 
     def sde(self, x, t):
         beta_t = self.beta(t).to(x.dtype)

@@ -57,6 +57,15 @@ class GaussianSurrogate:
                              "or give a number for alpha")
         power = statistics.power_mean.to(torch.float64)
         mean = statistics.mean.to(torch.float64)
+        if not mean.any() and power.any():
+            raise ValueError(
+                "alpha: auto (auto_method: surrogate) needs the pixel mean of the data, but these statistics "
+                "have none (mean zero everywhere with a non-zero power spectrum: official PDS .npy statistics, "
+                "as pds_lightning.convert stores them, hold only log1p(mean |fft2 x|^2) and mean x^2). The "
+                "surrogate would count the mean as variance and predict errors several times too high. Use "
+                "auto_method: pilot (measured on samples of the model), or recompute the statistics from the "
+                "training data (the data module with stats_num_images > 0, or ScoreModule.set_statistics("
+                "ImageStatistics(shape).update(images))), or give alpha a number")
         H, W = power.shape[-2:]
         lam = (power - torch.fft.fft2(mean).abs().square()) / (H * W)
         lam = lam.clamp_min(floor * float(lam.max().clamp_min(1e-300)))
@@ -200,7 +209,8 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
     Returns (v, gamma), each [A, K]: the output's variance per mode and its mean gamma * mu_k. Updates
     (d = 1 / (a_t^2 lam + s_t^2), score = -d (x - a_t mu), gain = M M^T per mode):
       Langevin: x <- (1 - step gain d) x + step gain d a_t mu + sqrt(2 step) M z
-      predictor: x_mean = (1 - gain (phi + G^2 d)) x + gain G^2 d a_t mu, x = x_mean + G M z.
+      predictor: x_mean = (1 - gain (phi + G^2 d)) x + gain G^2 d a_t mu, x = x_mean + G M z;
+      consistent predictor: gain phi -> phi and gain G^2 -> G^2 (1 + gain) / 2 in the drift.
     """
     if settings.predictor not in SURROGATE_PREDICTORS:
         raise ValueError(f"alpha: auto models the predictors {SURROGATE_PREDICTORS}, not {settings.predictor!r}; "
@@ -209,6 +219,7 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
         raise ValueError(f"alpha: auto models the correctors {SURROGATE_CORRECTORS}, not {settings.corrector!r}; "
                          "give alpha a number")
     sched = _step_schedule(sde, settings)
+    consistent = getattr(settings, "pds_predictor", "official") == "consistent"
     lam = modes.lam
     noise_power = (gain * modes.count).sum(-1)  # E||M z||^2 per candidate
     v = sched["prior"] ** 2 * gain
@@ -229,10 +240,15 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
             c = 1 - step * gd
             v = c.square() * v + 2 * step * gain
             gamma = c * gamma + step * a * gd
-        c = 1 - gain * phi - G2 * gd
+        if consistent:
+            c = 1 - phi - G2 * (1 + gain) / 2 * d
+            b = G2 * (1 + gain) / 2 * d
+        else:
+            c = 1 - gain * phi - G2 * gd
+            b = G2 * gd
         v_mean = c.square() * v
         v = v_mean + G2 * gain
-        gamma = c * gamma + G2 * a * gd
+        gamma = c * gamma + b * a
     return (v_mean if settings.denoise else v), gamma
 
 

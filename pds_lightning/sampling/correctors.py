@@ -4,6 +4,8 @@
 step = 2 a_t (snr ||xi|| / ||g||)^2 with a_t = `sde.ddpm_alpha`, g = M M^T score and xi = M z; the norms
 are taken per sample ('sample', the default: a sample depends only on its own noise) or averaged over the
 batch ('batch', the official rule). Settings are checked by SamplerSettings.
+Sub-VP has no DDPM chain of its own: its Langevin and ALD a_t are the VP's 1 - beta_i at t's level (the
+official score_sde code crashes there instead). The preconditioned corrector keeps the target p_t.
 """
 
 from __future__ import annotations

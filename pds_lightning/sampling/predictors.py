@@ -1,8 +1,12 @@
 """Predictors of the PC sampler (score_sde semantics), each preconditioned by PDS.
 
 `update(x, t) -> (x, x_mean)`: x_mean is the step without its noise (used for noise removal).
-Every drift increment gets M M^T (`preconditioner.drift`) and every noise draw M (`preconditioner.noise`);
-the identity preconditioner (no filters) is vanilla sampling.
+Official PDS (`PREDICTORS`): every drift increment gets M M^T (`preconditioner.drift`) and every noise
+draw M (`preconditioner.noise`). With noise g M z that drift does not keep the marginals p_t: the
+Fokker-Planck equation gains -(g^2/2) div((M M^T - I) grad p_t), so output variances are biased on
+preconditioned modes even as N grows. Consistent PDS (`CONSISTENT_PREDICTORS`): drift f - (g^2/2)
+(I + M M^T) score with the same noise g M z, which keeps p_t. The identity preconditioner (no filters)
+makes both vanilla sampling.
 """
 
 from __future__ import annotations
@@ -62,6 +66,28 @@ class AncestralSamplingPredictor(Predictor):
         return x_mean + per_sample(std) * self.mz(x), x_mean
 
 
+class ConsistentReverseDiffusionPredictor(Predictor):
+    """x_mean = x - f + (G^2 / 2)(I + M M^T) score, x = x_mean + G M z: keeps p_t (official: M M^T on all)."""
+
+    def update(self, x, t):
+        f, G = self.sde.discretize(x, t)
+        score = self.score_fn(x, t)
+        x_mean = x - f + per_sample(G ** 2 / 2) * (score + self.preconditioner.drift(score))
+        return x_mean + per_sample(G) * self.mz(x), x_mean
+
+
+class ConsistentEulerMaruyamaPredictor(Predictor):
+    """Euler-Maruyama of dx = [f - (g^2 / 2)(I + M M^T) score] dt + g M dw, dt = -1/N: keeps p_t."""
+
+    def update(self, x, t):
+        dt = -1.0 / self.sde.N
+        z = self.mz(x)
+        f, g = self.sde.sde(x, t)
+        score = self.score_fn(x, t)
+        x_mean = x + (f - per_sample(g ** 2 / 2) * (score + self.preconditioner.drift(score))) * dt
+        return x_mean + per_sample(g) * math.sqrt(-dt) * z, x_mean
+
+
 class NonePredictor(Predictor):
     """No predictor (corrector-only sampling)."""
 
@@ -75,3 +101,24 @@ PREDICTORS = {
     "ancestral_sampling": AncestralSamplingPredictor,
     "none": NonePredictor,
 }
+#: Values of `pds_predictor`: the official PDS predictor, or the consistent one that keeps p_t.
+PDS_PREDICTOR_CHOICES = ("official", "consistent")
+#: The consistent predictors; the others (ancestral_sampling) exist in the official form only.
+CONSISTENT_PREDICTORS = {
+    "reverse_diffusion": ConsistentReverseDiffusionPredictor,
+    "euler_maruyama": ConsistentEulerMaruyamaPredictor,
+    "none": NonePredictor,
+}
+
+
+def predictor_class(predictor: str, pds_predictor: str = "official") -> type[Predictor]:
+    """The predictor class by name and PDS variant ('official' or 'consistent')."""
+    if pds_predictor not in PDS_PREDICTOR_CHOICES:
+        raise ValueError(f"unknown pds_predictor {pds_predictor!r}; choose 'official' (the PDS paper's update, "
+                         "which does not keep p_t) or 'consistent' (drift f - (g^2/2)(I + M M^T) score, keeps p_t)")
+    table = PREDICTORS if pds_predictor == "official" else CONSISTENT_PREDICTORS
+    if predictor not in table:
+        raise ValueError(f"pds_predictor 'consistent' exists for {sorted(CONSISTENT_PREDICTORS)}, not "
+                         f"{predictor!r}; use predictor reverse_diffusion or euler_maruyama, or pds_predictor "
+                         "'official'")
+    return table[predictor]

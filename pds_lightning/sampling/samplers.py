@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.correctors import CORRECTORS
-from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sampling.predictors import predictor_class
 from pds_lightning.sde import SDE
 
 
@@ -33,7 +33,9 @@ class NonFiniteSampleError(RuntimeError):
         self.step = step
         super().__init__(f"non-finite values (nan/inf) in the sample at step {step} of {n_steps}; the "
                          "preconditioned steps are too large for this step budget: lower alpha (towards "
-                         "vanilla), lower speed_up (more steps), or reduce snr")
+                         "vanilla), lower speed_up (more steps), or reduce snr. (Accuracy, separately: the "
+                         "PDS Langevin corrector keeps the target p_t; the official PDS predictor does not, "
+                         "pds_predictor: consistent does.)")
 
 
 class _CountingScore:
@@ -71,12 +73,15 @@ def pc_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, predict
                corrector: str = "langevin", snr: float = 0.16, n_corrector_steps: int = 1,
                n_steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                denoise: bool = True, step_size: str = "sample", check_finite_every: int = 0,
-               dtype: torch.dtype = torch.float32) -> SampleResult:
-    """Predictor-corrector sampling: per step t_i of linspace(T, eps, N), corrector then predictor."""
+               pds_predictor: str = "official", dtype: torch.dtype = torch.float32) -> SampleResult:
+    """Predictor-corrector sampling: per step t_i of linspace(T, eps, N), corrector then predictor.
+
+    `pds_predictor`: 'official' (M M^T on the whole drift; does not keep p_t) or 'consistent' (keeps p_t).
+    """
     sde, N, eps = sde.discretised(n_steps, speed_up, eps)
     counted = _CountingScore(score_fn)
     preconditioner = identity_if_none(preconditioner)
-    predict = PREDICTORS[predictor](sde, counted, preconditioner, noise)
+    predict = predictor_class(predictor, pds_predictor)(sde, counted, preconditioner, noise)
     correct = CORRECTORS[corrector](sde, counted, preconditioner, noise, snr, n_corrector_steps, step_size)
     x = initial_sample(sde, shape, preconditioner, noise, dtype)
     x_mean = x

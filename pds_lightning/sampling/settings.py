@@ -16,7 +16,7 @@ from torch import Tensor
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.correctors import CORRECTORS, STEP_SIZE_MODES
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sampling.predictors import PDS_PREDICTOR_CHOICES, PREDICTORS, predictor_class
 from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
 from pds_lightning.sampling.solvers import MIN_STEPS, ODE_CORRECTORS, SCHEDULES, SOLVERS
 from pds_lightning.sde import SDE, resolve_steps
@@ -45,6 +45,10 @@ class SamplerSettings:
     corrector between steps; the only way a preconditioner enters them). `schedule`: 'karras' (rho,
     sigma_min/sigma_max; None = sigma(eps), sigma(T) of the SDE) or 'sde' (the SDE's own time grid).
     edm_stochastic: S_churn, S_tmin, S_tmax (None = no upper bound), S_noise as in EDM.
+
+    `pds_predictor`: 'official' (the PDS paper's predictor, M M^T on the whole drift: it does not keep the
+    target p_t, and biases preconditioned modes even at large N) or 'consistent' (drift f - (g^2/2)
+    (I + M M^T) score with noise g M z: keeps p_t). The PDS Langevin corrector keeps p_t either way.
     """
 
     name: str = "pc"
@@ -58,6 +62,7 @@ class SamplerSettings:
     eps: float | None = None
     preconditioner: str = "none"
     alpha: float | str = 5.0
+    pds_predictor: str = "official"
     auto_method: str = "surrogate"
     pilot_samples: int = 16
     denoise: bool = True
@@ -84,6 +89,10 @@ class SamplerSettings:
             raise ValueError(f"unknown corrector {self.corrector!r}; choose one of {sorted(CORRECTORS)}")
         if self.preconditioner not in PRECONDITIONER_CHOICES:
             raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {PRECONDITIONER_CHOICES}")
+        if self.method == "pc":
+            predictor_class(self.predictor, self.pds_predictor)  # unknown variant, or no consistent form
+        elif self.pds_predictor not in PDS_PREDICTOR_CHOICES:
+            raise ValueError(f"unknown pds_predictor {self.pds_predictor!r}; choose one of {PDS_PREDICTOR_CHOICES}")
         if self.step_size not in STEP_SIZE_MODES:
             raise ValueError(f"unknown step_size {self.step_size!r}; choose 'sample' (per-sample norms) or "
                              "'batch' (official batch-mean rule)")
@@ -148,8 +157,31 @@ class SamplerSettings:
                              "set ode_corrector: langevin, or preconditioner: none")
 
     def steps_for(self, sde: SDE) -> tuple[int, float]:
-        """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step."""
-        return resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
+        """(N, eps) this setting gives on `sde`; a clear error if speed_up leaves fewer than 1 step, or if
+        a step that reads the DDPM alphas 1 - beta_i (VP, sub-VP) would find one <= 0 at this N."""
+        N, eps = resolve_steps(sde.N, sde.default_eps, n_steps=self.n_steps, speed_up=self.speed_up, eps=self.eps)
+        users = self.ddpm_table_users(sde)
+        n_min = sde.min_ddpm_steps()
+        if users and N < n_min:
+            raise ValueError(
+                f"{type(sde).__name__} with beta_max {sde.beta_1:g} cannot be sampled in {N} steps by "
+                f"{' and '.join(users)}: they read the DDPM alphas 1 - beta_i, which reach 1 - beta_max / N = "
+                f"{1 - sde.beta_1 / N:.3g} <= 0 (square roots of negative numbers, division by zero). Use at "
+                f"least {n_min} steps (n_steps >= {n_min}, or speed_up <= {sde.N / n_min:.4g}), or predictor: "
+                "euler_maruyama with corrector: none, which works at any step count")
+        return N, eps
+
+    def ddpm_table_users(self, sde: SDE) -> list[str]:
+        """The steps of this setting that read `sde`'s DDPM alphas 1 - beta_i: the DDPM predictors on VP,
+        and the Langevin/ALD correctors (a_t) on VP and sub-VP. Empty on VE."""
+        if self.method != "pc":
+            return []
+        users = []
+        if self.predictor in ("reverse_diffusion", "ancestral_sampling") and sde.ddpm_discretisation:
+            users.append(f"the {self.predictor} predictor")
+        if self.corrector in ("langevin", "ald") and self.n_corrector_steps > 0 and sde.min_ddpm_steps() > 1:
+            users.append(f"the {self.corrector} corrector (a_t)")
+        return users
 
     def preconditioner_from(self, statistics) -> Preconditioner | None:
         """The PDS preconditioner from an object with freq_statistic()/space_statistic(), or None."""
@@ -177,7 +209,8 @@ class SamplerSettings:
                 solver.update(S_churn=self.S_churn, S_tmin=self.S_tmin, S_tmax=self.S_tmax, S_noise=self.S_noise)
             return solver
         return dict(common, predictor=self.predictor, corrector=self.corrector, snr=self.snr,
-                    n_corrector_steps=self.n_corrector_steps, step_size=self.step_size)
+                    n_corrector_steps=self.n_corrector_steps, step_size=self.step_size,
+                    pds_predictor=self.pds_predictor)
 
     def to_dict(self) -> dict:
         return asdict(self)

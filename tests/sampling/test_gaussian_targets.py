@@ -5,7 +5,7 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sampling import SamplerSettings, generate
-from pds_lightning.sde import VESDE, VPSDE
+from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 H = W = 8
 MEAN = 0.45
@@ -50,7 +50,9 @@ def assert_spectrum_matches(x, n_sigma=5.0):
 SEEDS = list(range(96))
 
 
-@pytest.mark.parametrize("sde", [VESDE(num_scales=400), VPSDE(num_scales=400)], ids=["VE", "VP"])
+# Sub-VP: Euler predictor, and its Langevin a_t is the VP's DDPM alpha 1 - beta_i (no sub-VP chain exists).
+@pytest.mark.parametrize("sde", [VESDE(num_scales=400), VPSDE(num_scales=400), SubVPSDE(num_scales=400)],
+                         ids=["VE", "VP", "subVP"])
 def test_pc_sampler_reproduces_target_spectrum(sde):
     score = GaussianScore(MEAN, LAM, sde)
     x = generate(SamplerSettings(), score, sde, SEEDS, (3, H, W)).x
