@@ -148,6 +148,24 @@ def _main(argv: list[str] | None = None) -> None:
         print(f"pds-lightning extra commands:\n{extra}\n")
     # LightningCLI reads sys.argv itself; passing it again only triggers its "args and argv" warning.
     cli_main(None if from_command_line else argv)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """After a successful run on every rank: wait for all ranks, then destroy the process group.
+
+    Why: Lightning destroys the default process group at exit only for NCCL, so with gloo it was left to
+    interpreter finalization, where the Gloo backend's C++ objects (worker threads, pending work holding
+    tensors) are torn down after Python is half gone; in some runs that ends in `terminate called without an
+    active exception` and exit status 134 although every sample was written (pytorch/pytorch#190489). The
+    barrier keeps rank 0, which hosts the rendezvous store, alive until every rank is done with it. Skipped
+    after an error: a barrier would wait for ranks that may never arrive.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
