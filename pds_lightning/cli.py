@@ -154,12 +154,13 @@ def _main(argv: list[str] | None = None) -> None:
 def close_process_group() -> None:
     """After a successful run on every rank: wait for all ranks, then destroy the process group.
 
-    Why: Lightning destroys the default process group at exit only for NCCL, so with gloo it was left to
-    interpreter finalization, where the Gloo backend's C++ objects (worker threads, pending work holding
-    tensors) are torn down after Python is half gone; in some runs that ends in `terminate called without an
-    active exception` and exit status 134 although every sample was written (pytorch/pytorch#190489). The
-    barrier keeps rank 0, which hosts the rendezvous store, alive until every rank is done with it. Skipped
-    after an error: a barrier would wait for ranks that may never arrive.
+    Why: Lightning destroys the default process group at exit only for NCCL. With gloo, native threads were
+    still running when the interpreter shut down (seen at atexit: two `pt_gloo_runloop` workers and
+    `gloo_tcp_loop` on every rank, plus rank 0's rendezvous store server `pt_tcpstore_uv`), and the C++
+    objects that own them were torn down during finalization; in some runs that ends in `terminate called
+    without an active exception` and exit status 134 although every sample was written (pytorch/pytorch#190489).
+    After this call only Python's own threads remain. The barrier keeps rank 0, which hosts the store, until
+    every rank is done. Skipped after an error: a barrier would wait for ranks that may never arrive.
     """
     import torch.distributed as dist
 
