@@ -103,6 +103,27 @@ def test_lightning_launcher_predict_exits_cleanly_every_time(work):
         check_output(out, reference, 2)
 
 
+def test_no_process_group_thread_is_left_at_interpreter_exit(work):
+    """The cause of the intermittent exit status 134: gloo's native threads alive while Python shuts down.
+
+    Deterministic where the abort is not: without the CLI's teardown every rank still has its
+    `pt_gloo_runloop` / `gloo_tcp_loop` threads (and rank 0 its `pt_tcpstore_uv` store server) at exit.
+    """
+    root, ckpt, reference = work
+    out = root / "exit_threads"
+    proc = run([sys.executable, str(ROOT / "tests" / "scripts" / "cli_exit_threads.py"),
+                *predict_args(ckpt, out, "0-3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                              "--trainer.accelerator", "cpu")], cwd=root)
+    assert_ok(proc)
+    reports = sorted(line for line in proc.stderr.splitlines() if line.startswith("exit-threads "))
+    assert [r.split()[1] for r in reports] == ["rank=0.0", "rank=0.1"], proc.stderr[-3000:]
+    for line in reports:
+        _, _, alive, threads = line.split()
+        assert alive == "pg_alive=False"
+        assert not [t for t in threads[len("threads="):].split(",") if "gloo" in t or "tcpstore" in t], line
+    check_output(out, reference, 2, range(4))
+
+
 def test_two_nodes_started_by_hand(work):
     root, ckpt, reference = work
     out, port = root / "nodes", free_port()
