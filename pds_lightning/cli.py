@@ -148,6 +148,25 @@ def _main(argv: list[str] | None = None) -> None:
         print(f"pds-lightning extra commands:\n{extra}\n")
     # LightningCLI reads sys.argv itself; passing it again only triggers its "args and argv" warning.
     cli_main(None if from_command_line else argv)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """After a successful run on every rank: wait for all ranks, then destroy the process group.
+
+    Why: Lightning destroys the default process group at exit only for NCCL. With gloo, native threads were
+    still running when the interpreter shut down (seen at atexit: two `pt_gloo_runloop` workers and
+    `gloo_tcp_loop` on every rank, plus rank 0's rendezvous store server `pt_tcpstore_uv`), and the C++
+    objects that own them were torn down during finalization; in some runs that ends in `terminate called
+    without an active exception` and exit status 134 although every sample was written (pytorch/pytorch#190489).
+    After this call only Python's own threads remain. The barrier keeps rank 0, which hosts the store, until
+    every rank is done. Skipped after an error: a barrier would wait for ranks that may never arrive.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
