@@ -15,7 +15,7 @@ from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 from pds_lightning.writer import sample_path
-from metric_reference import frechet_reference, kid_reference
+from helpers import frechet_reference, kid_reference
 
 SIZE = 8
 
