@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
@@ -272,13 +271,8 @@ def write_report(path: Path, payload: dict, command: str) -> None:
 
 
 def write_plot(path: Path, payload: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
     results = payload["results"]
     models = list(dict.fromkeys(r["model"] for r in results))
@@ -295,9 +289,7 @@ def write_plot(path: Path, payload: dict) -> bool:
         ax.set_title(f"{model}: {metric} (Monte Carlo where no exact figure)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
     return True
 
 

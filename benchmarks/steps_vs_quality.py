@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, save_grid
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure, save_grid
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
 from pds_lightning.sampling.settings import SamplerSettings
@@ -163,15 +162,11 @@ def write_report(path: Path, payload: dict) -> None:
 
 
 def write_plot(path: Path, payload: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
+
     results, meta = payload["results"], payload["meta"]
     models = [m for m in meta["models"] if any(r["model"] == m for r in results)]
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
@@ -192,9 +187,7 @@ def write_plot(path: Path, payload: dict) -> bool:
             ax.set_title(f"{model}: {label}, {meta['num_samples']} samples")
             ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
     return True
 
 

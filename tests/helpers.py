@@ -6,6 +6,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 - `disk_full_on_write`: an `os.write` that fails with ENOSPC half-way through the n-th PNG (or any write).
 - `frechet_reference`, `kid_reference`: FID and KID written out from their definitions.
 - `make_datamodule`, `save_png`, `all_train`: image folders and data modules for the data and CLI tests.
+- `TinyFeatures`: a fixed random conv + pool feature net standing in for Inception (FID/KID tests).
 - `GaussianModule`, `cpu_trainer`: the ScoreModule sampling API over an exact Gaussian score, in a real
   Lightning Trainer (tests of the writer and the sampling callback).
 """
@@ -194,3 +195,19 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 def all_train(dm) -> torch.Tensor:
     return torch.cat(list(dm.train_dataloader()))
+
+
+class TinyFeatures(nn.Module):
+    """A fixed random conv + pool net: features are deterministic functions of the image (weights from a
+    local generator, so the global RNG is left alone)."""
+
+    def __init__(self, channels: int = 3, dim: int = 6):
+        super().__init__()
+        self.conv = nn.utils.skip_init(nn.Conv2d, channels, dim, 3, padding=1)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))

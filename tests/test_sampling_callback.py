@@ -8,29 +8,13 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from torch import nn
 
 from pds_lightning.callbacks import SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import spectral_error
 from pds_lightning.sampling.settings import SamplerSettings
-from helpers import CHANNELS, SIZE, GaussianModule, cpu_trainer, frechet_reference, kid_reference
-
-
-class TinyFeatures(nn.Module):
-    """A fixed random conv + pool net (weights from a local generator: the global RNG is left alone)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.utils.skip_init(nn.Conv2d, CHANNELS, 6, 3, padding=1)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
+from helpers import SIZE, CHANNELS, GaussianModule, TinyFeatures, cpu_trainer, frechet_reference, kid_reference
 
 
 def gaussian_npz(tmp_path, n=100):

@@ -147,16 +147,6 @@ def test_corrupt_image_is_named(tmp_path):
         dm.setup("fit")
 
 
-def test_small_images_need_allow_upscale(tmp_path):
-    save_png(tmp_path / "imgs/small.png", np.full((6, 6, 3), 128, np.uint8))
-    with pytest.raises(ValueError, match=r"small\.png is 6x6 px, smaller than image_size 8.*allow_upscale"):
-        all_train(make_dm(tmp_path / "imgs", tmp_path, batch_size=1).setup_images())
-    dm = make_dm(tmp_path / "imgs", tmp_path, allow_upscale=True).setup_images()
-    x = all_train(dm)
-    assert x.shape == (1, 3, 8, 8)
-    torch.testing.assert_close(x, torch.full_like(x, 128 / 255))
-
-
 def test_missing_and_empty_sources(tmp_path):
     (tmp_path / "empty/sub").mkdir(parents=True)
     (tmp_path / "empty/sub/readme.txt").write_text("no images here")
