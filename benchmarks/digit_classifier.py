@@ -1,6 +1,6 @@
 """Train the small digit classifier whose features give the FD-digits metric; write its weights.
 
-Run: ``python benchmarks/digit_classifier.py [--epochs 15] [--output benchmarks/assets/digit_classifier.pt]``
+Run: ``python -m benchmarks.digit_classifier [--epochs 15] [--output benchmarks/assets/digit_classifier.pt]``
 (about a minute on one CPU core; deterministic on a given machine).
 
 Split: the embedded 5,000 MNIST digits are split exactly as `ImageDataModule(source="mnist")` splits them

@@ -1,6 +1,6 @@
 """Cost of the non-finite check (`check_finite_every=k`) as a share of PC sampling time.
 
-    python benchmarks/nan_check_cost.py [--size 16] [--batch 16] [--steps 50] [--repeats 5] [--threads 1]
+    python -m benchmarks.nan_check_cost [--size 16] [--batch 16] [--steps 50] [--repeats 5] [--threads 1]
 
 Samples with the tiny NCSN++ of tests/configs/tiny.yaml (random weights: the cost does not depend on
 them) with a PDS PC sampler, k = 0 (off), 1 (every step) and 10, and prints the median wall time and the

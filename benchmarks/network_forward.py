@@ -1,6 +1,6 @@
 """CPU forward time and peak memory of the CIFAR-10 NCSN++ config and of the demo preset.
 
-Run: ``python benchmarks/network_forward.py [--batch 8] [--repeats 3]``. Peak memory is the process's
+Run: ``python -m benchmarks.network_forward [--batch 8] [--repeats 3]``. Peak memory is the process's
 maximum resident set size (ru_maxrss) growth during the forward passes, on top of the loaded weights.
 """
 

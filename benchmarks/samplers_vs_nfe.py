@@ -1,7 +1,7 @@
 """Sample quality against NFE: PC samplers (vanilla, PDS) against EDM / DPM-Solver++ / Euler samplers.
 
-    python benchmarks/samplers_vs_nfe.py --models gaussian                          # 64 px Gaussian target, exact
-    python benchmarks/samplers_vs_nfe.py --models demo patches --num-samples 1000   # trained reference models
+    python -m benchmarks.samplers_vs_nfe --models gaussian                          # 64 px Gaussian target, exact
+    python -m benchmarks.samplers_vs_nfe --models demo patches --num-samples 1000   # trained reference models
 
 Rows (sampler -> SamplerSettings; n_steps chosen per NFE budget so the exact NFE is as close as possible,
 and printed): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot samples), the SDE-grid Heun
@@ -20,7 +20,7 @@ Quality is W2 per pixel of the output law against the target:
 - for every row also a Monte-Carlo estimate from --num-samples samples (per-mode sample variances; its
   floor, the same estimate on exact target draws, is printed), the only figure for rows with a corrector.
 Trained models (`demo`, `patches`): spectral error and FD-digits with bootstrap standard errors, exactly as
-benchmarks/steps_vs_quality.py (its loading and scoring are imported). Results accumulate in
+benchmarks/steps_vs_quality.py (loading and scoring from benchmarks/common.py). Results accumulate in
 results/samplers_vs_nfe.json (rows already there with the same sample count are skipped).
 """
 
@@ -28,24 +28,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps_vs_quality import MODELS, ROOT, Scorer, image_stack, load_model  # noqa: E402
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure
 
-from pds_lightning.alpha import resolve_alpha  # noqa: E402
-from pds_lightning.fileio import write_atomic  # noqa: E402
-from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate  # noqa: E402
-from pds_lightning.sampling.samplers import ode_sampler  # noqa: E402
-from pds_lightning.sampling.settings import METHODS  # noqa: E402
-from pds_lightning.sampling.solvers import solver_nfe  # noqa: E402
+from pds_lightning.alpha import resolve_alpha
+from pds_lightning.fileio import write_atomic
+from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate
+from pds_lightning.sampling.settings import METHODS
+from pds_lightning.sampling.solvers import solver_nfe
 
 NFE = (10, 20, 40, 80, 132, 200)
 EDM_CHURN = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
@@ -274,13 +270,8 @@ def write_report(path: Path, payload: dict, command: str) -> None:
 
 
 def write_plot(path: Path, payload: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
     results = payload["results"]
     models = list(dict.fromkeys(r["model"] for r in results))
@@ -297,9 +288,7 @@ def write_plot(path: Path, payload: dict) -> bool:
         ax.set_title(f"{model}: {metric} (Monte Carlo where no exact figure)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
     return True
 
 
@@ -330,7 +319,7 @@ def main() -> None:
         features = DigitFeatures()
         for name in trained:
             run_trained(name, args, payload, path, features)
-    command = ("python benchmarks/samplers_vs_nfe.py --models " + " ".join(args.models) + f" --num-samples "
+    command = ("python -m benchmarks.samplers_vs_nfe --models " + " ".join(args.models) + f" --num-samples "
                f"{args.num_samples} --nfe " + " ".join(map(str, sorted(args.nfe))))
     if write_plot(out / "samplers_vs_nfe.png", payload):
         payload["meta"]["plot"] = "samplers_vs_nfe.png"

@@ -1,7 +1,7 @@
 """Sample quality against step count, vanilla vs PDS, on the trained reference models.
 
-    python benchmarks/steps_vs_quality.py --num-samples 1000            # the full run (a bigger machine)
-    python benchmarks/steps_vs_quality.py --estimate --budget-minutes 40  # cost of one NFE -> samples that fit
+    python -m benchmarks.steps_vs_quality --num-samples 1000            # the full run (a bigger machine)
+    python -m benchmarks.steps_vs_quality --estimate --budget-minutes 40  # cost of one NFE -> samples that fit
 
 For each model (`demo`: MNIST, `patches`: RGB photo patches) and each sampler (vanilla; PDS alpha 5; PDS
 `alpha: auto` by the surrogate, `pds_auto`, and by pilot samples, `pds_pilot`) at each step count, the same seeds 0..N-1 are sampled
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import time
@@ -36,34 +35,18 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure, save_grid
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
-from pds_lightning.metrics import feature_moments, frechet_distance, log_spectral_distance
 from pds_lightning.sampling.settings import SamplerSettings
-from pds_lightning.statistics import ImageStatistics
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = {
-    "demo": ("configs/demo.yaml", "runs/demo/checkpoints/last.ckpt"),
-    "patches": ("configs/patches.yaml", "runs/patches/checkpoints/last.ckpt"),
-}
 STEPS = (20, 40, 66, 100, 200, 500, 1000)
-BOOTSTRAP = 200
+# The grids kept in results/grids (README and the report link them); --grids writes one per (model, sampler, steps).
+REPRESENTATIVE_GRIDS = {("demo", "vanilla", 40), ("demo", "pds_a5", 40), ("patches", "vanilla", 40),
+                        ("patches", "pds_a5", 40)}
 
 
 # ---- models, data, settings ------------------------------------------------------------------------
-def load_model(config: str, ckpt: str):
-    """(ScoreModule with the checkpoint's weights and statistics, its data module after setup_images)."""
-    from pds_lightning.cli import cli_main
-
-    cli = cli_main(["--config", str(ROOT / config), "--trainer.logger", "false"], run=False)
-    path = ROOT / ckpt
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train it with `pds-lightning fit --config {config}`")
-    cli.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-    return cli.model.eval(), cli.datamodule.setup_images()
-
-
 def samplers(base: SamplerSettings) -> tuple[dict[str, SamplerSettings], list[str]]:
     """The compared samplers (name -> settings) and notes on any that this version cannot build."""
     out = {"vanilla": dataclasses.replace(base, name="vanilla", preconditioner="none"),
@@ -76,55 +59,6 @@ def samplers(base: SamplerSettings) -> tuple[dict[str, SamplerSettings], list[st
              f"by {base.pilot_samples} pilot samples per candidate (seeds from 2^40, not the scored ones), "
              "whose cost is included in its wall time"]
     return out, notes
-
-
-def image_stack(dm, indices) -> torch.Tensor:
-    return torch.stack([dm.images[int(i)] for i in indices])
-
-
-# ---- metrics -----------------------------------------------------------------------------------------
-class Scorer:
-    """Spectral error and FD-digits of image sets against one fixed reference, with bootstrap errors."""
-
-    def __init__(self, reference: torch.Tensor, features: DigitFeatures):
-        self.features = features
-        self.ref_power = ImageStatistics(reference.shape[1:]).update(reference).power_mean
-        self.ref_moments = feature_moments(self._features(reference))
-
-    @torch.no_grad()
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.features(b) for b in x.split(250)]).double()
-
-    def _spectral(self, x: torch.Tensor) -> float:
-        return log_spectral_distance(ImageStatistics(x.shape[1:]).update(x).power_mean, self.ref_power)
-
-    def _fd(self, f: torch.Tensor) -> float:
-        return frechet_distance(*feature_moments(f), *self.ref_moments)
-
-    def score(self, x: torch.Tensor, seed: int = 0) -> dict[str, float]:
-        f = self._features(x)
-        out = {"spectral_error": self._spectral(x), "fd_digits": self._fd(f)}
-        g = torch.Generator().manual_seed(seed)
-        boot = {"spectral_error": [], "fd_digits": []}
-        for _ in range(BOOTSTRAP):
-            idx = torch.randint(0, len(x), (len(x),), generator=g)
-            boot["spectral_error"].append(self._spectral(x[idx]))
-            boot["fd_digits"].append(self._fd(f[idx]))
-        for key, values in boot.items():
-            out[key + "_se"] = float(torch.tensor(values).std())
-        return out
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    from torchvision.utils import make_grid
-    from PIL import Image
-
-    grid = make_grid(images[: nrow * nrow], nrow=nrow, padding=1, pad_value=1.0)
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buffer.getvalue())
 
 
 # ---- acceleration ------------------------------------------------------------------------------------
@@ -222,20 +156,17 @@ def write_report(path: Path, payload: dict) -> None:
         lines.append("")
     if meta.get("plot"):
         lines += [f"![quality against steps]({meta['plot']})", ""]
-    lines += ["Grids (first 64 seeds), next to this file: `grids/<model>_<sampler>_<steps>.png`.", ""]
+    lines += ["Grids (first 64 seeds), next to this file: `grids/<model>_<sampler>_<steps>.png`, for vanilla and "
+              "pds_a5 at 40 steps (`--grids` writes every setting's).", ""]
     write_atomic(path, "\n".join(lines).encode())
 
 
 def write_plot(path: Path, payload: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
+
     results, meta = payload["results"], payload["meta"]
     models = [m for m in meta["models"] if any(r["model"] == m for r in results)]
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
@@ -256,9 +187,7 @@ def write_plot(path: Path, payload: dict) -> bool:
             ax.set_title(f"{model}: {label}, {meta['num_samples']} samples")
             ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
     return True
 
 
@@ -294,7 +223,7 @@ def combine(out: Path, num_samples: int, command: str = "") -> dict:
     """The per-model results with `num_samples` samples, merged into one payload for the table and plot."""
     meta = {"num_samples": num_samples, "models": [], "configs": {}, "checkpoints": {}, "floor": {},
             "reference": {}, "samplers": [], "notes": [], "grid_dir": "grids",
-            "command": command or f"python benchmarks/steps_vs_quality.py --num-samples {num_samples}"}
+            "command": command or f"python -m benchmarks.steps_vs_quality --num-samples {num_samples}"}
     results = []
     for name in MODELS:
         path = model_json(out, name)
@@ -348,7 +277,8 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
             if "alpha_auto" in info:  # what `auto` resolved to (alpha None: vanilla) and why
                 row["alpha"] = info["alpha_auto"]["alpha"]
                 row["alpha_auto"] = {k: info["alpha_auto"][k] for k in ("method", "criterion", "value", "nfe")}
-            save_grid(images, out / "grids" / f"{name}_{sampler}_{steps:04d}.png")
+            if args.grids or (name, sampler, steps) in REPRESENTATIVE_GRIDS:
+                save_grid(images, out / "grids" / f"{name}_{sampler}_{steps:04d}.png")
             payload["results"].append(row)
             write_atomic(path, json.dumps(payload, indent=1).encode())
             print(f"{name} {sampler} {steps} steps: spectral {row['spectral_error']:.3f}, "
@@ -366,6 +296,8 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--estimate", action="store_true", help="only time one NFE and print the total cost")
     parser.add_argument("--budget-minutes", type=float, default=40.0)
+    parser.add_argument("--grids", action="store_true",
+                        help="write a grid for every (model, sampler, steps), not only the representative ones")
     parser.add_argument("--report-only", action="store_true", help="only rewrite table and plot from the results files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -381,7 +313,7 @@ def main() -> None:
         features = DigitFeatures()
         for name in args.models:
             run_model(name, args, out, features)
-    command = (f"python benchmarks/steps_vs_quality.py --num-samples {args.num_samples} --batch-size "
+    command = (f"python -m benchmarks.steps_vs_quality --num-samples {args.num_samples} --batch-size "
                f"{args.batch_size} --steps {' '.join(map(str, sorted(args.steps)))}")
     payload = combine(out, args.num_samples, command)
     if not payload["results"]:

@@ -64,11 +64,11 @@ def load_digit_classifier(path: str | os.PathLike | None = None) -> DigitClassif
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"digit classifier weights {path} not found; train them with "
-                                "`python benchmarks/digit_classifier.py` (about a minute on one CPU core)")
+                                "`python -m benchmarks.digit_classifier` (about a minute on one CPU core)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise ValueError(f"{path} is not a digit classifier file (expected a dict with 'state_dict'); "
-                         "regenerate it with `python benchmarks/digit_classifier.py`")
+                         "regenerate it with `python -m benchmarks.digit_classifier`")
     net = DigitClassifier(feature_dim=int(blob.get("feature_dim", 32)))
     net.load_state_dict(blob["state_dict"])
     return net.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from pds_lightning.writer import sample_path, scan_written_seeds
+from helpers import clean_env
 
 SCRIPT = Path(__file__).parent / "scripts" / "predict_ddp.py"
 spec = importlib.util.spec_from_file_location("predict_ddp", SCRIPT)
@@ -28,12 +29,9 @@ predict_ddp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(predict_ddp)
 
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
 def run_script(*args, cwd):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=ENV)
+                          timeout=300, env=clean_env())
 
 
 def png_bytes(out, seeds):
@@ -97,7 +95,7 @@ def test_sigkill_then_resume_gives_every_seed_once_with_uninterrupted_pixels(tmp
     for _ in range(2):
         before = len(scan_written_seeds(out, remove_stale_tmp=False))
         target = before + rng.randint(1, 15)
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), "predict", str(out), "1", "0-59", "2"], cwd=tmp_path, env=ENV,
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), "predict", str(out), "1", "0-59", "2"], cwd=tmp_path, env=clean_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 240
         while len(scan_written_seeds(out, remove_stale_tmp=False)) < target and proc.poll() is None:

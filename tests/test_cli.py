@@ -1,6 +1,5 @@
 """The `pds-lightning` command: shipped configs parse, and fit -> predict runs end to end on CPU."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import clean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
 def run_cli(*args, cwd, check=True):
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK",
-                                                              "WORLD_SIZE", "RANK")}
-    env["PYTHONWARNINGS"] = "ignore"
-    proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", *map(str, args)], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", *map(str, args)], cwd=cwd, env=clean_env(),
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")

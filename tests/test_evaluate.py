@@ -15,7 +15,7 @@ from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 from pds_lightning.writer import sample_path
-from metric_reference import frechet_reference, kid_reference
+from helpers import TinyFeatures, frechet_reference, kid_reference
 
 SIZE = 8
 
@@ -40,19 +40,6 @@ def reference_npz(tmp_path, images):
     path = tmp_path / "reference.npz"
     np.savez(path, images=to_uint8(images))
     return path, torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 255
-
-
-class TinyFeatures(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.utils.skip_init(nn.Conv2d, 3, 6, 3, padding=1)  # weights from a local generator
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
 
 
 def test_spectral_error_of_a_folder_against_data_statistics_and_sources(tmp_path):

@@ -13,11 +13,7 @@ torch.set_num_threads(1)
 
 
 def _digits():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from digit_classifier import digit_splits, load_digits
+    from benchmarks.digit_classifier import digit_splits, load_digits
 
     return digit_splits(), load_digits()
 
@@ -64,7 +60,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
         net.features(torch.rand(1, 1, 28, 28))
     with pytest.raises(ValueError, match=r"1 or 3"):
         luminance(torch.rand(1, 2, 32, 32))
-    with pytest.raises(FileNotFoundError, match="digit_classifier.py"):
+    with pytest.raises(FileNotFoundError, match="python -m benchmarks.digit_classifier"):
         load_digit_classifier(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     buffer = io.BytesIO()

@@ -11,6 +11,7 @@ from pds_lightning.metrics import (FeatureMetrics, TorchScriptFeatures, feature_
                                    radial_power_spectrum, spectral_error)
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE
+from helpers import TinyFeatures
 
 
 def bin_counts(h, w):
@@ -109,23 +110,8 @@ def test_frechet_distance_matches_torchmetrics_formula_on_full_covariances():
     assert frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-9)
 
 
-class TinyFeatures(nn.Module):
-    """A fixed random conv + pool net: features are deterministic functions of the image."""
-
-    def __init__(self, channels=3, dim=8):
-        super().__init__()
-        self.conv = nn.utils.skip_init(nn.Conv2d, channels, dim, 3, padding=1)  # weights from a local generator
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
-
-
 def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
-    features = make_feature_extractor(TinyFeatures())
+    features = make_feature_extractor(TinyFeatures(dim=8))
     g = torch.Generator().manual_seed(4)
     real = torch.rand(64, 3, 8, 8, generator=g) * 0.8
     metrics = FeatureMetrics(features, (3, 8, 8), kid_subset_size=32, kid_subsets=20)
@@ -164,7 +150,7 @@ def test_torchscript_inception_file_is_called_with_0_255_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         TorchScriptFeatures(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="not both"):
-        make_feature_extractor(TinyFeatures(), path)
+        make_feature_extractor(TinyFeatures(dim=8), path)
 
 
 def test_metric_names_carry_the_sample_count():

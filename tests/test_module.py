@@ -1,6 +1,5 @@
 """ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, DSM loss minimum."""
 
-import copy
 import math
 
 import lightning as L

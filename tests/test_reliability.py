@@ -1,4 +1,4 @@
-"""Issue 7: faults must not lose work and bad input must not give silent garbage.
+"""Reliability: faults must not lose work and bad input must not give silent garbage.
 
 Every case goes through the `pds-lightning` command (`pds_lightning.cli.main`, in-process where a whole
 process would only add its ~7 s import; as real processes where a process is what is under test: the
@@ -6,11 +6,8 @@ SIGKILL cases and one exit-status check). An error case asserts a non-zero exit,
 naming the problem and the fix, and no partial output.
 """
 
-import errno
 import json
 import os
-import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,19 +19,13 @@ from PIL import Image
 
 from pds_lightning.writer import scan_written_seeds
 from pds_lightning.cli import main
+from helpers import clean_env, disk_full_on_write, save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SCRIPTS = ROOT / "tests" / "scripts"
 SCORE_SDE_CKPT = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.checkpoint.pth"
 SCORE_SDE_CONFIG = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.yaml"
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
 
 
 def run_script(name: str, workdir: Path, *args) -> None:
@@ -155,11 +146,6 @@ def test_the_command_exits_non_zero_with_one_error_line(tmp_path):
 
 
 # ---- 4. data errors through the command -----------------------------------------------------------------------
-def save_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 def make_folder(tmp_path: Path, case: str) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
@@ -297,17 +283,7 @@ def test_unwritable_output_dir_is_one_line_before_sampling(ckpt, tmp_path, capsy
 def test_disk_full_midway_reports_written_seeds_and_resume_completes(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    real_write, pngs = os.write, []
-
-    def disk_full_on_third_png(fd, data):
-        if bytes(data[:4]) == b"\x89PNG":
-            pngs.append(1)
-            if len(pngs) == 3:
-                real_write(fd, bytes(data[: len(data) // 2]))
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", disk_full_on_third_png)
+    monkeypatch.setattr(os, "write", disk_full_on_write(3))
     status, line = cli_error(capsys, *predict_args(ckpt, out))
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)

@@ -9,6 +9,7 @@ import torch
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.statistics import ImageStatistics
+from helpers import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,9 +128,8 @@ def test_two_process_gloo_estimate_equals_one_process(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
     cmd = [sys.executable, str(REPO / "tests/scripts/ddp_statistics.py"), str(data), str(out), "11", str(cache)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MASTER_PORT" not in os.environ
 

@@ -8,14 +8,13 @@ of up to KILL_WITHIN_STEPS step times later, so it lands mid-run on a slow or a 
 resuming, WORKDIR/killed_last.ckpt keeps a copy of what the resumed run must start from. The resumed run
 carries `RestoreProbe`, which saves the module and datamodule state at `on_train_start` (after the
 restore) to WORKDIR/restored.pt and the final state to WORKDIR/final.pt. Report: WORKDIR/report.json.
-Children are forked from one import of the CLI (see kill_predict.py).
+Children are forked from one import of the CLI (helpers.fork_cli).
 """
 
 import json
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from pds_lightning.cli import main
+from helpers import fork_cli, kill_and_wait, wait_exit_code
 
 
 KILL_WITHIN_STEPS = 10  # the kill lands within 10 step times after step 4, far from the end (MAX_STEPS 30)
@@ -48,26 +47,6 @@ class RestoreProbe(L.Callback):
         self._save("final.pt", trainer, module)
 
 
-def spawn(args: list[str], log: Path) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    torch.set_num_threads(1)  # see kill_predict.py
-    code = 0
-    try:
-        main(args)
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-        code = 1
-    os._exit(code)
-
-
 if __name__ == "__main__":
     CONFIG, WORK, MAX_STEPS, RNG_SEED = sys.argv[1:5]
     WORK = Path(WORK).resolve()
@@ -79,7 +58,7 @@ if __name__ == "__main__":
               "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.save_last", "true",
               "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_top_k", "-1"]
     report = {}
-    pid = spawn(common, WORK / "log.txt")
+    pid = fork_cli(common, WORK / "log.txt")
     last = ckpt_dir / "last.ckpt"
     times = []  # when the 1st and 2nd step checkpoints (steps 2 and 4) appeared
     while len(times) < 2 and os.waitpid(pid, os.WNOHANG) == (0, 0):
@@ -89,16 +68,13 @@ if __name__ == "__main__":
     step_time = (times[1] - times[0]) / 2 if len(times) == 2 else 0.0
     delay = random.Random(int(RNG_SEED)).uniform(0.0, KILL_WITHIN_STEPS * step_time)
     time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    report["killed_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    report["killed_by"] = kill_and_wait(pid)
     report["delay_s"] = delay
     report["step_time_s"] = step_time
     shutil.copy(last, WORK / "killed_last.ckpt")
+    # kill_fit.RestoreProbe imports: this script's folder is sys.path[0] (in the forked child too).
     # The resumed run estimates statistics from fewer images: the checkpoint's must win.
-    sys.path.insert(0, str(Path(__file__).parent))
     resume = common + ["--ckpt_path", "last", "--data.stats_num_images", "16",
                        "--trainer.callbacks+=kill_fit.RestoreProbe", "--trainer.callbacks.path", str(WORK)]
-    _, status = os.waitpid(spawn(resume, WORK / "log.txt"), 0)
-    report["resume_exit"] = os.waitstatus_to_exitcode(status)
+    report["resume_exit"] = wait_exit_code(fork_cli(resume, WORK / "log.txt"))
     (WORK / "report.json").write_text(json.dumps(report))

@@ -1,0 +1,117 @@
+"""`pds_lightning.data.datamodule.ImageDataModule`: resizing, flips and dequantisation, channels, upscaling,
+the statistics (estimated, cached, in the state dict) and the predict seeds."""
+
+import numpy as np
+import pytest
+import torch
+
+from pds_lightning.statistics import ImageStatistics
+from helpers import all_train, make_datamodule as make_dm, save_png
+
+
+def test_resize_and_centre_crop(tmp_path):
+    # 16 x 12 (W x H) image: the shorter side 12 -> 8 makes it ~10.7 x 8, then the central 8 x 8 is kept.
+    array = np.zeros((12, 16), np.uint8)
+    array[:, 8:] = 255
+    save_png(tmp_path / "imgs/a.png", array)
+    dm = make_dm(tmp_path / "imgs", tmp_path, num_channels=1)
+    dm.setup("fit")
+    x = all_train(dm)[0, 0]
+    assert x.shape == (8, 8)
+    assert torch.all(x[:, :3] == 0) and torch.all(x[:, 5:] == 1)  # the edge stays in the centre
+
+
+def test_flip_and_dequantisation(tmp_path):
+    array = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    save_png(tmp_path / "imgs/a.png", array)
+    plain = torch.from_numpy(array).float()[None] / 255.0
+    dm = make_dm(tmp_path / "imgs", tmp_path, random_flip=True, dequantize=True, num_channels=1)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    seen_flipped = set()
+    for _ in range(12):
+        x = all_train(dm)[0]
+        k = torch.floor(x * 256)  # (u + 255 x) / 256 with u in [0, 1) lies in [k/256, (k+1)/256)
+        flipped = torch.equal(k, (plain * 255).round().flip(-1))
+        assert flipped or torch.equal(k, (plain * 255).round())
+        seen_flipped.add(flipped)
+    assert seen_flipped == {True, False}
+
+
+def test_channel_conversion_or_rejection(tmp_path):
+    folder = tmp_path / "mixed"
+    save_png(folder / "a_gray.png", np.full((8, 8), 51, np.uint8))
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 100, 0
+    save_png(folder / "b_rgb.png", rgb)
+
+    to_rgb = make_dm(folder, tmp_path, num_channels=3, batch_size=2)
+    to_rgb.setup("fit")
+    x = torch.stack([to_rgb.images[i] for i in range(2)])
+    assert x.shape == (2, 3, 8, 8) and torch.all(x[0] == 51 / 255)
+    torch.testing.assert_close(x[1, :, 0, 0], torch.tensor([1.0, 100 / 255, 0.0]), rtol=0, atol=0)
+
+    to_gray = make_dm(folder, tmp_path, num_channels=1, batch_size=2)
+    to_gray.setup("fit")
+    y = torch.stack([to_gray.images[i] for i in range(2)])
+    assert y.shape == (2, 1, 8, 8) and torch.all(y[0] == 51 / 255)
+    assert y[1, 0, 0, 0].item() == pytest.approx(0.299 * 1 + 0.587 * 100 / 255, abs=1e-6)
+
+    strict = make_dm(folder, tmp_path, num_channels=1, convert_channels=False, batch_size=2)
+    strict.setup("fit")
+    with pytest.raises(ValueError, match=r"b_rgb\.png has 3 channel\(s\) but num_channels is 1"):
+        all_train(strict)
+
+
+def test_small_images_need_allow_upscale(tmp_path):
+    save_png(tmp_path / "imgs/small.png", np.full((6, 6, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match=r"small\.png is 6x6 px, smaller than image_size 8.*allow_upscale"):
+        all_train(make_dm(tmp_path / "imgs", tmp_path, batch_size=1).setup_images())
+    dm = make_dm(tmp_path / "imgs", tmp_path, allow_upscale=True).setup_images()
+    x = all_train(dm)
+    assert x.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(x, torch.full_like(x, 128 / 255))
+
+
+# -- statistics in the datamodule -----------------------------------------------------------------------------
+def test_statistics_estimated_cached_and_in_state_dict(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images)
+    dm = make_dm(tmp_path / "d.npz", tmp_path, val_size=4, stats_num_images=10, stats_seed=5,
+                 dequantize=True, random_flip=True, centered=True)
+    dm.setup("fit")
+    picked = dm.stats_indices()
+    assert len(picked) == 10 and not set(picked.tolist()) & set(dm.val_indices.tolist())
+    # Statistics use un-centred, un-augmented images in [0, 1].
+    x = torch.from_numpy(images[picked.numpy()]).permute(0, 3, 1, 2).double() / 255.0
+    torch.testing.assert_close(dm.statistics.power_mean, (torch.fft.fft2(x).abs() ** 2).mean(0))
+    torch.testing.assert_close(dm.statistics.sq_mean, (x**2).mean(0))
+
+    cache_files = list((tmp_path / "stats").glob("*.pt"))
+    assert len(cache_files) == 1 and "8px_3ch_10img_seed5" in cache_files[0].name
+    # A second module with the same settings reads the cache (shown by a marked cache file).
+    marked = ImageStatistics.from_moments(99, dm.statistics.power_mean, dm.statistics.mean, dm.statistics.sq_mean)
+    marked.save(cache_files[0])
+    same = make_dm(tmp_path / "d.npz", tmp_path, val_size=4, stats_num_images=10, stats_seed=5)
+    same.setup("fit")
+    assert same.statistics.count == 99
+    other_seed = make_dm(tmp_path / "d.npz", tmp_path, val_size=4, stats_num_images=10, stats_seed=6)
+    other_seed.setup("validate")
+    assert other_seed.statistics.count == 10 and len(list((tmp_path / "stats").glob("*.pt"))) == 2
+
+    restored = make_dm(tmp_path / "d.npz", tmp_path)
+    restored.load_state_dict(dm.state_dict())
+    torch.testing.assert_close(restored.statistics.freq_statistic(), dm.statistics.freq_statistic(), rtol=0, atol=0)
+    assert restored.statistics.count == 10
+
+
+def test_predict_needs_no_images_and_excludes_seeds(tmp_path):
+    dm = make_dm(tmp_path / "no_such_folder", tmp_path, seeds="0-9,20", predict_batch_size=4)
+    dm.setup("predict")
+    dm.exclude_seeds = {1, 2, 20}
+    batches = list(dm.predict_dataloader())
+    assert all(b.dtype == torch.long for b in batches)
+    assert [b.tolist() for b in batches] == [[0, 3, 4, 5], [6, 7, 8, 9]]
+    with pytest.raises(ValueError, match="reversed"):
+        make_dm(tmp_path, tmp_path, seeds="9-1")

@@ -1,0 +1,213 @@
+"""Helpers shared by the tests and by the scripts under tests/scripts (one home, imported as `helpers`:
+pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` puts it on the scripts' PYTHONPATH).
+
+- `clean_env`: the environment of a child process, without the launcher variables of an outer run.
+- `fork_cli`, `kill_and_wait`: a CLI run in a forked child (one import for many runs) and its SIGKILL.
+- `disk_full_on_write`: an `os.write` that fails with ENOSPC half-way through the n-th PNG (or any write).
+- `frechet_reference`, `kid_reference`: FID and KID written out from their definitions.
+- `make_datamodule`, `save_png`, `all_train`: image folders and data modules for the data and CLI tests.
+- `TinyFeatures`: a fixed random conv + pool feature net standing in for Inception (FID/KID tests).
+- `GaussianModule`, `cpu_trainer`: the ScoreModule sampling API over an exact Gaussian score, in a real
+  Lightning Trainer (tests of the writer and the sampling callback).
+"""
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from pds_lightning.data import ImageDataModule
+
+from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
+from pds_lightning.sampling.settings import SamplerSettings, generate
+from pds_lightning.sde import VESDE
+from pds_lightning.statistics import ImageStatistics
+
+TESTS = Path(__file__).resolve().parent
+
+# Set by torchrun / Lightning / an outer DDP run; a child that inherits them would join that run.
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")
+
+
+def clean_env() -> dict[str, str]:
+    """os.environ without the launcher variables, warnings off, and tests/ importable (for `import helpers`)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    return env
+
+
+def fork_cli(args: list[str], log: Path) -> int:
+    """Run `pds_lightning.cli.main(args)` in a forked child writing to `log`; returns its pid. The child
+    exits with the command's status (1 on an exception, whose traceback goes to the log). The CLI is imported
+    here, before the fork, so every child shares the parent's single import (~7 s saved per run)."""
+    from pds_lightning.cli import main
+
+    pid = os.fork()
+    if pid:
+        return pid
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    # A forked child inherits the parent's thread-pool state; one thread avoids a 100x slowdown of
+    # FFTs after fork (and equal settings in every run keep the numerics identical).
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        main(args)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def wait_exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def kill_and_wait(pid: int) -> int | None:
+    """SIGKILL a child and reap it; returns the signal that ended it (None if it had already exited)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _, status = os.waitpid(pid, 0)
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+PNG_SIGNATURE = b"\x89PNG"
+
+
+def disk_full_on_write(n: int, starting_with: bytes = PNG_SIGNATURE, real_write=os.write):
+    """An `os.write` replacement: the n-th write (1-based) whose data starts with `starting_with` (a PNG by
+    default; b"" counts every write) gets half its bytes on disk, then fails with ENOSPC."""
+    hits = []
+
+    def write(fd, data):
+        if bytes(data[: len(starting_with)]) == starting_with:
+            hits.append(1)
+            if len(hits) == n:
+                real_write(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    return write
+
+
+def frechet_reference(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) with unbiased covariances; tr (S1 S2)^(1/2) as the
+    sum of the square roots of the eigenvalues of S1 S2 (the FID paper's formula)."""
+    a, b = f1.double().numpy(), f2.double().numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_trace = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * root_trace)
+
+
+def kid_reference(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3 over two sets of equal size (KID of one
+    subset that is the whole set, so every random subset gives this value)."""
+    x, y = real.double().numpy(), fake.double().numpy()
+    m, d = x.shape
+    assert y.shape[0] == m, (x.shape, y.shape)
+
+    def k(u, v):
+        return (u @ v.T / d + 1) ** 3
+
+    kxx, kyy = k(x, x), k(y, y)
+    return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * k(x, y).sum() / m ** 2)
+
+
+SIZE, CHANNELS, MEAN, VARIANCE = 8, 3, 0.5, 0.004
+
+
+class GaussianModule(L.LightningModule):
+    """The ScoreModule sampling API over an exact Gaussian score (no network to train).
+
+    `sample` runs the package's sampler; the data statistics are the target's analytic moments.
+    A single scalar parameter gives Lightning's fit loop something to optimise.
+    """
+
+    def __init__(self, sampler: SamplerSettings | None = None, num_scales: int = 100):
+        super().__init__()
+        lam = power_law_spectrum(SIZE, SIZE, variance=VARIANCE, channels=CHANNELS)
+        self.sde = VESDE(sigma_min=0.01, sigma_max=5.0, num_scales=num_scales)
+        self.target = GaussianScore(MEAN, lam, self.sde)
+        self.image_shape = (CHANNELS, SIZE, SIZE)
+        self.centered = False
+        self.sampler = sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0)
+        self.w = nn.Parameter(torch.zeros(1))
+        self.predicted_seeds: list[int] = []
+        power = SIZE * SIZE * lam.clone()
+        power[:, 0, 0] += (SIZE * SIZE * MEAN) ** 2
+        self.data_statistics = ImageStatistics.from_moments(
+            1000, power, torch.full_like(lam, MEAN), torch.full_like(lam, MEAN ** 2 + VARIANCE))
+
+    def sample(self, settings, seeds):
+        result = generate(settings, self.target, self.sde, seeds.to(self.device), self.image_shape,
+                          statistics=self.data_statistics)
+        result.x = result.x.clamp(0.0, 1.0)
+        return result
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch.mean()).square().sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", (self.w - batch.mean()).square().sum())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        self.predicted_seeds += batch.tolist()
+        result = self.sample(self.sampler, batch.long())
+        return {"seeds": batch.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
+
+
+def cpu_trainer(tmp_path, **kw):
+    """A quiet one-process CPU Trainer in tmp_path; keywords override."""
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_model_summary=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    return L.Trainer(**{**defaults, **kw})
+
+
+def make_datamodule(source, tmp_path, **kwargs) -> ImageDataModule:
+    """An 8 px data module on `source` with its statistics cache in tmp_path (no validation split, no flips)."""
+    settings = dict(image_size=8, val_size=0, stats_num_images=0, stats_cache_dir=str(tmp_path / "stats"),
+                    random_flip=False)
+    settings.update(kwargs)
+    return ImageDataModule(source=str(source), **settings)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def all_train(dm) -> torch.Tensor:
+    return torch.cat(list(dm.train_dataloader()))
+
+
+class TinyFeatures(nn.Module):
+    """A fixed random conv + pool net: features are deterministic functions of the image (weights from a
+    local generator, so the global RNG is left alone)."""
+
+    def __init__(self, channels: int = 3, dim: int = 6):
+        super().__init__()
+        self.conv = nn.utils.skip_init(nn.Conv2d, channels, dim, 3, padding=1)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean(dim=(-2, -1))

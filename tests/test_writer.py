@@ -1,0 +1,124 @@
+"""`pds_lightning.writer.SampleWriter` in real Lightning predict runs, with the real sampler on an exact
+Gaussian score: every seed once with the sampled pixels, resume, disk full, bad output, progress bar."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pds_lightning.callbacks import SampleWriter
+from pds_lightning.data import ImageDataModule
+from pds_lightning.images import to_uint8
+from pds_lightning.writer import SampleWriteError, sample_path, scan_written_seeds
+from helpers import GaussianModule, cpu_trainer, disk_full_on_write
+
+
+def predict(tmp_path, out, seeds="0-9", batch=4, model=None, **writer_kw):
+    model = model or GaussianModule()
+    dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
+    writer = SampleWriter(out, **writer_kw)
+    cpu_trainer(tmp_path, callbacks=[writer]).predict(model, datamodule=dm, return_predictions=False)
+    return model, writer
+
+
+def read_png(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def expected_pixels(seeds, model=None):
+    model = model or GaussianModule()
+    return to_uint8(model.sample(model.sampler, torch.tensor(seeds)).x)
+
+
+def test_writer_writes_every_seed_once_with_the_sampled_pixels_and_a_manifest(tmp_path):
+    out = tmp_path / "samples"
+    model, _ = predict(tmp_path, out, seeds="0-9,1000-1001", batch=4, write_npz=True)
+    seeds = list(range(10)) + [1000, 1001]
+    assert scan_written_seeds(out) == seeds
+    assert sample_path(out, 1001) == out / "001" / "001001.png"
+    pixels = expected_pixels(seeds)
+    for seed, want in zip(seeds, pixels):
+        assert np.array_equal(read_png(sample_path(out, seed)), want)
+    shards = sorted((out / "npz").iterdir())
+    assert [p.name for p in shards] == ["000000-000003.npz", "000004-000007.npz", "000008-001001.npz"]
+    with np.load(shards[2]) as z:
+        assert z["seeds"].tolist() == [8, 9, 1000, 1001]
+        assert np.array_equal(z["samples"], pixels[8:])
+    manifest = json.loads((out / "manifest.json").read_text())
+    nfe = model.sample(model.sampler, torch.tensor([0])).nfe
+    assert manifest["num_written"] == 12 and manifest["num_on_disk"] == 12
+    assert manifest["nfe_per_sample"] == nfe == 2 * 25  # speed_up 4 of 100 scales, corrector + predictor
+    assert manifest["settings"]["preconditioner"] == "both" and manifest["settings"]["speed_up"] == 4.0
+    assert manifest["samples_per_s"] > 0 and manifest["world_size"] == 1
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_writer_resumes_by_skipping_written_seeds(tmp_path):
+    out = tmp_path / "samples"
+    predict(tmp_path, out)
+    reference = {s: sample_path(out, s).read_bytes() for s in range(10)}
+    for s in (3, 4, 9):
+        sample_path(out, s).unlink()
+    stale = out / "000" / ".000005.png.abc.tmp"  # what a kill during a write leaves behind
+    stale.write_bytes(b"partial")
+    kept = {s: sample_path(out, s).stat().st_mtime_ns for s in (0, 5)}
+    model, _ = predict(tmp_path, out, batch=2)
+    assert model.predicted_seeds == [3, 4, 9]
+    assert not stale.exists()
+    assert {s: sample_path(out, s).stat().st_mtime_ns for s in (0, 5)} == kept
+    assert {s: sample_path(out, s).read_bytes() for s in range(10)} == reference  # byte-identical, any batch
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["num_written"], manifest["num_skipped_existing"], manifest["num_on_disk"]) == (3, 7, 10)
+
+
+def test_enospc_midway_leaves_no_partial_file_and_reports_written_seeds(tmp_path, monkeypatch):
+    out = tmp_path / "samples"
+    monkeypatch.setattr(os, "write", disk_full_on_write(6))
+    with pytest.raises(SampleWriteError) as info:
+        predict(tmp_path, out, batch=4)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert "seed 5" in message and "No space left" in message and "0-4" in message and "free disk space" in message
+    assert info.value.written == [0, 1, 2, 3, 4]
+    files = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert files == [f"{s:06d}.png" for s in range(5)]  # no temp file, no manifest
+    # Resuming completes the set with the pixels of an uninterrupted run.
+    model, _ = predict(tmp_path, out, batch=3)
+    assert model.predicted_seeds == list(range(5, 10))
+    pixels = expected_pixels(list(range(10)))
+    for s in range(10):
+        assert np.array_equal(read_png(sample_path(out, s)), pixels[s])
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="not writable.*choose another output directory"):
+        predict(tmp_path, blocker / "samples")
+
+
+def test_writer_refuses_non_finite_images(tmp_path):
+    class NaNModule(GaussianModule):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            out = super().predict_step(batch, batch_idx)
+            out["images"][0, 0, 0, 0] = float("nan")
+            return out
+
+    with pytest.raises(ValueError, match="non-finite sample values for seeds 0-1"):
+        predict(tmp_path, tmp_path / "s", seeds="0-1", model=NaNModule())
+    assert scan_written_seeds(tmp_path / "s") == []
+
+
+def test_progress_bar_shows_seeds_done_and_rate(tmp_path):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = TQDMProgressBar()
+    dm = ImageDataModule(seeds="0-5", predict_batch_size=4)
+    cpu_trainer(tmp_path, enable_progress_bar=True, callbacks=[bar, SampleWriter(tmp_path / "s")]).predict(
+        GaussianModule(), datamodule=dm, return_predictions=False)
+    postfix = bar.predict_progress_bar.postfix
+    assert "seeds=6" in postfix and "seeds/s=" in postfix
