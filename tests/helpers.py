@@ -14,6 +14,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 import errno
 import os
 import signal
+import socket
 from pathlib import Path
 
 import lightning as L
@@ -32,15 +33,26 @@ from pds_lightning.statistics import ImageStatistics
 TESTS = Path(__file__).resolve().parent
 
 # Set by torchrun / Lightning / an outer DDP run; a child that inherits them would join that run.
-LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
+                      "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
 
 
-def clean_env() -> dict[str, str]:
-    """os.environ without the launcher variables, warnings off, and tests/ importable (for `import helpers`)."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+def clean_env(**extra) -> dict[str, str]:
+    """os.environ without launcher / SLURM variables, warnings off, tests/ importable (for `import helpers`),
+    plus `extra` (e.g. the variables of a hand-launched node)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM_")}
     env["PYTHONWARNINGS"] = "ignore"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test's own process group)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def fork_cli(args: list[str], log: Path) -> int:
@@ -211,3 +223,24 @@ class TinyFeatures(nn.Module):
 
     def forward(self, x):
         return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
+
+
+def gaussian_statistics(lam: torch.Tensor, mean_value: float) -> ImageStatistics:
+    """The exact moments of a stationary Gaussian image model (per-mode variance `lam` [C, H, W], constant
+    mean): E|fft2 x|^2 = H W lam + |fft2 mean|^2, E x^2 = mean(lam) + mean^2."""
+    C, H, W = lam.shape
+    mean = torch.full((C, H, W), mean_value, dtype=torch.float64)
+    power = H * W * lam + torch.fft.fft2(mean).abs().square()
+    return ImageStatistics.from_moments(1, power, mean, lam.mean() + mean ** 2)
+
+
+class BatchNoise:
+    """One local generator for a whole batch: cheaper than per-seed generators for large test batches."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def noise(self, like):
+        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype)

@@ -8,7 +8,6 @@ status 0 and write the PNG bytes of a 1-process run. One tiny checkpoint per mod
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,27 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pds_lightning.callbacks import sample_path, scan_written_seeds
+from pds_lightning.writer import sample_path, scan_written_seeds
+
+from helpers import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SEEDS = range(8)
 REFERENCE_SEEDS = range(40)  # the kill/resume test needs a longer run
-DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
-             "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
-
-
-def clean_env(**extra) -> dict[str, str]:
-    """The caller's environment without launcher / scheduler variables, one thread, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **{k: str(v) for k, v in extra.items()})
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CLI = [sys.executable, "-m", "pds_lightning.cli"]

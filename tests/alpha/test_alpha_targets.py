@@ -14,6 +14,8 @@ from pds_lightning.sampling import SamplerSettings, generate, pc_sampler, with_a
 from pds_lightning.sde import SubVPSDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 
+from helpers import BatchNoise, gaussian_statistics
+
 H = W = 8
 MEAN = 0.45
 LAM = power_law_spectrum(H, W, variance=0.05)  # data space [0, 1]
@@ -22,19 +24,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def exact_statistics(lam=LAM, mean_value=MEAN) -> ImageStatistics:
-    mean = torch.full((1, H, W), mean_value, dtype=torch.float64)
-    power = H * W * lam + torch.fft.fft2(mean).abs().square()
-    return ImageStatistics.from_moments(1, power, mean, lam.mean() + mean ** 2)
-
-
-class BatchNoise:
-    device = torch.device("cpu")
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def noise(self, like):
-        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+    return gaussian_statistics(lam, mean_value)
 
 
 def model_target(centered):

@@ -16,6 +16,8 @@ from pds_lightning.sampling import SamplerSettings, SeededNoise, generate, pc_sa
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
+from helpers import BatchNoise, gaussian_statistics
+
 H = W = 8
 MEAN = 0.45
 LAM = power_law_spectrum(H, W, variance=0.05)  # [1, H, W]
@@ -23,22 +25,8 @@ SDE = VESDE(0.01, 5.0, 1000)
 BATCH = 1024
 
 
-def exact_statistics() -> ImageStatistics:
-    mean = torch.full((1, H, W), MEAN, dtype=torch.float64)
-    power = H * W * LAM + torch.fft.fft2(mean).abs().square()  # E|fft2 x|^2 of the target, exactly
-    return ImageStatistics.from_moments(1, power, mean, LAM.mean() + mean ** 2)
-
-
-class BatchNoise:
-    """One local generator for the whole batch (per-seed generators cost most of the time at this batch)."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def noise(self, like):
-        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+def exact_statistics(lam=LAM, mean_value=MEAN) -> ImageStatistics:
+    return gaussian_statistics(lam, mean_value)
 
 
 def settings(n_steps, variant, predictor="reverse_diffusion"):

@@ -8,7 +8,6 @@ Run as a subprocess by tests/test_statistics.py: the process group lives and die
 rendezvous uses a tcp:// init_method, so no MASTER_ADDR / MASTER_PORT variables are set anywhere.
 """
 
-import socket
 import sys
 
 import torch
@@ -17,13 +16,9 @@ import torch.multiprocessing as mp
 
 from pds_lightning.data import ImageDataModule
 
+from helpers import free_port
+
 WORLD_SIZE = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, port: int, data: str, out_dir: str, num_images: int, cache_dir: str) -> None:
