@@ -88,8 +88,9 @@ class TrainImages(Dataset):
         if self.random_flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.dequantize:
-            # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1).
-            x = (torch.rand_like(x) + x * 255.0) / 256.0
+            # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1). rand, not rand_like: the noise
+            # must not depend on the memory layout (a cropped view and a cached copy get the same noise).
+            x = (torch.rand(x.shape, dtype=x.dtype, device=x.device) + x * 255.0) / 256.0
         return to_model_space(x, self.centered)
 
 

@@ -70,7 +70,10 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self):
         self._yielded = 0
-        for batch in super().__iter__():
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
             self._yielded += 1
             yield batch
 
