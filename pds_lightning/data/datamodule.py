@@ -122,7 +122,8 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: folder of a pre-resized uint8 cache of the source (decode and resize once, then memory-map);
             rebuilt when a source file or a preparation option changes. None: no cache.
         shuffle_seed: seed of the training order, which is a function of (shuffle_seed, epoch) so that a resumed
-            fit continues mid-epoch with the order it would have had; None: torch.initial_seed() (seed_everything).
+            fit continues mid-epoch with the order it would have had; None: rank 0's torch.initial_seed()
+            (set by seed_everything).
     """
 
     def __init__(
@@ -233,6 +234,10 @@ class ImageDataModule(L.LightningDataModule):
         data = TrainImages(self.images, self.train_indices, hp.random_flip, hp.dequantize, self.centered)
         rank, world = rank_world()
         seed = hp.shuffle_seed if hp.shuffle_seed is not None else torch.initial_seed() % 2**62
+        if world > 1 and hp.shuffle_seed is None:  # ranks seeded differently must still share one permutation
+            box = [seed]
+            dist.broadcast_object_list(box, src=0)
+            seed = box[0]
         sampler = EpochSampler(data, seed, num_replicas=world, rank=rank)
         return ResumableLoader(data, sampler, self.batch_size, self._train_batches_done, drop_last=False,
                                **self._loader_options())
