@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
+from pds_lightning.data.cache import CachedImages, build_cache, cache_path
+from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
 from pds_lightning.data.seeds import parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
 from pds_lightning.distributed import rank_world
@@ -49,8 +51,9 @@ class PreparedImages(Dataset):
                 "set `allow_upscale: true` to resize it up, or lower image_size"
             )
         if min(x.shape[-2:]) != size:
-            # Shorter side to `size`; antialiased bilinear weights are non-negative, so [0, 1] is kept.
-            x = TF.resize(x, [size], antialias=True)
+            # Shorter side to `size`; antialiased bilinear weights are non-negative, so [0, 1] is kept. Rounded to
+            # the 256 levels of the 8-bit sources, so the uint8 image cache (cache.py) holds exactly these values.
+            x = TF.resize(x, [size], antialias=True).mul_(255.0).round_().div_(255.0)
         if tuple(x.shape[-2:]) != (size, size):
             x = TF.center_crop(x, [size, size])
         return x.clamp_(0.0, 1.0)
@@ -85,8 +88,9 @@ class TrainImages(Dataset):
         if self.random_flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.dequantize:
-            # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1).
-            x = (torch.rand_like(x) + x * 255.0) / 256.0
+            # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1). rand, not rand_like: the noise
+            # must not depend on the memory layout (a cropped view and a cached copy get the same noise).
+            x = (torch.rand(x.shape, dtype=x.dtype, device=x.device) + x * 255.0) / 256.0
         return to_model_space(x, self.centered)
 
 
@@ -114,6 +118,12 @@ class ImageDataModule(L.LightningDataModule):
         stats_cache_dir: statistics cache folder (default <root or ~/.cache/pds_lightning>/stats); "" disables it.
         seeds: predict seeds, e.g. "0-63" or "0-9,20,30-31".
         predict_batch_size: seeds per predict batch.
+        num_workers: loader worker processes; None: the available CPUs less one, at most 8 (0: load in-process).
+        cache_dir: folder of a pre-resized uint8 cache of the source (decode and resize once, then memory-map);
+            rebuilt when a source file or a preparation option changes. None: no cache.
+        shuffle_seed: seed of the training order, which is a function of (shuffle_seed, epoch) so that a resumed
+            fit continues mid-epoch with the order it would have had; None: rank 0's torch.initial_seed()
+            (set by seed_everything).
     """
 
     def __init__(
@@ -129,7 +139,7 @@ class ImageDataModule(L.LightningDataModule):
         random_flip: bool = True,
         dequantize: bool = False,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         val_size: int = 256,
         split_seed: int = 0,
         download: bool = False,
@@ -138,6 +148,8 @@ class ImageDataModule(L.LightningDataModule):
         stats_cache_dir: str | None = None,
         seeds: str = "0-63",
         predict_batch_size: int = 16,
+        cache_dir: str | None = None,
+        shuffle_seed: int | None = None,
     ):
         super().__init__()
         if image_size < 1:
@@ -147,14 +159,16 @@ class ImageDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("predict_batch_size", predict_batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in (("num_workers", num_workers), ("val_size", val_size), ("stats_num_images", stats_num_images)):
+        for name, value in (("num_workers", num_workers or 0), ("val_size", val_size),
+                            ("stats_num_images", stats_num_images)):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         parse_seed_range(seeds)  # fail at construction, not at predict time
         self.save_hyperparameters()
         self.source, self.image_size, self.num_channels = source, image_size, num_channels
         self.root = Path(root).expanduser() if root else None
-        self.centered, self.batch_size, self.num_workers = centered, batch_size, num_workers
+        self.centered, self.batch_size = centered, batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.seeds, self.predict_batch_size = seeds, predict_batch_size
         self.exclude_seeds: set[int] = set()
         self.statistics: ImageStatistics | None = None
@@ -182,12 +196,24 @@ class ImageDataModule(L.LightningDataModule):
             self.num_channels = source.native_channels
         self.images = PreparedImages(source, self.image_size, self.num_channels, hp.convert_channels,
                                      hp.allow_upscale, hp.crop_size)
+        if hp.cache_dir:
+            self.images = self._cached(self.images)
         n = len(source)
         n_val = min(hp.val_size, n // 10)
         # Shuffle before splitting: sources may be sorted by class (the embedded MNIST is).
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
         self.val_indices, self.train_indices = perm[:n_val].sort().values, perm[n_val:].sort().values
         return self
+
+    def _cached(self, images: PreparedImages) -> CachedImages:
+        """The cache of `images`, built by rank 0 when no file matches its key; the other ranks wait for it."""
+        path = cache_path(Path(self.hparams.cache_dir).expanduser(), self.source, images)
+        rank, world = rank_world()
+        if rank == 0 and not path.is_file():
+            build_cache(images, path, self.num_workers, min(self.batch_size, 64))
+        if world > 1:
+            dist.barrier()
+        return CachedImages(path, images)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -206,13 +232,31 @@ class ImageDataModule(L.LightningDataModule):
         self._require_images()
         hp = self.hparams
         data = TrainImages(self.images, self.train_indices, hp.random_flip, hp.dequantize, self.centered)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        rank, world = rank_world()
+        seed = hp.shuffle_seed if hp.shuffle_seed is not None else torch.initial_seed() % 2**62
+        if world > 1 and hp.shuffle_seed is None:  # ranks seeded differently must still share one permutation
+            box = [seed]
+            dist.broadcast_object_list(box, src=0)
+            seed = box[0]
+        sampler = EpochSampler(data, seed, num_replicas=world, rank=rank)
+        return ResumableLoader(data, sampler, self.batch_size, self._train_batches_done, drop_last=False,
+                               **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         self._require_images()
         data = TrainImages(self.images, self.val_indices, centered=self.centered)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        """Workers (kept across epochs), and pinned host memory when the trainer runs on CUDA."""
+        trainer = self.trainer
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "pin_memory": on_cuda}
+
+    def _train_batches_done(self) -> int | None:
+        """Training batches the fit has consumed in this epoch (Lightning's count, without its prefetched batch)."""
+        trainer = self.trainer
+        return None if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def _require_images(self) -> None:
         if self.images is None:

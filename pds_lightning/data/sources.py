@@ -11,6 +11,7 @@ for error messages, and an `identity` string that changes when the data do (the 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,27 @@ class ArraySource:
         return f"image {i} of {self.path}"
 
 
+def scan_images(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every image file below `root`, in path order, from one os.scandir walk.
+
+    One stat per file (the scandir entry's), no image opened: a 100k-file folder is scanned in seconds.
+    Symlinked folders are not followed (no cycles); symlinked files are.
+    """
+    found: list[tuple[tuple[str, ...], int, int]] = []
+    stack: list[tuple[str, ...]] = [()]
+    while stack:
+        parts = stack.pop()
+        with os.scandir(root.joinpath(*parts)) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(parts + (entry.name,))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+                    st = entry.stat()
+                    found.append((parts + (entry.name,), st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda item: item[0])  # by path components, as sorted(Path, ...) orders them
+    return [("/".join(parts), size, mtime) for parts, size, mtime in found]
+
+
 class FolderSource:
     """Every image file below a folder (recursive, sorted by path)."""
 
@@ -84,16 +106,14 @@ class FolderSource:
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
         self.root = root
-        self.files = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        if not self.files:
+        entries = scan_images(root)
+        if not entries:
             raise ValueError(f"image folder {root} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files")
+        self.files = [root / rel for rel, _, _ in entries]
         # Identity: path, names, sizes and modification times; cheap and changes when the data do.
         digest = hashlib.sha256()
-        for p in self.files:
-            st = p.stat()
-            digest.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for rel, size, mtime_ns in entries:
+            digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
         self.identity = f"folder:{root.resolve()}:{len(self.files)}:{digest.hexdigest()}"
 
     @property

@@ -1,0 +1,139 @@
+"""Issue 18: the pre-resized uint8 image cache (`cache_dir`) and the one-walk folder scan."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pds_lightning.data import ImageDataModule
+from pds_lightning.data.sources import FolderSource, scan_images
+
+
+def make_folder(root: Path, n: int = 10) -> Path:
+    """JPEGs and PNGs of several sizes, RGB and gray (converted), in nested folders."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        sub = root / f"part{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        h, w = 20 + 3 * i, 24 + 2 * (i % 4)
+        if i % 4 == 3:
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(sub / f"{i:03d}.png")
+        else:
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(sub / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def datamodule(source, tmp_path, **kwargs):
+    settings = dict(image_size=12, num_channels=3, val_size=0, stats_num_images=0, batch_size=4, random_flip=True,
+                    dequantize=True, stats_cache_dir="", shuffle_seed=11, num_workers=0)
+    settings.update(kwargs)
+    dm = ImageDataModule(str(source), **settings)
+    dm.setup("fit")
+    return dm
+
+
+def images(dm) -> torch.Tensor:
+    return torch.stack([dm.images[i] for i in range(len(dm.images))])
+
+
+def train_epoch(dm) -> torch.Tensor:
+    torch.manual_seed(5)  # flips and dequantisation noise
+    return torch.cat(list(dm.train_dataloader()))
+
+
+def cache_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("crop_size", [None, 18])
+def test_cache_equals_the_uncached_pipeline_exactly(tmp_path, crop_size):
+    folder = make_folder(tmp_path / "imgs")
+    plain = datamodule(folder, tmp_path, crop_size=crop_size, num_workers=1)  # same worker RNG for augmentation
+    cached = datamodule(folder, tmp_path, crop_size=crop_size, cache_dir=str(tmp_path / "cache"), num_workers=1)
+    names = cache_files(tmp_path / "cache")
+    assert len(names) == 1 and names[0].startswith("imgs_12px_3ch_") and names[0].endswith(".npy")
+    array = np.load(tmp_path / "cache" / names[0])
+    assert array.dtype == np.uint8 and array.shape == (10, 3, 12, 12)
+    x = images(plain)
+    assert torch.equal(images(cached), x)
+    assert torch.equal(torch.from_numpy(array).float() / 255, x)  # the file holds the prepared pixels
+    assert torch.equal(train_epoch(cached), train_epoch(plain))  # augmentation and order unchanged
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_or_an_option_changes(tmp_path):
+    folder = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    first = datamodule(folder, tmp_path, cache_dir=str(cache))
+    (name,) = cache_files(cache)
+    before = (cache / name).stat()
+    again = datamodule(folder, tmp_path, cache_dir=str(cache))
+    after = (cache / name).stat()
+    assert cache_files(cache) == [name] and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert torch.equal(images(again), images(first))
+
+    # Rewrite one image (same name, new pixels): its size or mtime changes, so the key does.
+    changed = folder / "part1" / "004.jpg"
+    Image.fromarray(np.full((30, 30, 3), 200, np.uint8)).save(changed)
+    os.utime(changed, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
+    rebuilt = datamodule(folder, tmp_path, cache_dir=str(cache))
+    assert len(cache_files(cache)) == 2
+    plain = datamodule(folder, tmp_path)
+    assert torch.equal(images(rebuilt), images(plain))
+    k = [p.name for p in plain.images.source.files].index("004.jpg")
+    assert not torch.equal(images(rebuilt)[k], images(first)[k])
+
+    # Another option (size) selects another cache file too.
+    small = datamodule(folder, tmp_path, cache_dir=str(cache), image_size=8)
+    assert len(cache_files(cache)) == 3 and images(small).shape == (10, 3, 8, 8)
+    assert torch.equal(images(small), images(datamodule(folder, tmp_path, image_size=8)))
+
+
+def test_failed_build_leaves_no_cache_file(tmp_path):
+    folder = make_folder(tmp_path / "imgs", n=12)
+    bad = folder / "part2" / "008.jpg"  # 11th of 12: the build has written two batches of 4 when it fails
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(ValueError, match="008.jpg"):
+        datamodule(folder, tmp_path, cache_dir=str(tmp_path / "cache"))
+    assert cache_files(tmp_path / "cache") == []  # neither a partial .npy nor a temp file
+
+
+def test_source_finer_than_8_bits_is_refused_by_the_cache(tmp_path):
+    floats = np.random.default_rng(0).random((6, 12, 12, 3)).astype(np.float32)
+    np.savez(tmp_path / "floats.npz", images=floats)
+    with pytest.raises(ValueError, match="not 8-bit .* unset `cache_dir`"):
+        datamodule(tmp_path / "floats.npz", tmp_path, cache_dir=str(tmp_path / "cache"))
+    assert cache_files(tmp_path / "cache") == []
+
+
+def test_scan_order_and_identity_match_a_recursive_glob(tmp_path):
+    root = tmp_path / "tree"
+    for rel in ["a-c.png", "a/b.png", "a/Z.JPG", "b.webp", "a/x.png/inner.bmp", "notes.txt", "deep/er/e.jpeg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "d.png").mkdir()  # a folder named like an image is not one
+    files = FolderSource(root).files
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+                      and p.is_file())
+    assert files == expected
+    assert [p.relative_to(root).as_posix() for p in files] == [
+        "a/Z.JPG", "a/b.png", "a/x.png/inner.bmp", "a-c.png", "b.webp", "deep/er/e.jpeg"]
+    assert [(rel, size) for rel, size, _ in scan_images(root)] == [
+        (p.relative_to(root).as_posix(), p.stat().st_size) for p in expected]
+
+
+def test_twenty_thousand_files_are_scanned_without_opening_them(tmp_path):
+    root = tmp_path / "big"
+    for d in range(20):
+        (root / f"{d:02d}").mkdir(parents=True)
+        for i in range(1000):
+            os.close(os.open(root / f"{d:02d}" / f"{i:05d}.png", os.O_CREAT | os.O_WRONLY))  # empty: not decodable
+    start = time.perf_counter()
+    source = FolderSource(root)
+    seconds = time.perf_counter() - start
+    assert len(source) == 20000 and source.files[0] == root / "00" / "00000.png"
+    assert source.files[-1] == root / "19" / "00999.png"
+    assert seconds < 30, seconds  # ~0.2 s here; opening 20k files for a decode would fail, not just be slow
