@@ -333,8 +333,9 @@ class ScoreModule(L.LightningModule):
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
         `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1.
 
-        `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's image does
-        not depend on the batch it is drawn in, so the result equals `pds-lightning predict` for those seeds.
+        `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
+        not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
+        float rounding when the batches differ).
         """
         seeds = torch.arange(seeds) if isinstance(seeds, int) else torch.as_tensor(
             seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
