@@ -1,19 +1,47 @@
-"""Import a class named by a dotted path, as configs and command-line options name them."""
+"""Import and build classes named by dotted paths, as configs, command-line options and checkpoints name them.
+
+A class path read from a checkpoint or a config is untrusted input: with `base` given, only a subclass of
+`base` is accepted, and the check runs before anything is called (importing the named module is the only
+effect a refused name can have).
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 
-def import_class(spec: str, what: str = "class") -> type:
-    """'package.module:Class' or 'package.module.Class' -> the class; `what` names it in errors (ValueError)."""
+def import_class(spec: str, what: str = "class", base: type | tuple[type, ...] | None = None) -> type:
+    """'package.module:Class' or 'package.module.Class' -> the class; `what` names it in errors (ValueError).
+
+    With `base`, anything but a subclass of `base` (a function such as `os.system`, a class such as
+    `subprocess.Popen`) is refused before it is called.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"{what} wants a class path string 'package.module.Class', got {type(spec).__name__}")
     module, _, name = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
     if not module or not name:
         raise ValueError(f"{what} wants 'package.module:Class' or 'package.module.Class', got {spec!r}")
     try:
-        return getattr(importlib.import_module(module), name)
+        found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot import {what} {spec!r}: {err}") from err
+    if base is not None and not (isinstance(found, type) and issubclass(found, base)):
+        bases = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in (base if isinstance(base, tuple) else (base,)))
+        raise ValueError(f"refused {what} {spec!r}: it is not a subclass of {bases}; name a class of that kind "
+                         "(this check keeps a checkpoint or config from running arbitrary code)")
+    return found
 
 
-__all__ = ["import_class"]
+def instantiate(spec: Any, what: str = "class", base: type | tuple[type, ...] | None = None) -> Any:
+    """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would, refusing any class
+    that is not a subclass of `base` before it is called (ValueError naming `what`)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+        raise ValueError(f"{what} wants a mapping with 'class_path' (and optional 'init_args'), got {spec!r}")
+    init_args = spec.get("init_args") or {}
+    if not isinstance(init_args, dict):
+        raise ValueError(f"{what} init_args must be a mapping, got {type(init_args).__name__}")
+    return import_class(spec["class_path"], what, base)(**init_args)
+
+
+__all__ = ["import_class", "instantiate"]

@@ -1,4 +1,5 @@
-"""`pds-lightning`: LightningCLI (fit / validate / test / predict) plus the converter and the evaluator."""
+"""`pds-lightning`: LightningCLI (fit / validate / test / predict) plus the converter, the evaluator and the
+shipped configs (`--config` takes a shipped config name where no such file exists)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from lightning.pytorch.cli import LightningCLI
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
+from pds_lightning.resources import config_path, shipped_configs
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
     "convert-score-sde": ("pds_lightning.convert", "turn a score_sde checkpoint into a pds_lightning checkpoint"),
     "evaluate": ("pds_lightning.evaluate", "score a folder of samples (spectral error, FID/KID with features)"),
+    "configs": ("pds_lightning.configs", "list the shipped configs, or write one out (configs write NAME [DEST])"),
 }
 
 
@@ -99,6 +102,13 @@ class PDSLightningCLI(LightningCLI):
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
 
+    def instantiate_classes(self) -> None:
+        """As LightningCLI, then record net and sde as class_path / init_args in the model's hyper-parameters,
+        so every checkpoint of this run loads with `ScoreModule.load_from_checkpoint(path)` alone."""
+        super().instantiate_classes()
+        model_cfg = self.config_dump.get("model", {})
+        self.model.set_class_specs(model_cfg.get("net"), model_cfg.get("sde"))
+
     def add_arguments_to_parser(self, parser) -> None:
         # One place for the image geometry: the data's values are the model's.
         parser.link_arguments("data.image_size", "model.image_size")
@@ -114,6 +124,23 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PDSLightningCLI
         args=args,
         run=run,
     )
+
+
+def with_shipped_configs(argv: list[str]) -> list[str]:
+    """`--config NAME` / `-c NAME` -> the shipped config's path, where NAME is shipped and no such file exists."""
+    out, names = list(argv), None
+    for i, arg in enumerate(out):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--config", "-c"):
+            continue
+        index, value = (i, value) if eq else (i + 1, out[i + 1] if i + 1 < len(out) else None)
+        if value is None or os.path.exists(value):
+            continue
+        names = shipped_configs() if names is None else names
+        if value.removesuffix(".yaml") in names:
+            path = str(config_path(value))
+            out[index] = f"{flag}={path}" if eq else path
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +173,9 @@ def _main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in ("-h", "--help"):
         extra = "\n".join(f"  {name:<20} {help}" for name, (_, help) in EXTRA_COMMANDS.items())
         print(f"pds-lightning extra commands:\n{extra}\n")
-    # LightningCLI reads sys.argv itself; passing it again only triggers its "args and argv" warning.
+    argv = with_shipped_configs(argv)
+    if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
+        sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)
     close_process_group()
 

@@ -4,7 +4,8 @@ score_sde saves ``{'model': state_dict of nn.DataParallel(net) ('module.' prefix
 'num_updates', 'shadow_params': list in the order of the parameters with requires_grad},
 'optimizer': Adam state_dict, 'step': int}``. The output holds ``ScoreModule``'s state dict
 (``net.*`` raw weights, ``ema_net.*`` EMA weights used for sampling, ``ema_num_updates``, statistics
-buffers) and the Adam state, so both ``predict`` and ``fit --ckpt_path`` accept it. A resumed fit continues
+buffers), the Adam state, and the hyper-parameters of the config's ``model:`` section (``net`` and ``sde`` as
+class_path / init_args), so ``predict``, ``fit --ckpt_path`` and ``ScoreModule.load_from_checkpoint`` accept it. A resumed fit continues
 score_sde's step count, Adam moments and warm-up (the rate is a function of the global step, so no scheduler
 state is needed).
 
@@ -15,6 +16,7 @@ Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --outp
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,12 +25,14 @@ import torch
 import yaml
 from torch import nn
 
-from pds_lightning.classpath import import_class
+from pds_lightning import classpath
 from pds_lightning.fileio import atomic_path
 from pds_lightning.models.checkpoint import state_dict_mismatch
+from pds_lightning.module import ScoreModule
+from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
+from pds_lightning.sde import SDE
 
-# shipped configs: configs/score_sde/<name>.yaml at the repository root
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "score_sde"
+SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
 PREFIX = "module."
 
 
@@ -37,7 +41,9 @@ class ConversionError(ValueError):
 
 
 def shipped_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the shipped score_sde configs, e.g. 've_cifar10_ncsnpp_continuous'."""
+    prefix = SHIPPED_FOLDER + "/"
+    return [name[len(prefix):] for name in all_shipped_configs() if name.startswith(prefix)]
 
 
 def resolve_config(name_or_path: str | os.PathLike) -> Path:
@@ -48,11 +54,11 @@ def resolve_config(name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise ConversionError(f"config file {path} does not exist")
         return path
-    shipped = CONFIG_DIR / (str(name_or_path).replace("/", "_") + ".yaml")
-    if not shipped.is_file():
+    name = str(name_or_path).replace("/", "_")
+    if name not in shipped_configs():
         raise ConversionError(f"unknown config {str(name_or_path)!r}; use a YAML path or one of: "
                               + ", ".join(shipped_configs()))
-    return shipped
+    return config_path(f"{SHIPPED_FOLDER}/{name}")
 
 
 def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
@@ -66,13 +72,22 @@ def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return model
 
 
-def instantiate(spec: dict[str, Any]) -> Any:
-    """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would."""
+def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tuple[type, ...] = (nn.Module, SDE)) -> Any:
+    """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would; a config is untrusted,
+    so only subclasses of `base` (a network or an SDE) are built, anything else is refused before it runs."""
     try:
-        cls = import_class(spec["class_path"], what="class_path")
+        return classpath.instantiate(spec, what, base)
     except ValueError as err:
         raise ConversionError(str(err)) from err
-    return cls(**(spec.get("init_args") or {}))
+
+
+def hyper_parameters(model_cfg: dict[str, Any], shape: tuple[int, int, int], centered: bool) -> dict[str, Any]:
+    """ScoreModule's hyper-parameters from the config's ``model:`` section (plain data, as fit saves them),
+    so the converted checkpoint loads with ``ScoreModule.load_from_checkpoint`` alone."""
+    names = inspect.signature(ScoreModule.__init__).parameters
+    hparams = {k: v for k, v in model_cfg.items() if k in names and k != "self"}
+    hparams.update(num_channels=shape[0], image_size=shape[1], centered=bool(model_cfg.get("centered", centered)))
+    return hparams
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -191,7 +206,9 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
     """Convert a score_sde checkpoint with the network of ``config``; returns the output path."""
     model_cfg = load_model_config(config)
     ckpt = read_checkpoint(checkpoint_path)
-    net = instantiate(model_cfg["net"])
+    net = instantiate(model_cfg["net"], "model.net", nn.Module)
+    if "sde" in model_cfg:  # checked now (the checkpoint stores it), so a bad sde fails here and not at load
+        instantiate(model_cfg["sde"], "model.sde", SDE)
     expected = net.state_dict()
     raw = strip_prefix(ckpt["model"])
     check_state_dict(expected, raw, str(config))
@@ -218,6 +235,7 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         "optimizer_states": [optimizer] if optimizer is not None else [],
         "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
         "loops": {"fit_loop": fit_loop_state(step)},
+        "hyper_parameters": hyper_parameters(model_cfg, shape, getattr(net, "centered", False)),
         "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
     }
     output_path = Path(output_path)

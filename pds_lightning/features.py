@@ -1,7 +1,8 @@
 """A small digit classifier whose penultimate layer is an offline feature space for Frechet distances.
 
 Trained on the embedded MNIST digits by `benchmarks/digit_classifier.py`; the weights ship in
-`benchmarks/assets/digit_classifier.pt` (a plain state dict plus metadata, read with weights_only=True).
+`benchmarks/assets/digit_classifier.pt` (a plain state dict plus metadata, read with weights_only=True), and
+inside the wheel (found by `pds_lightning.resources`).
 A Frechet distance in these features is called **FD-digits**, never FID (FID means Inception features).
 
 RGB images are reduced to gray by ITU-R BT.601 luminance before the network, so the same features also
@@ -17,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from pds_lightning.images import rgb_to_gray
+from pds_lightning.resources import resource_path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "digit_classifier.pt"
+DEFAULT_WEIGHTS = resource_path("assets", "digit_classifier.pt")
 IMAGE_SIZE = 32
 
 

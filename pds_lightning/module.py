@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import math
-from typing import Any
+import os
+from typing import Any, Iterable
 
 import lightning as L
 import torch
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
+from pds_lightning.classpath import instantiate
 from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.checkpoint import state_dict_mismatch
@@ -94,6 +98,11 @@ class ScoreModule(L.LightningModule):
         if image_size < 1 or num_channels < 1:
             raise ValueError(f"image_size and num_channels must be positive, got {image_size}, {num_channels}")
         self.save_hyperparameters(ignore=["net", "sde"])
+        # Plain data only in the hyper-parameters, so checkpoints load with weights_only=True; net and sde are
+        # recorded as class_path / init_args by set_class_specs (the CLI and load_from_checkpoint call it).
+        self.hparams.update(net=None, sde=None)
+        if isinstance(self.hparams.get("sampler"), SamplerSettings):
+            self.hparams["sampler"] = dataclasses.asdict(self.hparams["sampler"])
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False)
         self.sde = sde
@@ -111,6 +120,69 @@ class ScoreModule(L.LightningModule):
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
         for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
             self.register_buffer(name, torch.zeros(self.image_shape, dtype=torch.float32))
+
+    # ---- building from, and loading, checkpoints ----------------------------------------------
+    def set_class_specs(self, net: dict[str, Any] | None, sde: dict[str, Any] | None) -> None:
+        """Record how net and sde were built ({'class_path', 'init_args'}) in the hyper-parameters, so a
+        checkpoint of this module rebuilds them (`load_from_checkpoint` with no config)."""
+        for name, spec in (("net", net), ("sde", sde)):
+            if spec is not None and not (isinstance(spec, dict) and isinstance(spec.get("class_path"), str)):
+                raise ValueError(f"{name} spec wants a mapping with 'class_path' and 'init_args', got {spec!r}")
+            self.hparams[name] = copy.deepcopy(spec)
+
+    @classmethod
+    def from_hyper_parameters(cls, net: nn.Module | dict[str, Any] | None = None,
+                              sde: SDE | dict[str, Any] | None = None, **hparams: Any) -> "ScoreModule":
+        """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
+        {'class_path', 'init_args'} (only subclasses of nn.Module / SDE are built: a checkpoint is untrusted)
+        or as instances; `sampler` as a mapping of SamplerSettings fields or an instance."""
+        specs = {}
+        for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
+            if value is None:
+                raise ValueError(f"no {name} to build: the checkpoint does not name its model.{name} (the module was "
+                                 f"built in Python from instances); pass {name}=... to load_from_checkpoint")
+            if isinstance(value, dict):
+                specs[name] = value
+        net = instantiate(net, "model.net", nn.Module) if isinstance(net, dict) else net
+        sde = instantiate(sde, "model.sde", SDE) if isinstance(sde, dict) else sde
+        if isinstance(hparams.get("sampler"), dict):
+            try:
+                hparams["sampler"] = SamplerSettings(**hparams["sampler"])
+            except TypeError as err:
+                raise ValueError(f"model.sampler: {err}") from err
+        model = cls(net=net, sde=sde, **hparams)
+        model.set_class_specs(specs.get("net"), specs.get("sde"))
+        return model
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
+                             hparams_file: Any = None, strict: bool | None = None, **kwargs: Any) -> "ScoreModule":
+        """The module a checkpoint of `fit` or `convert-score-sde` holds, in one call and with no config.
+
+        The file is read with weights_only=True (no pickled objects run); net and sde are rebuilt from their
+        recorded class paths, refused unless they name subclasses of nn.Module / SDE. `kwargs` override the
+        saved hyper-parameters (e.g. sampler=SamplerSettings(...)), or supply net / sde when none is recorded.
+        """
+        if hparams_file is not None:
+            raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
+                             "keyword arguments (e.g. sampler=...)")
+        try:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist") from err
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(f"{checkpoint_path} is not a pds_lightning checkpoint (no 'state_dict'); convert a "
+                             "score_sde checkpoint with `pds-lightning convert-score-sde` first")
+        names = inspect.signature(cls.__init__).parameters
+        saved = checkpoint.get("hyper_parameters") or {}
+        hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
+        hparams.update(kwargs)
+        model = cls.from_hyper_parameters(**hparams)
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        if isinstance(map_location, (str, torch.device)):
+            model.to(map_location)
+        return model.eval()
 
     # ---- score functions -------------------------------------------------------------------
     def score_fn(self, ema: bool = True) -> ScoreModel:
@@ -254,6 +326,27 @@ class ScoreModule(L.LightningModule):
         if choice is not None:
             result.info["alpha_auto"] = choice
         return result
+
+    @torch.no_grad()
+    def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: SamplerSettings | None = None,
+                        batch_size: int | None = None) -> torch.Tensor:
+        """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
+        `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1.
+
+        `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
+        not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
+        float rounding when the batches differ).
+        """
+        seeds = torch.arange(seeds) if isinstance(seeds, int) else torch.as_tensor(
+            seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
+        if seeds.dim() != 1 or seeds.numel() == 0:
+            raise ValueError(f"seeds wants an int, a range or a 1-d sequence of ints, got shape {tuple(seeds.shape)}")
+        settings = self.sampler if sampler is None else sampler
+        step = seeds.numel() if batch_size is None else int(batch_size)
+        if step < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        chunks = [self.sample(settings, seeds[i:i + step].long()).x.float().cpu() for i in range(0, len(seeds), step)]
+        return torch.cat(chunks)
 
     @torch.no_grad()
     def resolved_settings(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:

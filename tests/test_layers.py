@@ -4,8 +4,9 @@ pds_lightning module (absolute or relative, at the top or inside a function) mus
 Layers, bottom first (a module may import only from layers below its own; the same layer is a sideways
 import and fails too, so a cycle cannot form):
 
- 0. fileio, images, distributed, classpath  -- plain helpers: atomic files, pixel ranges and PNG bytes,
-                                               rank/world, class-path loading; no project imports
+ 0. fileio, images, distributed, classpath, -- plain helpers: atomic files, pixel ranges and PNG bytes,
+    resources                                  rank/world, class-path loading, the shipped files (data,
+                                               configs, weights); no project imports
  1. sde, preconditioner, statistics         -- the maths: SDE schedules, the PDS filters C and S,
                                                image statistics (mean, power spectrum)
  2. models                                  -- score networks and the analytic Gaussian score (use sde,
@@ -20,7 +21,8 @@ import and fails too, so a cycle cannot form):
  7. module                                  -- the LightningModule (training, sampling, alpha resolution)
  8. writer, sampling_callback               -- the prediction writer and the validation sampling callback
  9. callbacks                               -- the class paths configs use, re-exporting layer 8
-10. cli, evaluate, convert                  -- entry points
+10. cli, evaluate, convert, configs         -- entry points
+11. __main__                                -- `python -m pds_lightning` (runs cli)
 
 Inside a package the submodules are ordered too (the package's __init__ sits above all of them).
 """
@@ -34,7 +36,7 @@ PACKAGE = "pds_lightning"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS = [
-    ("fileio", "images", "distributed", "classpath"),
+    ("fileio", "images", "distributed", "classpath", "resources"),
     ("sde", "preconditioner", "statistics"),
     ("models",),
     ("sampling",),
@@ -44,7 +46,8 @@ LAYERS = [
     ("module",),
     ("writer", "sampling_callback"),
     ("callbacks",),
-    ("cli", "evaluate", "convert"),
+    ("cli", "evaluate", "convert", "configs"),
+    ("__main__",),
 ]
 
 SUBLAYERS = {

@@ -1,6 +1,6 @@
 """Image sources: the `source` argument of `ImageDataModule` resolved to an indexable set of images.
 
-  "mnist", "patches"        the embedded default data in <repo>/data (see data/README.md)
+  "mnist", "patches"        the embedded default data: data/*.npz, shipped in the wheel (data/README.md)
   "<folder>"                every png/jpg/jpeg/bmp/webp file below it, recursively
   "<file>.npz"              a uint8 (N, H, W, C) or (N, H, W) array, or float in [0, 1]
   "torchvision:NAME[:cat]"  CIFAR10, MNIST, FashionMNIST, CelebA or LSUN (cat: e.g. bedroom) under `root`
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from pds_lightning.images import pil_to_tensor
+from pds_lightning.resources import resource_dir
 
 EMBEDDED = {"mnist": "mnist_32.npz", "patches": "patches_32.npz"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -26,8 +27,8 @@ TORCHVISION_DATASETS = ("CIFAR10", "MNIST", "FashionMNIST", "CelebA", "LSUN")
 
 
 def embedded_data_dir() -> Path:
-    """<repo>/data: the folder next to the package directory (editable install or source checkout)."""
-    return Path(__file__).resolve().parents[2] / "data"
+    """The folder of the embedded data: <repo>/data in a checkout, the wheel's copy when installed from one."""
+    return resource_dir("data")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,8 +196,8 @@ def open_source(source: str, root: Path, download: bool = False):
         path = embedded_data_dir() / EMBEDDED[source]
         if not path.is_file():
             raise FileNotFoundError(
-                f"embedded data set {source!r} not found at {path}; install pds_lightning from a source checkout "
-                "(pip install -e .) or rebuild it with `python data/build_data.py`"
+                f"embedded data set {source!r} not found at {path}; reinstall pds_lightning (the wheel ships it) "
+                "or, in a source checkout, rebuild it with `python data/build_data.py`"
             )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()  # a few MB: cheap, and exact for the cache key
         return ArraySource(path, f"embedded:{source}:{digest}")

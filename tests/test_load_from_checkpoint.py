@@ -1,0 +1,147 @@
+"""`ScoreModule.load_from_checkpoint(path)` with no config (checkpoints of fit and of the converter), the one-call
+`generate_images`, and class paths in checkpoints / configs refused unless they name a network or an SDE."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers import clean_env
+from pds_lightning.classpath import import_class, instantiate
+from pds_lightning.convert import ConversionError, convert_score_sde
+from pds_lightning.models import NCSNpp
+from pds_lightning.module import ScoreModule
+from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.sde import SDE, VESDE
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
+FIXTURE_CONFIG = FIXTURES / "ncsnpp_ve_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A checkpoint written by `pds-lightning fit` (3 steps of the tiny config)."""
+    tmp = tmp_path_factory.mktemp("fit")
+    proc = subprocess.run([sys.executable, "-m", "pds_lightning", "fit", "--config", str(TINY_CONFIG),
+                           "--trainer.default_root_dir", str(tmp), "--data.stats_cache_dir", "",
+                           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                           "--trainer.callbacks.dirpath", str(tmp / "ckpt"), "--trainer.callbacks.save_last", "true"],
+                          cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return tmp / "ckpt" / "last.ckpt"
+
+
+def module_from_config(config: Path, state_dict) -> ScoreModule:
+    """The reference: the module built from the config's model section (as the CLI does), with the weights."""
+    cfg = yaml.safe_load(config.read_text())["model"]
+    data = yaml.safe_load(config.read_text()).get("data", {})
+    geometry = {k: data.get(k, cfg.get(k)) for k in ("image_size", "num_channels") if data.get(k, cfg.get(k))}
+    extra = {k: cfg[k] for k in ("continuous", "centered") if k in cfg}
+    sampler = SamplerSettings(**cfg["sampler"]) if "sampler" in cfg else None
+    module = ScoreModule(net=instantiate(cfg["net"]), sde=instantiate(cfg["sde"]), sampler=sampler, **geometry, **extra)
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
+    checkpoint = torch.load(fitted, weights_only=True)
+    model = ScoreModule.load_from_checkpoint(fitted)
+    assert model.hparams.net == yaml.safe_load(TINY_CONFIG.read_text())["model"]["net"] | {
+        "init_args": model.hparams.net["init_args"]}
+    assert isinstance(model.net, NCSNpp) and isinstance(model.sde, VESDE) and model.sde.N == 100
+    assert model.image_shape == (1, 16, 16) and model.sampler.n_steps == 10 and model.sampler.alpha == 5.0
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert float(model.stat_count) == 32  # the statistics travel in the checkpoint
+
+    reference = module_from_config(TINY_CONFIG, checkpoint["state_dict"])
+    expected = reference.sample(reference.sampler, torch.arange(6)).x
+    images = model.generate_images(range(6))
+    assert images.dtype == torch.float32 and images.shape == (6, 1, 16, 16)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    # batches of 4 + 2: a seed's noise does not depend on its batch; float32 convolutions of another batch size
+    # may round differently (seen: 1 pixel in 1536 off by 8e-6), hence 1e-4 and not bitwise
+    torch.testing.assert_close(model.generate_images([0, 1, 2, 3, 4, 5], batch_size=4), expected, rtol=0, atol=1e-4)
+    other = SamplerSettings(name="vanilla", n_steps=5, preconditioner="none")
+    torch.testing.assert_close(model.generate_images(3, sampler=other), reference.sample(other, torch.arange(3)).x,
+                               rtol=0, atol=0)
+
+
+def test_converted_checkpoint_loads_in_one_call(tmp_path):
+    out = convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", FIXTURE_CONFIG, tmp_path / "tiny.ckpt")
+    state = torch.load(out, weights_only=True)["state_dict"]
+    model = ScoreModule.load_from_checkpoint(out)
+    cfg = yaml.safe_load(FIXTURE_CONFIG.read_text())["model"]
+    assert model.hparams.net == cfg["net"] and model.hparams.sde == cfg["sde"]
+    assert model.image_shape == (3, 16, 16) and model.sde.N == 20 and model.ema_net.training is False
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    reference = module_from_config(FIXTURE_CONFIG, state)
+    settings = SamplerSettings(name="pc5", n_steps=5, preconditioner="none")
+    torch.testing.assert_close(model.generate_images(range(2), sampler=settings),
+                               reference.sample(settings, torch.arange(2)).x, rtol=0, atol=0)
+    # overrides win over the saved hyper-parameters
+    assert ScoreModule.load_from_checkpoint(out, sampler=settings).sampler == settings
+
+
+def test_a_module_built_from_instances_asks_for_its_network(tmp_path):
+    cfg = yaml.safe_load(FIXTURE_CONFIG.read_text())["model"]
+    module = ScoreModule(net=NCSNpp(**cfg["net"]["init_args"]), sde=VESDE(num_scales=20), image_size=16)
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(ValueError, match="does not name its model.net .* pass net="):
+        ScoreModule.load_from_checkpoint(path)
+    loaded = ScoreModule.load_from_checkpoint(path, net=NCSNpp(**cfg["net"]["init_args"]), sde=VESDE(num_scales=20))
+    assert torch.equal(loaded.ema_net.sigmas, module.ema_net.sigmas)
+
+
+# ---- untrusted class paths --------------------------------------------------------------------------------------
+def malicious_specs(marker: Path):
+    """Class paths that would create `marker` if they were ever called."""
+    return [
+        ("subprocess.Popen", {"args": ["touch", str(marker)]}),
+        ("os.system", {"command": f"touch {marker}"}),
+        ("builtins.exec", {"source": f"open({str(marker)!r}, 'w').close()"}),
+    ]
+
+
+@pytest.mark.parametrize("field", ["net", "sde"])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_a_checkpoint_naming_a_non_model_class_is_refused_before_it_runs(tmp_path, field, which):
+    out = convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", FIXTURE_CONFIG, tmp_path / "tiny.ckpt")
+    checkpoint = torch.load(out, weights_only=True)
+    marker = tmp_path / "pwned"
+    class_path, init_args = malicious_specs(marker)[which]
+    checkpoint["hyper_parameters"][field] = {"class_path": class_path, "init_args": init_args}
+    torch.save(checkpoint, out)
+    base = "torch.nn.modules.module.Module" if field == "net" else "pds_lightning.sde.SDE"
+    with pytest.raises(ValueError, match=f"refused model.{field} '{class_path}': it is not a subclass of {base}"):
+        ScoreModule.load_from_checkpoint(out)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field", ["net", "sde"])
+def test_a_converter_config_naming_a_non_model_class_is_refused_before_it_runs(tmp_path, field):
+    marker = tmp_path / "pwned"
+    cfg = yaml.safe_load(FIXTURE_CONFIG.read_text())
+    cfg["model"][field] = {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}
+    config = tmp_path / "evil.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConversionError, match=f"refused model.{field} 'subprocess.Popen'"):
+        convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", config, tmp_path / "out.ckpt")
+    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_import_class_checks_the_base_only_when_asked():
+    assert import_class("pds_lightning.sde.VESDE", "model.sde", SDE) is VESDE
+    assert import_class("subprocess.Popen") is subprocess.Popen  # no base: any class (the evaluate option)
+    with pytest.raises(ValueError, match="refused model.sde 'pds_lightning.models.NCSNpp'"):
+        import_class("pds_lightning.models.NCSNpp", "model.sde", SDE)
+    with pytest.raises(ValueError, match="wants a mapping with 'class_path'"):
+        instantiate("pds_lightning.sde.VESDE", "model.sde", SDE)
