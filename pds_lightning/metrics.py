@@ -161,16 +161,19 @@ class FIDStatistics:
             raise FileNotFoundError(f"FID reference statistics {path} not found; write them with "
                                     "`pds-lightning evaluate --write-reference-stats FILE --reference SOURCE`")
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as npz:
-                missing = [k for k in FID_STATS_KEYS if k not in npz.files]
-                if missing:
-                    raise ValueError(f"{path} has no {missing} array(s) (found {sorted(npz.files)}); FID reference "
-                                     "statistics are an .npz with 'mu' [D] and 'sigma' [D, D] (EDM / ADM layout)")
-                count = int(npz[FID_COUNT_KEY]) if FID_COUNT_KEY in npz.files else None
-                return cls(torch.from_numpy(npz["mu"].astype(np.float64)),
-                           torch.from_numpy(npz["sigma"].astype(np.float64)), count)
-        except (OSError, EOFError) as err:  # not a zip / truncated: allow_pickle=False refuses pickles
+            npz = np.load(os.fspath(path), allow_pickle=False)
+        except (OSError, EOFError, ValueError) as err:  # not a zip, truncated, or a pickle (never unpickled)
             raise ValueError(f"{path} is not an .npz of FID reference statistics: {err}") from err
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is not an .npz of FID reference statistics (a single array)")
+        with npz:
+            missing = [k for k in FID_STATS_KEYS if k not in npz.files]
+            if missing:
+                raise ValueError(f"{path} has no {missing} array(s) (found {sorted(npz.files)}); FID reference "
+                                 "statistics are an .npz with 'mu' [D] and 'sigma' [D, D] (EDM / ADM layout)")
+            count = int(npz[FID_COUNT_KEY]) if FID_COUNT_KEY in npz.files else None
+            return cls(torch.from_numpy(npz["mu"].astype(np.float64)),
+                       torch.from_numpy(npz["sigma"].astype(np.float64)), count)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the EDM / ADM layout ('mu', 'sigma' as float64, plus 'num_images'), atomically."""
