@@ -58,7 +58,7 @@ def test_bf16_mixed_predict_is_finite_and_close_to_float32(tmp_path, sampler):
 
     Why 5e-3: bf16 keeps 8 mantissa bits, so the network's input and output are rounded by up to 2^-9 (~0.2%)
     relative; only the score carries that error (x, the SDE, the FFTs and the step sizes stay float32), and the
-    sampler's reverse dynamics contract it: measured 1.7e-4 (PC, PDS) and 8.6e-4 (Heun). 5e-3 is ~1 uint8 level,
+    sampler's reverse dynamics contract it: measured 1.3e-4 (PC, PDS) and 9.9e-4 (Heun). 5e-3 is ~1 uint8 level,
     so a PNG differs by at most one grey level; a bf16 sampler state would drift far more (it rounds x itself,
     ~2e-3 per step, over 100+ steps)."""
     outputs = {}
