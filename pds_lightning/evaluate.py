@@ -1,11 +1,17 @@
 """Score a folder of samples (e.g. a `pds-lightning predict` run) against the data.
 
-    pds-lightning evaluate SAMPLES_DIR --reference REF [--inception-weights FILE | --feature-extractor MOD:CLASS]
+    pds-lightning evaluate SAMPLES_DIR --reference REF [--fid-reference STATS.npz]
+                           [--inception-weights FILE | --feature-extractor MOD:CLASS] [--fid auto|on|off]
+    pds-lightning evaluate --write-reference-stats OUT.npz --reference SOURCE [--image-size N --num-channels C]
 
 REF is a statistics cache file (`*.pt`, written by `ImageStatistics.save`; spectral error only) or a
 data source as `ImageDataModule` takes it ("mnist", an image folder, an .npz file, "torchvision:NAME");
-reference images are brought to the samples' size and channels. The spectral error is always computed,
-FID and KID when a feature extractor is configured (they need reference images). Prints JSON.
+reference images are brought to the samples' size and channels. The spectral error is computed whenever
+REF is given; FID (and KID) against reference images or, as papers report it, against precomputed
+`--fid-reference` statistics (the EDM / ADM `.npz` layout: 'mu', 'sigma'). The features are the configured
+extractor, else the standard Inception when its weights are available (`--fid auto`: only when already
+cached; `--fid on`, `--fid-reference` and `--write-reference-stats`: downloaded once if need be).
+Prints JSON; every FID comes with `fid_num_samples`, and fewer than 10k samples add a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pds_lightning.classpath import import_class
 from pds_lightning.data.datamodule import PreparedImages
 from pds_lightning.data.sources import FolderSource, open_source
 from pds_lightning.fileio import write_atomic
-from pds_lightning.metrics import FeatureMetrics, log_spectral_distance, make_feature_extractor
+from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_warning, log_spectral_distance,
+                                   make_feature_extractor)
 from pds_lightning.statistics import ImageStatistics
 
 REFERENCE_OPTIONS = ("source", "root", "crop_size", "allow_upscale", "convert_channels")
@@ -54,13 +61,19 @@ def _batches(dataset, batch_size: int, device: torch.device) -> Iterable[torch.T
         yield x.to(device)
 
 
-def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int, int], num_reference: int | None):
+def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int, int] | None,
+                      num_reference: int | None):
+    """Reference images at `shape` (None: the first image's channels and shorter side, centre-cropped square)."""
     options = {"source": reference} if isinstance(reference, str) else dict(reference)
     unknown = sorted(set(options) - set(REFERENCE_OPTIONS))
     if unknown or "source" not in options:
         raise ValueError(f"reference data options take {REFERENCE_OPTIONS} (source required), got {sorted(options)}")
     root = Path(options.get("root") or "~/.cache/pds_lightning").expanduser()
-    images = PreparedImages(open_source(str(options["source"]), root), image_size=shape[-1], num_channels=shape[0],
+    source = open_source(str(options["source"]), root)
+    if shape is None:
+        first = source[0]
+        shape = (int(first.shape[0]), min(int(first.shape[1]), int(first.shape[2])))
+    images = PreparedImages(source, image_size=shape[-1], num_channels=shape[0],
                             convert_channels=options.get("convert_channels", True),
                             allow_upscale=options.get("allow_upscale", False), crop_size=options.get("crop_size"))
     if num_reference is not None:
@@ -69,31 +82,48 @@ def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int,
 
 
 @torch.no_grad()
-def evaluate_folder(samples_dir: str | os.PathLike, reference: ImageStatistics | str | os.PathLike | Mapping[str, Any],
+def evaluate_folder(samples_dir: str | os.PathLike,
+                    reference: ImageStatistics | str | os.PathLike | Mapping[str, Any] | None,
                     feature_extractor: nn.Module | None = None, batch_size: int = 64,
-                    num_reference: int | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
+                    num_reference: int | None = None, device: str | torch.device | None = None,
+                    fid_reference: FIDStatistics | str | os.PathLike | None = None) -> dict[str, Any]:
     """Spectral error (and FID / KID with `feature_extractor`) of the images below `samples_dir`.
 
     `reference`: `ImageStatistics`, a statistics cache file (`.pt`), or data options (a source string or a
     mapping with keys `REFERENCE_OPTIONS`); with data options the reference spectrum is computed from the
-    same `num_reference` images (default all) that give the FID reference.
+    same `num_reference` images (default all) that give the FID reference. `fid_reference`: precomputed
+    FID statistics (`FIDStatistics` or an EDM / ADM `.npz`) used instead of reference images for FID (no
+    KID); `reference` may then be None (no spectral error).
     """
     device = torch.device(device or "cpu")
+    if reference is None and fid_reference is None:
+        raise ValueError("evaluate needs --reference (data or statistics) and/or --fid-reference (FID statistics)")
+    if fid_reference is not None and feature_extractor is None:
+        raise ValueError("FID reference statistics need the feature extractor they were computed with "
+                         "(the standard Inception, --inception-weights or --feature-extractor)")
+    if fid_reference is not None and not isinstance(fid_reference, FIDStatistics):
+        fid_reference = FIDStatistics.load(fid_reference)
     samples = _Uniform(FolderSource(Path(samples_dir)))
     shape = samples.shape
-    ref_images = None
-    if isinstance(reference, ImageStatistics):
+    ref_images = ref_stats = None
+    if reference is None:
+        pass
+    elif isinstance(reference, ImageStatistics):
         ref_stats = reference
     elif isinstance(reference, (str, os.PathLike)) and str(reference).endswith(".pt"):
         ref_stats = ImageStatistics.load(reference)
     else:
         ref_images = _reference_images(str(reference) if isinstance(reference, os.PathLike) else reference,
                                        shape, num_reference)
-        ref_stats = None
-    if feature_extractor is not None and ref_images is None:
-        raise ValueError("FID / KID need reference images: pass a data source as the reference, not statistics")
+    if feature_extractor is not None and ref_images is None and fid_reference is None:
+        raise ValueError("FID / KID need reference images: pass a data source as the reference, not statistics "
+                         "(or FID reference statistics with --fid-reference)")
 
-    features = FeatureMetrics(feature_extractor, shape).to(device) if feature_extractor is not None else None
+    features = None
+    if feature_extractor is not None:
+        features = FeatureMetrics(feature_extractor, shape, kid=fid_reference is None).to(device)
+        if fid_reference is not None:
+            features.set_reference_statistics(fid_reference)
     sample_stats = ImageStatistics(shape, device=device)
     for x in _batches(samples, batch_size, device):
         sample_stats.update(x)
@@ -103,27 +133,57 @@ def evaluate_folder(samples_dir: str | os.PathLike, reference: ImageStatistics |
         ref_stats = ImageStatistics(shape, device=device)
         for x in _batches(ref_images, batch_size, device):
             ref_stats.update(x)
-            if features is not None:
+            if features is not None and fid_reference is None:
                 features.update(x, real=True)
-    if tuple(ref_stats.shape) != shape:
-        raise ValueError(f"reference statistics are for images {ref_stats.shape} but the samples are {shape}; "
-                         "use statistics of data at the samples' size and channels")
-    result: dict[str, Any] = {
-        "samples_dir": str(samples_dir),
-        "num_samples": sample_stats.count,
-        "num_reference": ref_stats.count,
-        "spectral_error": log_spectral_distance(sample_stats.power_mean, ref_stats.power_mean.to(device)),
-    }
+    result: dict[str, Any] = {"samples_dir": str(samples_dir), "num_samples": sample_stats.count}
+    if ref_stats is not None:
+        if tuple(ref_stats.shape) != shape:
+            raise ValueError(f"reference statistics are for images {ref_stats.shape} but the samples are {shape}; "
+                             "use statistics of data at the samples' size and channels")
+        result["num_reference"] = ref_stats.count
+        result["spectral_error"] = log_spectral_distance(sample_stats.power_mean, ref_stats.power_mean.to(device))
     if features is not None:
         result.update(features.compute())
+        result["fid_num_samples"] = sample_stats.count
+        result["fid_num_reference"] = fid_reference.count if fid_reference is not None else features.num_reference
+        result["fid_reference"] = "statistics" if fid_reference is not None else "images"
+        warning = fid_sample_warning(sample_stats.count)
+        if warning:
+            result["warnings"] = [warning]
     return result
+
+
+@torch.no_grad()
+def write_reference_statistics(reference: str | Mapping[str, Any], output: str | os.PathLike,
+                               feature_extractor: nn.Module, image_shape: tuple[int, int, int] | None = None,
+                               num_reference: int | None = None, batch_size: int = 64,
+                               device: str | torch.device | None = None) -> FIDStatistics:
+    """FID statistics of a data source's images (at `image_shape`, default the data's own), written to
+    `output` as an EDM / ADM `.npz` atomically; returns them."""
+    device = torch.device(device or "cpu")
+    images = _reference_images(reference, image_shape, num_reference)
+    shape = tuple(images[0].shape)
+    features = FeatureMetrics(feature_extractor, shape, kid=False).to(device)
+    for x in _batches(images, batch_size, device):
+        features.update(x, real=True)
+    stats = features.reference_statistics()
+    stats.save(output)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("samples_dir", help="folder of sample images (e.g. a predict output_dir)")
-    parser.add_argument("--reference", required=True,
+    parser.add_argument("samples_dir", nargs="?", help="folder of sample images (e.g. a predict output_dir)")
+    parser.add_argument("--reference", default=None,
                         help="statistics cache file (.pt) or data source (mnist, folder, .npz, torchvision:NAME)")
+    parser.add_argument("--fid-reference", default=None,
+                        help="precomputed FID statistics .npz ('mu', 'sigma': the EDM / ADM reference files)")
+    parser.add_argument("--fid", choices=("auto", "on", "off"), default="auto",
+                        help="auto: FID when an extractor is configured or the standard Inception is cached")
+    parser.add_argument("--write-reference-stats", default=None, metavar="OUT.npz",
+                        help="write FID statistics of the --reference data source and exit")
+    parser.add_argument("--image-size", type=int, default=None, help="with --write-reference-stats: image size")
+    parser.add_argument("--num-channels", type=int, default=None, help="with --write-reference-stats: channels")
     parser.add_argument("--root", default=None, help="root folder of torchvision data sets")
     parser.add_argument("--inception-weights", default=None, help="TorchScript Inception file for FID / KID")
     parser.add_argument("--feature-extractor", default=None, help="feature module 'package.module:Class' for FID / KID")
@@ -133,21 +193,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     try:
-        module = import_class(args.feature_extractor, "feature extractor")() if args.feature_extractor else None
-        extractor = make_feature_extractor(module, args.inception_weights)
-        reference: Any = args.reference
-        if args.root and not args.reference.endswith(".pt"):
-            reference = {"source": args.reference, "root": args.root}
-        result = evaluate_folder(args.samples_dir, reference, extractor, batch_size=args.batch_size,
-                                 num_reference=args.num_reference, device=args.device)
+        result = _run(args)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
         print(f"pds-lightning evaluate: error: {err}", file=sys.stderr)
         return 2
+    for warning in result.get("warnings", []):
+        print(f"pds-lightning evaluate: warning: {warning}", file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
         write_atomic(args.output, (text + "\n").encode())
     return 0
+
+
+def _run(args) -> dict[str, Any]:
+    """The CLI's work: check the option combination, choose the feature extractor, evaluate or write stats."""
+    writing = args.write_reference_stats is not None
+    if writing and (args.samples_dir or args.fid_reference or not args.reference or args.reference.endswith(".pt")):
+        raise ValueError("--write-reference-stats OUT.npz takes only --reference SOURCE (a data source, "
+                         "no samples folder, no .pt statistics, no --fid-reference)")
+    if not writing and not args.samples_dir:
+        raise ValueError("give the samples folder to evaluate (or --write-reference-stats OUT.npz)")
+    if args.fid == "off" and (writing or args.fid_reference):
+        raise ValueError("--fid off contradicts --fid-reference / --write-reference-stats")
+    if (args.image_size is None) != (args.num_channels is None) or (args.image_size and not writing):
+        raise ValueError("--image-size and --num-channels go together, with --write-reference-stats")
+    has_images = args.reference is not None and not args.reference.endswith(".pt")
+    if args.fid == "off":
+        standard = "never"
+    elif args.fid == "on" or writing or args.fid_reference:
+        standard = "required"
+    else:
+        standard = "if_cached" if has_images else "never"
+    module = import_class(args.feature_extractor, "feature extractor")() if args.feature_extractor else None
+    extractor = None if args.fid == "off" else make_feature_extractor(module, args.inception_weights, standard)
+    reference: Any = args.reference
+    if args.root and has_images:
+        reference = {"source": args.reference, "root": args.root}
+    if writing:
+        shape = (args.num_channels, args.image_size, args.image_size) if args.image_size else None
+        stats = write_reference_statistics(reference, args.write_reference_stats, extractor, shape,
+                                           num_reference=args.num_reference, batch_size=args.batch_size,
+                                           device=args.device)
+        result = {"written": str(args.write_reference_stats), "num_images": stats.count, "feature_dim": stats.dim}
+        warning = fid_sample_warning(stats.count)
+        return dict(result, warnings=[warning]) if warning else result
+    return evaluate_folder(args.samples_dir, reference, extractor, batch_size=args.batch_size,
+                           num_reference=args.num_reference, device=args.device, fid_reference=args.fid_reference)
 
 
 if __name__ == "__main__":

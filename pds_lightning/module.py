@@ -68,6 +68,10 @@ class ScoreModule(L.LightningModule):
     """A score network trained by denoising score matching; samples with the EMA weights.
 
     The preconditioner statistics live in buffers, so a checkpoint alone is enough to sample with PDS.
+    Mixed precision (`--trainer.precision bf16-mixed`) runs the network under autocast; its score is cast
+    back to float32 (`ScoreModel`), so the SDE, the PDS FFTs, the step sizes and the loss stay float32.
+    `compile`: True (or torch.compile keyword arguments, e.g. {"mode": "max-autotune"}) compiles the
+    networks lazily, at their first use; the compiled wrappers are not submodules, so checkpoints keep their keys.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class ScoreModule(L.LightningModule):
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         sampler: SamplerSettings | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
@@ -111,6 +116,9 @@ class ScoreModule(L.LightningModule):
         self.image_shape = (num_channels, image_size, image_size)
         self.sampler = sampler if sampler is not None else SamplerSettings()
         self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
+        self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
         self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
         size = _net_image_size(net)
         if size is not None and size != image_size:
@@ -186,8 +194,20 @@ class ScoreModule(L.LightningModule):
 
     # ---- score functions -------------------------------------------------------------------
     def score_fn(self, ema: bool = True) -> ScoreModel:
-        """The score s(x, t) of the EMA (default) or the raw network."""
-        return ScoreModel(self.ema_net if ema else self.net, self.sde, continuous=self.continuous)
+        """The score s(x, t) of the EMA (default) or the raw network (compiled when `compile` is set)."""
+        return ScoreModel(self._network("ema_net" if ema else "net"), self.sde, continuous=self.continuous)
+
+    # ---- compilation (precision/compile only) ------------------------------------------------
+    def _network(self, name: str) -> nn.Module:
+        """`self.net` / `self.ema_net`, or its torch.compile wrapper built at first use (lazily: a model that
+        is only loaded or converted never compiles). The wrapper shares the module's parameters."""
+        option = self.hparams.get("compile", False)
+        net = getattr(self, name)
+        if not option:
+            return net
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(net, **(option if isinstance(option, dict) else {}))
+        return self._compiled[name]
 
     @property
     def train_eps(self) -> float:

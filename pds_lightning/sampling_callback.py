@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from pds_lightning.images import to_unit_range
-from pds_lightning.metrics import FeatureMetrics, make_feature_extractor, metric_name, spectral_error
+from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_warning, make_feature_extractor,
+                                   metric_name, spectral_error)
 from pds_lightning.sampling.settings import SamplerSettings
 
 
@@ -25,13 +26,17 @@ class SamplingCallback(Callback):
     Seed k of `seed_offset + range(num_samples)` goes to rank k % world_size, so each sample is drawn once
     whatever the world size; images are gathered (padded to equal length, padding dropped) for the grids
     and the spectral error. FID / KID (with a feature extractor or Inception weights) sum each rank's
-    features. Logged: `val/spectral_error/<name>`, `val/fid@<n>/<name>`, `val/kid@<n>/<name>`,
-    `val/nfe/<name>`, `val/sample_time_s/<name>` and images `samples/<name>` (+ `samples/side_by_side`).
+    features. `fid_reference_stats` (an EDM / ADM `.npz`, 'mu' and 'sigma') replaces the validation images as
+    the FID reference (no KID then); with it or `fid=True` and no extractor configured, the standard
+    Inception is used (an error names what to install when its weights are unavailable). Logged:
+    `val/spectral_error/<name>`, `val/fid@<n>/<name>`, `val/kid@<n>/<name>` (n: the sample count; a warning
+    below 10k), `val/nfe/<name>`, `val/sample_time_s/<name>` and images `samples/<name>` (+ `samples/side_by_side`).
     """
 
     def __init__(self, settings: Sequence[SamplerSettings], num_samples: int = 64, seed_offset: int = 0,
                  every_n_epochs: int = 1, grid_nrow: int = 8, fid_feature_extractor: nn.Module | None = None,
-                 inception_weights: str | None = None, num_reference: int | None = None):
+                 inception_weights: str | None = None, num_reference: int | None = None,
+                 fid_reference_stats: str | None = None, fid: bool = False):
         if not settings:
             raise ValueError("SamplingCallback needs at least one sampler setting")
         names = [s.name for s in settings]
@@ -46,9 +51,13 @@ class SamplingCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.grid_nrow = grid_nrow
         self.num_reference = num_reference
-        self.features = make_feature_extractor(fid_feature_extractor, inception_weights)
+        self.fid_reference = FIDStatistics.load(fid_reference_stats) if fid_reference_stats else None
+        standard = "required" if fid or self.fid_reference is not None else "never"
+        self.features = make_feature_extractor(fid_feature_extractor, inception_weights, standard)
         if self.features is not None and num_samples < 2:
             raise ValueError("FID needs num_samples >= 2")
+        if self.features is not None and fid_sample_warning(num_samples):
+            rank_zero_warn(f"SamplingCallback: {fid_sample_warning(num_samples)} (logged as val/fid@<n>/...)")
         self._feature_metrics: FeatureMetrics | None = None
         self._reference_done = False
 
@@ -134,13 +143,19 @@ class SamplingCallback(Callback):
                     experiment.add_image(f"samples/{name}", grid, trainer.global_step, dataformats="CHW")
 
     def _prepare_reference(self, trainer, pl_module) -> None:
-        """Features of the reference images, once: image k of the validation set goes to rank k % world."""
+        """Features of the reference images, once: image k of the validation set goes to rank k % world
+        (or the precomputed statistics, held by rank 0)."""
         device = pl_module.device
         if self._feature_metrics is None:
             self._feature_metrics = FeatureMetrics(self.features, pl_module.image_shape,
-                                                   kid_subset_size=min(1000, self.num_samples))
+                                                   kid_subset_size=min(1000, self.num_samples),
+                                                   kid=self.fid_reference is None)
         fm = self._feature_metrics.to(device)
         if self._reference_done:
+            return
+        if self.fid_reference is not None:
+            fm.set_reference_statistics(self.fid_reference, rank=trainer.global_rank)
+            self._reference_done = True
             return
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "val_dataloader"):

@@ -15,7 +15,11 @@ from pds_lightning.sde import SDE, SubVPSDE, VESDE, VPSDE
 
 
 class ScoreModel(nn.Module):
-    """``score(x, t)`` of a noise-conditional network ``net(x, labels)`` under ``sde``."""
+    """``score(x, t)`` of a noise-conditional network ``net(x, labels)`` under ``sde``.
+
+    The score comes back in x's dtype: under autocast the network may run in bf16 / fp16, while the SDE
+    arithmetic, the PDS filters and the step sizes that use the score stay in x's precision (float32).
+    """
 
     def __init__(self, net: nn.Module, sde: SDE, continuous: bool = True):
         super().__init__()
@@ -34,7 +38,7 @@ class ScoreModel(nn.Module):
                 labels = sde.marginal_prob(zeros, t)[1]
             else:
                 labels = torch.round((sde.T - t) * (sde.N - 1)).long()
-            return self.net(x, labels)
+            return self.net(x, labels).to(x.dtype)
         if self.continuous or isinstance(sde, SubVPSDE):
             # continuous VP-family models take time embeddings whose largest value is 999
             out = self.net(x, t * 999)
@@ -43,4 +47,4 @@ class ScoreModel(nn.Module):
             labels = t * (sde.N - 1)
             out = self.net(x, labels)
             std = sde.sqrt_1m_alphas_cumprod.to(device=x.device, dtype=x.dtype)[labels.long()]
-        return -out / std.reshape(-1, *([1] * (x.ndim - 1)))
+        return (-out.to(x.dtype)) / std.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)

@@ -39,7 +39,8 @@ class NonFiniteSampleError(RuntimeError):
 
 
 class _CountingScore:
-    """Wraps a score function to count network evaluations."""
+    """Wraps a score function to count network evaluations; the score comes back in x's dtype, so a network
+    run under autocast (bf16 output) never lowers the precision of the sampler's state x."""
 
     def __init__(self, score_fn):
         self.score_fn = score_fn
@@ -47,7 +48,7 @@ class _CountingScore:
 
     def __call__(self, x, t):
         self.calls += 1
-        return self.score_fn(x, t)
+        return self.score_fn(x, t).to(x.dtype)
 
 
 def _check_finite(x: Tensor, step: int, n_steps: int, every: int) -> None:
