@@ -38,7 +38,7 @@ LAYERS = [
     ("sde", "preconditioner", "statistics"),
     ("models",),
     ("sampling",),
-    ("metrics", "features"),
+    ("metrics", "features", "likelihood"),
     ("alpha",),
     ("data",),
     ("module",),
@@ -49,7 +49,7 @@ LAYERS = [
 
 SUBLAYERS = {
     "sampling": [("noise", "step"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
-                 ("settings",)],
+                 ("settings",), ("conditional",)],
     "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
                ("presets",)],
     "alpha": [("surrogate",), ("pilot",)],
