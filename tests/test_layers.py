@@ -53,7 +53,7 @@ SUBLAYERS = {
     "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
                ("presets",)],
     "alpha": [("surrogate",), ("pilot",)],
-    "data": [("seeds", "sources"), ("datamodule",)],
+    "data": [("seeds", "sources"), ("tasks",), ("datamodule",)],
 }
 
 
