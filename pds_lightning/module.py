@@ -17,7 +17,7 @@ from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
-from pds_lightning.sampling.conditional import generate_conditional, known_part_for
+from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
 from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
 from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
@@ -325,7 +325,8 @@ class ScoreModule(L.LightningModule):
         known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
         result = generate_conditional(settings, self.score_fn(ema=True), self.sde, batch["seed"], known,
                                       self.data_statistics, restrict=batch["restrict"])
-        filled = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
+        filled = to_unit_range(result.x, self.centered)
+        filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
         if batch_idx == 0:
             self._log_completions(kind, shown, filled, image)
         info = {"alpha_auto": choice} if choice is not None else {}

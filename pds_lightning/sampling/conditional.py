@@ -136,6 +136,16 @@ def conditional_pc_sampler(score_fn, sde: SDE, known: KnownPart, *, noise, preco
     return SampleResult(known.impose(x_mean if denoise else x, known.y), counted.calls)
 
 
+def clip_keeping_gray(x: Tensor) -> Tensor:
+    """RGB images [B, 3, H, W] brought into [0, 1] by shrinking each pixel's colour towards its gray
+    (R + G + B)/3, which stays exact (a plain clamp would change it); gray must already lie in [0, 1]."""
+    gray = x.mean(1, keepdim=True)
+    chroma = x - gray
+    room = torch.where(chroma > 0, (1 - gray) / chroma.clamp_min(1e-12), gray / (-chroma).clamp_min(1e-12))
+    scale = room.amin(1, keepdim=True).clamp(0.0, 1.0)
+    return gray + scale * chroma
+
+
 def known_part_for(task: str, images: Tensor, mask: Tensor | None = None) -> KnownPart:
     """The KnownPart of a task over model-space images [B, C, H, W]: 'inpaint' keeps mask == 1 pixels (mask
     [B, 1 or C, H, W]); 'colorize' keeps the gray axis of RGB images (gray inputs replicated to 3 channels)."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import GaussianModule
-from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, color_basis,
+from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis,
                                                 conditional_pc_sampler, generate_conditional, known_part_for)
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.settings import SamplerSettings
@@ -135,3 +135,13 @@ def test_bad_inputs_are_named():
         generate_conditional(SamplerSettings(method="ode"), None, VESDE(), [0, 1], KnownPart(x, center_mask()))
     with pytest.raises(ValueError, match="restrict"):
         conditional_pc_sampler(None, VESDE(), KnownPart(x, center_mask()), noise=SeededNoise([0, 1]), restrict="x")
+
+
+def test_clip_keeping_gray_stays_in_range_and_keeps_the_gray():
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5
+    x = x - x.mean(1, keepdim=True) + x.mean(1, keepdim=True).clamp(0, 1)  # gray in [0, 1], colours far out
+    y = clip_keeping_gray(x)
+    assert y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    assert torch.allclose(y.mean(1), x.mean(1), atol=1e-6)
+    inside = ((x >= 0) & (x <= 1)).all(1, keepdim=True).expand_as(x)
+    assert inside.any() and torch.equal(y[inside], x[inside])  # colours already in range are left alone
