@@ -31,7 +31,8 @@ LIKELIHOOD_EPS = 1e-5
 
 @dataclass
 class LikelihoodSettings:
-    """How bits/dim are computed. `val_images`: images of each validation epoch scored (0: none)."""
+    """How bits/dim are computed. `val_images`: at every validation, the first images of each rank's first
+    validation batch scored as val/bpd (0: none; at most the batch size)."""
 
     estimator: str = "rademacher"
     solver: str = "rk4"

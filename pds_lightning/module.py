@@ -187,9 +187,8 @@ class ScoreModule(L.LightningModule):
                             reduce_mean=self.hparams.reduce_mean,
                             likelihood_weighting=self.hparams.likelihood_weighting, generator=g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
-        done = batch_idx * x.shape[0]  # images of this rank scored so far (val batches are equal but the last)
-        if self.likelihood.val_images > done:
-            self._log_bits_per_dim("val/bpd", x[: self.likelihood.val_images - done], batch_idx)
+        if batch_idx == 0 and self.likelihood.val_images > 0:  # the first images of each rank's first batch
+            self._log_bits_per_dim("val/bpd", x[: self.likelihood.val_images], batch_idx)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
