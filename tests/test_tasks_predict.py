@@ -112,3 +112,23 @@ def test_test_step_logs_bits_per_dim_of_the_closed_form(tmp_path):
     exact = -target.log_prob(x.double(), settings.eps) / (16 * math.log(2)) + 8.0
     # the SDE prior stands in for p_T (score_sde): < 0.1 nat in all, so < 0.01 bit/dim here
     assert result["test/bpd"] == pytest.approx(exact.mean().item(), abs=0.01)
+
+
+def test_test_bpd_is_reduced_over_two_processes(tmp_path):
+    """2 ranks x 2 images: the logged value is the mean over all 4 images, not one rank's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import clean_env
+
+    script = Path(__file__).parent / "scripts" / "likelihood_ddp.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out.json")], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    exact = torch.tensor(out["exact"])
+    assert out["bpd"] == pytest.approx(exact.mean().item(), abs=0.01)
+    # the ranks' halves (DistributedSampler: 0, 2 | 1, 3) differ by more than the tolerance, so one alone fails
+    assert abs(exact[0::2].mean() - exact[1::2].mean()) > 0.05
