@@ -7,7 +7,9 @@ other two columns are any orthonormal completion, which leaves the result unchan
 
 Semantics (score_sde): x_T = known data on the known part, the prior elsewhere; after every corrector and
 every predictor update the known part is re-imposed from the forward process, y_known(t) = mean_t(y) +
-std_t z. The returned image carries the input's known part exactly (t -> 0 of the forward mean).
+std_t z. The returned image carries the input's known part exactly (t -> 0 of the forward mean). One
+difference: score_sde builds the noise-free x_mean from the *noisy* x on the unknown part (so `denoise`
+leaves the filled region's last noise in); here x_mean keeps the update's own mean there.
 
 PDS mixes pixels, so its preconditioner is restricted in one of two ways (`restrict`):
   'project'  (default) M acts on the whole image and the update is then projected: the known part is
