@@ -1,7 +1,7 @@
 """The Lightning callbacks of the generation side, by the class paths configs use
-(`pds_lightning.callbacks.SamplingCallback`, `pds_lightning.callbacks.SampleWriter`)."""
+(`pds_lightning.callbacks.SamplingCallback`, `pds_lightning.callbacks.SampleWriter`, `pds_lightning.callbacks.TaskWriter`)."""
 
 from pds_lightning.sampling_callback import SamplingCallback
-from pds_lightning.writer import SampleWriter
+from pds_lightning.writer import SampleWriter, TaskWriter
 
-__all__ = ["SampleWriter", "SamplingCallback"]
+__all__ = ["SampleWriter", "SamplingCallback", "TaskWriter"]

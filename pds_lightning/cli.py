@@ -25,6 +25,11 @@ EXTRA_COMMANDS = {
 }
 
 
+# Trainer commands under another name: `likelihood` is `test` (ScoreModule.test_step scores bits/dim).
+ALIASES = {"likelihood": ("test", "bits/dim of --data.source images through the probability-flow ODE "
+                                  "(model.likelihood settings)")}
+
+
 # Set to 1 to see the full traceback of an error that the command otherwise reports in one line.
 TRACEBACK_ENV = "PDS_LIGHTNING_TRACEBACK"
 
@@ -170,8 +175,12 @@ def _main(argv: list[str] | None = None) -> None:
 
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         sys.exit(module.main(argv[1:]))
+    if argv and argv[0] in ALIASES:
+        argv = [ALIASES[argv[0]][0]] + argv[1:]
+        if from_command_line:
+            sys.argv = sys.argv[:1] + argv
     if argv and argv[0] in ("-h", "--help"):
-        extra = "\n".join(f"  {name:<20} {help}" for name, (_, help) in EXTRA_COMMANDS.items())
+        extra = "\n".join(f"  {name:<20} {help}" for name, (_, help) in {**EXTRA_COMMANDS, **ALIASES}.items())
         print(f"pds-lightning extra commands:\n{extra}\n")
     argv = with_shipped_configs(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning

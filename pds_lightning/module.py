@@ -15,14 +15,19 @@ from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.classpath import instantiate
-from pds_lightning.images import to_unit_range
+from pds_lightning.images import to_model_space, to_unit_range
+from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim
 from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
 from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
 from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
+
+#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only).
+SETTINGS_HPARAMS = {"sampler": SamplerSettings, "likelihood": LikelihoodSettings}
 
 
 # score_sde draws training times in [TRAIN_EPS, T] for every SDE (get_sde_loss_fn's eps), not the sampling eps.
@@ -94,6 +99,7 @@ class ScoreModule(L.LightningModule):
         ema_decay: float = 0.999,
         sampler: SamplerSettings | None = None,
         compile: bool | dict[str, Any] = False,
+        likelihood: LikelihoodSettings | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
@@ -106,8 +112,9 @@ class ScoreModule(L.LightningModule):
         # Plain data only in the hyper-parameters, so checkpoints load with weights_only=True; net and sde are
         # recorded as class_path / init_args by set_class_specs (the CLI and load_from_checkpoint call it).
         self.hparams.update(net=None, sde=None)
-        if isinstance(self.hparams.get("sampler"), SamplerSettings):
-            self.hparams["sampler"] = dataclasses.asdict(self.hparams["sampler"])
+        for key, settings_type in SETTINGS_HPARAMS.items():
+            if isinstance(self.hparams.get(key), settings_type):
+                self.hparams[key] = dataclasses.asdict(self.hparams[key])
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False)
         self.sde = sde
@@ -115,6 +122,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.sampler = sampler if sampler is not None else SamplerSettings()
+        self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
         self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
@@ -153,11 +161,12 @@ class ScoreModule(L.LightningModule):
                 specs[name] = value
         net = instantiate(net, "model.net", nn.Module) if isinstance(net, dict) else net
         sde = instantiate(sde, "model.sde", SDE) if isinstance(sde, dict) else sde
-        if isinstance(hparams.get("sampler"), dict):
-            try:
-                hparams["sampler"] = SamplerSettings(**hparams["sampler"])
-            except TypeError as err:
-                raise ValueError(f"model.sampler: {err}") from err
+        for key, settings_type in SETTINGS_HPARAMS.items():
+            if isinstance(hparams.get(key), dict):
+                try:
+                    hparams[key] = settings_type(**hparams[key])
+                except TypeError as err:
+                    raise ValueError(f"model.{key}: {err}") from err
         model = cls(net=net, sde=sde, **hparams)
         model.set_class_specs(specs.get("net"), specs.get("sde"))
         return model
@@ -275,6 +284,8 @@ class ScoreModule(L.LightningModule):
                             reduce_mean=self.hparams.reduce_mean,
                             likelihood_weighting=self.hparams.likelihood_weighting, generator=g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        if batch_idx == 0 and self.likelihood.val_images > 0:  # the first images of each rank's first batch
+            self._log_bits_per_dim("val/bpd", x[: self.likelihood.val_images], batch_idx)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -396,7 +407,60 @@ class ScoreModule(L.LightningModule):
         experiment.add_scalar(f"alpha_auto/{name}/alpha", choice["alpha"] or 0.0, self.global_step)
         experiment.add_scalar(f"alpha_auto/{name}/{choice['criterion']}", choice["value"], self.global_step)
 
+    # ---- likelihood ------------------------------------------------------------------------
+    def bits_per_dim(self, x: torch.Tensor, batch_idx: int = 0) -> torch.Tensor:
+        """Bits/dim [B] of model-space images under the EMA model (pds_lightning.likelihood, `self.likelihood`);
+        the dequantisation and probes come from a generator seeded by (likelihood.seed, rank, batch_idx)."""
+        self.ema_net.eval()
+        seed = (self.likelihood.seed * 1_000_003 + self.global_rank) * 1_000_003 + batch_idx
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        images = to_unit_range(x, self.centered).clamp(0.0, 1.0)
+        bpd, _ = bits_per_dim(self.score_fn(ema=True), self.sde, images, self.centered, self.likelihood, generator)
+        return bpd
+
+    def _log_bits_per_dim(self, name: str, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        bpd = self.bits_per_dim(x, batch_idx)
+        # sync_dist: the mean over all ranks' images, weighted by batch size (Lightning's reduction).
+        self.log(name, bpd.mean(), prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        return bpd
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Bits/dim of the test images (`pds-lightning likelihood`), logged as test/bpd over all ranks."""
+        return self._log_bits_per_dim("test/bpd", _images(batch), batch_idx)
+
+    # ---- inpainting / colorization ----------------------------------------------------------
+    @torch.no_grad()
+    def complete(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, known part kept."""
+        self.ema_net.eval()
+        settings, choice = self.resolved_settings(self.sampler)
+        kind, image = batch["kind"], batch["image"]
+        if tuple(image.shape[1:]) != self.image_shape:
+            raise ValueError(f"task images are {tuple(image.shape[1:])} but the model takes {self.image_shape}; "
+                             "set data.image_size / data.num_channels to the model's")
+        shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
+        known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
+        result = generate_conditional(settings, self.score_fn(ema=True), self.sde, batch["seed"], known,
+                                      self.data_statistics, restrict=batch["restrict"])
+        filled = to_unit_range(result.x, self.centered)
+        filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
+        if batch_idx == 0:
+            self._log_completions(kind, shown, filled, image)
+        info = {"alpha_auto": choice} if choice is not None else {}
+        return {"indices": batch["index"].long().cpu(), "seeds": batch["seed"].long().cpu(),
+                "images": filled.float().cpu(), "nfe": result.nfe, "info": info}
+
+    def _log_completions(self, kind: str, shown: torch.Tensor, filled: torch.Tensor, truth: torch.Tensor) -> None:
+        """TensorBoard: rows of (input, completion, truth) for the first batch."""
+        experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
+        if not hasattr(experiment, "add_images") or self.global_rank != 0:
+            return
+        rows = torch.cat([shown, filled, truth], dim=-1)[:8]
+        experiment.add_images(f"{kind}/input_filled_truth", rows.float().cpu(), self.global_step)
+
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if isinstance(batch, dict):
+            return self.complete(batch, batch_idx)
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
         result = self.sample(self.sampler, seeds.long())
         return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe, "info": result.info}

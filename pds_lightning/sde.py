@@ -64,6 +64,11 @@ class SDE:
         """x_T from a standard-normal (possibly preconditioned) draw z."""
         return z
 
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, I) per sample [B]: the prior density the likelihood ends at."""
+        D = z[0].numel()
+        return -0.5 * D * math.log(2 * math.pi) - 0.5 * z.flatten(1).square().sum(1)
+
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Euler discretisation x_{i+1} = x_i + f + G z with dt = 1/N."""
         dt = 1.0 / self.N
@@ -150,6 +155,12 @@ class VESDE(SDE):
 
     def prior_sampling(self, z):
         return z * self.sigma_max
+
+    def prior_logp(self, z):
+        """log N(z; 0, sigma_max^2 I) per sample [B]."""
+        D = z[0].numel()
+        return (-0.5 * D * math.log(2 * math.pi * self.sigma_max ** 2)
+                - 0.5 * z.flatten(1).square().sum(1) / self.sigma_max ** 2)
 
     def sigma_and_prev(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """(sigma_i, sigma_{i-1}) of the SMLD levels at t, [B] each, in like's device and dtype; sigma_{-1} = 0."""

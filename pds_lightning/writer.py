@@ -1,7 +1,8 @@
-"""The PNG writer of `trainer.predict`: `SampleWriter`.
+"""The PNG writers of `trainer.predict`: `SampleWriter` and, for inpainting / colorization, `TaskWriter`.
 
-It writes the images of `trainer.predict` as `{seed // 1000:03d}/{seed:06d}.png`, each file atomically,
-skips seeds already on disk (a killed run resumes) and ends with a `manifest.json`.
+`SampleWriter` writes the images of `trainer.predict` as `{seed // 1000:03d}/{seed:06d}.png`, each file
+atomically, skips seeds already on disk (a killed run resumes) and ends with a `manifest.json`.
+`TaskWriter` does the same per (input index, seed): `{index:06d}/{seed:06d}.png`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class SampleWriter(BasePredictionWriter):
         fsync: flush every file to disk before its rename (power-loss safety, at a cost per file).
     """
 
+    LAYOUT = "{seed // 1000:03d}/{seed:06d}.png"
+
     def __init__(self, output_dir: str | os.PathLike, write_interval: str = "batch", write_npz: bool = False,
                  fsync: bool = False):
         if write_interval != "batch":
@@ -201,11 +204,92 @@ class SampleWriter(BasePredictionWriter):
             "world_size": trainer.world_size,
             "num_written": total,
             "num_skipped_existing": len(self.existing),
-            "num_on_disk": len(scan_written_seeds(self.output_dir, remove_stale_tmp=False)),
+            "num_on_disk": len(self._scan(remove_stale_tmp=False)),
             "wall_time_s": round(wall, 3),
             "samples_per_s": round(total / wall, 3) if wall > 0 else None,
-            "layout": "{seed // 1000:03d}/{seed:06d}.png",
+            "layout": self.LAYOUT,
             "npz_shards": self.write_npz,
             "resolved": self.info,
         }
         write_atomic(self.output_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+
+    def _scan(self, remove_stale_tmp: bool = True) -> list:
+        """What is on disk already (seeds here)."""
+        return scan_written_seeds(self.output_dir, remove_stale_tmp)
+
+
+# ---- inpainting / colorization ----------------------------------------------------------------------------
+def task_path(output_dir: str | os.PathLike, index: int, seed: int) -> Path:
+    """Where the completion of input `index` with `seed` lives."""
+    return Path(output_dir) / f"{index:06d}" / f"{seed:06d}.png"
+
+
+def scan_written_pairs(output_dir: str | os.PathLike, remove_stale_tmp: bool = True) -> list[tuple[int, int]]:
+    """(index, seed) pairs whose PNG is present under `output_dir` (sorted); stale temp files are removed."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    pairs = []
+    for sub in root.iterdir():
+        if not (sub.is_dir() and sub.name.isdigit() and len(sub.name) == 6):
+            continue
+        for f in sub.iterdir():
+            if f.name.endswith(TMP_SUFFIX) and f.name.startswith("."):
+                if remove_stale_tmp:
+                    f.unlink(missing_ok=True)
+            elif f.suffix == ".png" and f.stem.isdigit():
+                pairs.append((int(sub.name), int(f.stem)))
+    return sorted(pairs)
+
+
+class TaskWriter(SampleWriter):
+    """Write inpainting / colorization outputs `{"indices", "seeds", "images"}` as `{index:06d}/{seed:06d}.png`.
+
+    Like SampleWriter: atomic files, pairs already on disk skipped (the data module is told, so a killed run
+    resumes where it stopped), a manifest at the end. No npz shards.
+    """
+
+    LAYOUT = "{index:06d}/{seed:06d}.png"
+
+    def __init__(self, output_dir: str | os.PathLike, write_interval: str = "batch", fsync: bool = False):
+        super().__init__(output_dir, write_interval, write_npz=False, fsync=fsync)
+        self.existing_pairs: set[tuple[int, int]] = set()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        BasePredictionWriter.setup(self, trainer, pl_module, stage)
+        if stage != "predict":
+            return
+        problem = check_writable(self.output_dir)
+        if not trainer.strategy.reduce_boolean_decision(problem is None, all=True):
+            raise PermissionError(problem or "another process could not write to output_dir; see its error")
+        done = self._scan() if trainer.is_global_zero else None
+        self.existing_pairs = {tuple(p) for p in trainer.strategy.broadcast(done, src=0)}
+        self.existing = set(range(len(self.existing_pairs)))  # counted in the manifest
+        dm = trainer.datamodule
+        if dm is None or getattr(dm, "task", None) is None:
+            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (kind, source) "
+                             "or use SampleWriter for unconditional samples")
+        dm.exclude_pairs = set(self.existing_pairs)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
+                           batch_idx: int, dataloader_idx: int = 0) -> None:
+        pairs = list(zip(torch.as_tensor(prediction["indices"]).reshape(-1).tolist(),
+                         torch.as_tensor(prediction["seeds"]).reshape(-1).tolist()))
+        images = prediction["images"]
+        if images.dim() != 4 or images.shape[0] != len(pairs):
+            raise ValueError(f"predict_step must return images [B, C, H, W] for B={len(pairs)} pairs, "
+                             f"got shape {list(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"non-finite values in the completions of {pairs[:4]}...; nothing was written for "
+                             "them (lower speed_up or alpha)")
+        self.nfe = int(prediction.get("nfe", 0))
+        self.info = prediction.get("info") or self.info
+        todo = [(k, p) for k, p in enumerate(pairs) if p not in self.existing_pairs]
+        pixels = to_uint8(images[[k for k, _ in todo]]) if todo else []
+        for ((index, seed)), img in zip([p for _, p in todo], pixels):
+            self._write(task_path(self.output_dir, index, seed), encode_png(img), seed)
+            self.written.append(seed)
+        self._show_rate(trainer)
+
+    def _scan(self, remove_stale_tmp: bool = True) -> list:
+        return scan_written_pairs(self.output_dir, remove_stale_tmp)

@@ -40,7 +40,7 @@ LAYERS = [
     ("sde", "preconditioner", "statistics"),
     ("models",),
     ("sampling",),
-    ("metrics", "features"),
+    ("metrics", "features", "likelihood"),
     ("alpha",),
     ("data",),
     ("module",),
@@ -52,11 +52,11 @@ LAYERS = [
 
 SUBLAYERS = {
     "sampling": [("noise", "step"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
-                 ("settings",)],
+                 ("settings",), ("conditional",)],
     "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
                ("presets",)],
     "alpha": [("surrogate",), ("pilot",)],
-    "data": [("seeds", "sources", "cache", "loading"), ("datamodule",)],
+    "data": [("seeds", "sources", "cache", "loading"), ("tasks",), ("datamodule",)],
 }
 
 

@@ -20,6 +20,7 @@ from pds_lightning.data.cache import CachedImages, build_cache, cache_path
 from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
 from pds_lightning.data.seeds import parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
+from pds_lightning.data.tasks import TaskInputs, TaskSettings, task_loader
 from pds_lightning.distributed import rank_world
 from pds_lightning.images import rgb_to_gray, to_model_space
 from pds_lightning.statistics import ImageStatistics
@@ -124,6 +125,9 @@ class ImageDataModule(L.LightningDataModule):
         shuffle_seed: seed of the training order, which is a function of (shuffle_seed, epoch) so that a resumed
             fit continues mid-epoch with the order it would have had; None: rank 0's torch.initial_seed()
             (set by seed_everything).
+        task: inpainting / colorization for predict (`data.tasks.TaskSettings`): outputs per (input, seed).
+        test_size: images of the source the test stage (`pds-lightning likelihood`) scores, the first ones;
+            0 = all.
     """
 
     def __init__(
@@ -150,6 +154,8 @@ class ImageDataModule(L.LightningDataModule):
         predict_batch_size: int = 16,
         cache_dir: str | None = None,
         shuffle_seed: int | None = None,
+        task: TaskSettings | None = None,
+        test_size: int = 0,
     ):
         super().__init__()
         if image_size < 1:
@@ -160,7 +166,7 @@ class ImageDataModule(L.LightningDataModule):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         for name, value in (("num_workers", num_workers or 0), ("val_size", val_size),
-                            ("stats_num_images", stats_num_images)):
+                            ("stats_num_images", stats_num_images), ("test_size", test_size)):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         parse_seed_range(seeds)  # fail at construction, not at predict time
@@ -171,6 +177,8 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.seeds, self.predict_batch_size = seeds, predict_batch_size
         self.exclude_seeds: set[int] = set()
+        self.task = task
+        self.exclude_pairs: set[tuple[int, int]] = set()  # (input index, seed) done, set by TaskWriter
         self.statistics: ImageStatistics | None = None
         self.images: PreparedImages | None = None
         self.train_indices: torch.Tensor | None = None
@@ -258,6 +266,13 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         return None if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def test_dataloader(self) -> DataLoader:
+        """Every image of the source (or the first `test_size`) in model space, in order: what bits/dim scores."""
+        self._require_images()
+        n = len(self.images) if self.hparams.test_size == 0 else min(self.hparams.test_size, len(self.images))
+        data = TrainImages(self.images, torch.arange(n), centered=self.centered)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, **self._loader_options())
+
     def _require_images(self) -> None:
         if self.images is None:
             raise RuntimeError("ImageDataModule has no images yet: call setup('fit') first")
@@ -314,7 +329,24 @@ class ImageDataModule(L.LightningDataModule):
         return [s for s in parse_seed_range(self.seeds) if s not in self.exclude_seeds]
 
     def predict_dataloader(self) -> DataLoader:
+        if self.task is not None:
+            return task_loader(self.task_inputs(), self.predict_batch_size)
         return seed_loader(self.predict_seeds(), self.predict_batch_size)
+
+    # -- inpainting / colorization --------------------------------------------------------------------------
+    def task_images(self, source: str, channels: int | None) -> PreparedImages:
+        """A task's images (or masks) at the model's size, with `channels` channels (None: their own)."""
+        hp = self.hparams
+        opened = open_source(source, self.data_root, download=False)
+        return PreparedImages(opened, self.image_size, channels or opened.native_channels, True,
+                              hp.allow_upscale, hp.crop_size)
+
+    def task_inputs(self) -> TaskInputs:
+        """The (input index, seed) pairs of `task` still to do, with their images and masks."""
+        task = self.task
+        images = self.task_images(task.source, self.num_channels)
+        masks = self.task_images(task.masks, 1) if task.masks is not None else None
+        return TaskInputs(task, images, masks, parse_seed_range(self.seeds), self.exclude_pairs)
 
     # -- checkpoint ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

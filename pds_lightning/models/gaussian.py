@@ -70,6 +70,15 @@ class GaussianScore(nn.Module):
         a, s = self.scales(torch.tensor([float(t)], dtype=self.lam.dtype), self.lam)
         return a[0] ** 2 * self.lam + s[0] ** 2
 
+    def log_prob(self, x: Tensor, t: float) -> Tensor:
+        """Exact log-density of x under the marginal p_t (x_t's Gaussian), per sample [B], in float64."""
+        a, _ = self.scales(torch.tensor([float(t)], dtype=torch.float64), self.lam.double())
+        eig = self.marginal_eigenvalues(t).double().to(x.device)
+        centred = x.double() - a[0] * self.mean.double().to(x.device)
+        power = torch.fft.fft2(centred, norm="ortho").abs().square()  # unitary DFT: ||x||^2 preserved
+        quad = (power / eig).flatten(1).sum(1)
+        return -0.5 * (quad + torch.log(2 * torch.pi * eig).sum())
+
     def sample(self, n: int, generator: torch.Generator | None = None, channels: int | None = None) -> Tensor:
         """n exact draws of the target x0 = mean + F^-1 sqrt(lam) F z, [n, C, H, W] in lam's precision."""
         C = channels if channels is not None else self.lam.shape[0]
