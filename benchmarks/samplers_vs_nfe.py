@@ -278,10 +278,12 @@ def write_plot(path: Path, payload: dict) -> bool:
     fig, axes = plt.subplots(len(models), 1, figsize=(7, 4 * len(models)), squeeze=False)
     for ax, model in zip(axes[:, 0], models):
         metric = "w2_exact" if model == "gaussian" else "spectral_error"
-        for name in dict.fromkeys(r["sampler"] for r in results if r["model"] == model):
+        for k, name in enumerate(dict.fromkeys(r["sampler"] for r in results if r["model"] == model)):
             pts = sorted((r["nfe"], r.get(metric) if r.get(metric) is not None else r.get("w2_mc"))
                          for r in results if r["model"] == model and r["sampler"] == name)
-            ax.plot(*zip(*pts), marker="o", label=name)
+            # PC rows solid, sigma-space solvers dashed: 11 rows need more than colour to tell apart.
+            style = "-" if name.startswith(("vanilla", "pds")) else "--"
+            ax.plot(*zip(*pts), marker="o", linestyle=style, color=plt.cm.tab20(k % 20), label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE per sample")
