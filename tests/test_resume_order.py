@@ -6,7 +6,6 @@ the first epoch). The loader-level cases check the state round trip and the end-
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pds_lightning.data.loading import EpochSampler, ResumableLoader
+
+from helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -33,9 +34,7 @@ def read_log(path: Path) -> dict[int, str]:
 def test_fit_killed_mid_epoch_resumes_with_the_uninterrupted_batch_order(tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (44, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images=images)
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK",
-                                                            "WORLD_SIZE", "RANK")}
-    env["PYTHONWARNINGS"] = "ignore"
+    env = clean_env()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(TINY), str(tmp_path), "30", "5",
                            "--data.source", str(tmp_path / "images.npz"), "--data.num_workers", "1"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

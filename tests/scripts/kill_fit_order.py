@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from pds_lightning.cli import main
+from helpers import fork_cli
 
 
 class BatchLog(L.Callback):
@@ -35,26 +35,6 @@ class BatchLog(L.Callback):
             f.write(f"{trainer.global_step} {trainer.current_epoch} {batch_idx} {sums}\n")
 
 
-def spawn(args: list[str], log: Path) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    torch.set_num_threads(1)
-    code = 0
-    try:
-        main(args)
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-        code = 1
-    os._exit(code)
-
-
 if __name__ == "__main__":
     CONFIG, WORK, MAX_STEPS, RNG_SEED, *EXTRA = sys.argv[1:]
     WORK = Path(WORK).resolve()
@@ -67,14 +47,14 @@ if __name__ == "__main__":
                 "--trainer.callbacks+=kill_fit_order.BatchLog", "--trainer.callbacks.path", str(WORK / f"{name}.log")]
 
     report = {}
-    _, status = os.waitpid(spawn(args("clean"), WORK / "out.txt"), 0)
+    _, status = os.waitpid(fork_cli(args("clean"), WORK / "out.txt"), 0)
     report["clean_exit"] = os.waitstatus_to_exitcode(status)
 
     ckpt_dir = WORK / "killed" / "checkpoints"
     checkpointing = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                      "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.save_last", "true",
                      "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1"]
-    pid = spawn(args("killed", *checkpointing), WORK / "out.txt")
+    pid = fork_cli(args("killed", *checkpointing), WORK / "out.txt")
     last, times = ckpt_dir / "last.ckpt", []
     while len(times) < 2 and os.waitpid(pid, os.WNOHANG) == (0, 0):
         if len(list(ckpt_dir.glob("*step=*.ckpt"))) > len(times) and last.exists():
@@ -86,6 +66,6 @@ if __name__ == "__main__":
     _, status = os.waitpid(pid, 0)
     report["killed_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     report["resumed_from_step"] = torch.load(last, weights_only=True)["global_step"]
-    _, status = os.waitpid(spawn(args("killed", *checkpointing, "--ckpt_path", "last"), WORK / "out.txt"), 0)
+    _, status = os.waitpid(fork_cli(args("killed", *checkpointing, "--ckpt_path", "last"), WORK / "out.txt"), 0)
     report["resume_exit"] = os.waitstatus_to_exitcode(status)
     (WORK / "report.json").write_text(json.dumps(report))
