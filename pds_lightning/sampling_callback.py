@@ -109,7 +109,8 @@ class SamplingCallback(Callback):
         sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda *a: None)
         sync()
         t0 = time.perf_counter()
-        result = pl_module.sample(setting, seeds, self.classes_for(pl_module, seeds))
+        classes = self.classes_for(pl_module, seeds)
+        result = pl_module.sample(setting, seeds) if classes is None else pl_module.sample(setting, seeds, classes)
         sync()
         return result.x.float(), int(result.nfe), time.perf_counter() - t0
 
