@@ -88,3 +88,27 @@ def test_checkpoint_without_labels_still_loads_and_samples(tmp_path):
         loaded.generate_images([0], classes=[1])
     with pytest.raises(ValueError, match="no classes were given"):
         loaded.generate_images([0], SamplerSettings(n_steps=5, guidance_scale=1.0))
+
+
+def test_sampling_callback_draws_one_class_per_grid_row():
+    from pds_lightning.sampling_callback import SamplingCallback
+
+    # sigma_max 0.5 keeps samples inside [0, 1] (unclamped); random class embeddings and non-zero output
+    # layers make the class visibly change the sample
+    model = ScoreModule(tiny_net(num_classes=3), VESDE(0.01, 0.5, 100), image_size=8, num_channels=1,
+                        sampler=SamplerSettings(n_steps=5))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.ema_net.class_embed.weight.copy_(torch.randn(4, 32, generator=g))
+        for p in model.ema_net.parameters():  # the near-zero init_scale=0 layers pass nothing on
+            if p.abs().max() < 1e-3:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    settings = SamplerSettings(name="s", n_steps=3, guidance_scale=1.0)
+    callback = SamplingCallback([settings], num_samples=8, grid_nrow=2, seed_offset=5)
+    seeds = torch.arange(5, 13)
+    assert callback.classes_for(model, seeds).tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
+    images, nfe, _ = callback._sample(model, settings, seeds)
+    expected = model.sample(settings, seeds, torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])).x
+    torch.testing.assert_close(images, expected.float())
+    assert (images - model.sample(settings, seeds, torch.zeros(8, dtype=torch.long)).x).abs().amax() > 1e-3
+    assert callback.classes_for(tiny_module(tiny_net()), seeds) is None
