@@ -77,6 +77,8 @@ class ScoreModule(L.LightningModule):
     back to float32 (`ScoreModel`), so the SDE, the PDS FFTs, the step sizes and the loss stay float32.
     `compile`: True (or torch.compile keyword arguments, e.g. {"mode": "max-autotune"}) compiles the
     networks lazily, at their first use; the compiled wrappers are not submodules, so checkpoints keep their keys.
+    A class-conditional network (`num_classes`) trains on (images, labels) batches (`data.conditional`), each
+    label replaced by the null class with probability `label_dropout` (classifier-free guidance).
     """
 
     def __init__(
@@ -100,8 +102,11 @@ class ScoreModule(L.LightningModule):
         sampler: SamplerSettings | None = None,
         compile: bool | dict[str, Any] = False,
         likelihood: LikelihoodSettings | None = None,
+        label_dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1) (classifier-free guidance uses ~0.1), got {label_dropout}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         if train_eps is not None and not 0.0 < train_eps < sde.T:
@@ -202,6 +207,11 @@ class ScoreModule(L.LightningModule):
         return model.eval()
 
     # ---- score functions -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional network (index num_classes is the null class), else None."""
+        return getattr(self.net, "num_classes", None) or None
+
     def score_fn(self, ema: bool = True) -> ScoreModel:
         """The score s(x, t) of the EMA (default) or the raw network (compiled when `compile` is set)."""
         return ScoreModel(self._network("ema_net" if ema else "net"), self.sde, continuous=self.continuous)
@@ -251,6 +261,10 @@ class ScoreModule(L.LightningModule):
         stats = getattr(dm, "statistics", None)
         if stats is not None:
             self.set_statistics(stats)
+        data_classes = getattr(dm, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(f"the data have {data_classes} classes but model.net has num_classes={self.num_classes}; "
+                             f"set model.net.init_args.num_classes: {data_classes}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, in one line naming the keys, a checkpoint of another architecture (before the strict load)."""
@@ -266,9 +280,24 @@ class ScoreModule(L.LightningModule):
                              "(discrete-time models, e.g. imported ones, can still sample)")
         self._log_preconditioner()
 
+    def _class_score(self, ema: bool, labels: torch.Tensor | None, dropout: float = 0.0):
+        """score(x, t) of the batch's classes (labels dropped to the null class with probability `dropout`),
+        or of the unconditional model."""
+        score = self.score_fn(ema=ema)
+        if labels is None or self.num_classes is None:
+            if self.num_classes is not None:
+                raise ValueError("this model is class-conditional (num_classes) but the batches carry no labels; "
+                                 "set data.conditional: true")
+            return score
+        if dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < dropout
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return lambda x, t: score(x, t, labels)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        x = _images(batch)
-        loss = dsm_loss(self.score_fn(ema=False), self.sde, x, self.train_eps,
+        x, labels = _images_labels(batch)
+        score = self._class_score(False, labels, self.hparams.get("label_dropout", 0.0))
+        loss = dsm_loss(score, self.sde, x, self.train_eps,
                         reduce_mean=self.hparams.reduce_mean,
                         likelihood_weighting=self.hparams.likelihood_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
@@ -276,11 +305,11 @@ class ScoreModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        x = _images(batch)
+        x, labels = _images_labels(batch)
         # Fixed noise per batch, so the validation loss is comparable across epochs.
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
         with torch.no_grad():
-            loss = dsm_loss(self.score_fn(ema=True), self.sde, x, self.train_eps,
+            loss = dsm_loss(self._class_score(True, labels), self.sde, x, self.train_eps,
                             reduce_mean=self.hparams.reduce_mean,
                             likelihood_weighting=self.hparams.likelihood_weighting, generator=g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
@@ -347,12 +376,14 @@ class ScoreModule(L.LightningModule):
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, settings: SamplerSettings, seeds: torch.Tensor):
-        """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1]."""
+    def sample(self, settings: SamplerSettings, seeds: torch.Tensor, classes: torch.Tensor | None = None):
+        """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1].
+        `classes` (one per seed) samples a class-conditional model guided by settings.guidance_scale."""
         self.ema_net.eval()
         settings, choice = self.resolved_settings(settings)
         result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
-                          self.image_shape, statistics=self.data_statistics)
+                          self.image_shape, statistics=self.data_statistics,
+                          classes=None if classes is None else torch.as_tensor(classes).to(self.device))
         result.x = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
         if choice is not None:
             result.info["alpha_auto"] = choice
@@ -360,13 +391,14 @@ class ScoreModule(L.LightningModule):
 
     @torch.no_grad()
     def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: SamplerSettings | None = None,
-                        batch_size: int | None = None) -> torch.Tensor:
+                        batch_size: int | None = None, classes: Iterable[int] | torch.Tensor | None = None
+                        ) -> torch.Tensor:
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
         `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1.
 
         `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
         not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
-        float rounding when the batches differ).
+        float rounding when the batches differ). `classes`: one class per seed (class-conditional models).
         """
         seeds = torch.arange(seeds) if isinstance(seeds, int) else torch.as_tensor(
             seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
@@ -376,7 +408,12 @@ class ScoreModule(L.LightningModule):
         step = seeds.numel() if batch_size is None else int(batch_size)
         if step < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        chunks = [self.sample(settings, seeds[i:i + step].long()).x.float().cpu() for i in range(0, len(seeds), step)]
+        if classes is not None:
+            classes = torch.as_tensor(classes if torch.is_tensor(classes) else list(classes), dtype=torch.long)
+            if classes.shape != seeds.shape:
+                raise ValueError(f"{classes.numel()} classes for {seeds.numel()} seeds; give one class per seed")
+        chunks = [self.sample(settings, seeds[i:i + step].long(), None if classes is None else classes[i:i + step]
+                              ).x.float().cpu() for i in range(0, len(seeds), step)]
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -461,9 +498,15 @@ class ScoreModule(L.LightningModule):
     def predict_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if isinstance(batch, dict):
             return self.complete(batch, batch_idx)
+        classes = None
+        if isinstance(batch, (list, tuple)):  # (seeds, classes) from data.classes
+            batch, classes = batch
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
-        result = self.sample(self.sampler, seeds.long())
-        return {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe, "info": result.info}
+        result = self.sample(self.sampler, seeds.long(), classes)
+        out = {"seeds": seeds.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe, "info": result.info}
+        if classes is not None:
+            out["classes"] = torch.as_tensor(classes).long().cpu()
+        return out
 
 
 def _net_image_size(net: nn.Module) -> int | None:
@@ -474,3 +517,10 @@ def _net_image_size(net: nn.Module) -> int | None:
 def _images(batch: Any) -> torch.Tensor:
     """Training batches are image tensors; tolerate (images, labels) pairs from torchvision-style loaders."""
     return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def _images_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, class labels or None) of a batch: an image tensor, or an (images, labels) pair."""
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None

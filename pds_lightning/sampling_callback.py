@@ -31,6 +31,9 @@ class SamplingCallback(Callback):
     Inception is used (an error names what to install when its weights are unavailable). Logged:
     `val/spectral_error/<name>`, `val/fid@<n>/<name>`, `val/kid@<n>/<name>` (n: the sample count; a warning
     below 10k), `val/nfe/<name>`, `val/sample_time_s/<name>` and images `samples/<name>` (+ `samples/side_by_side`).
+    A class-conditional model (`num_classes`) samples one class per grid row: seed offset + k gets class
+    (k // grid_nrow) % num_classes, guided by each setting's guidance_scale (num_samples = grid_nrow x classes
+    shows every class once).
     """
 
     def __init__(self, settings: Sequence[SamplerSettings], num_samples: int = 64, seed_offset: int = 0,
@@ -106,9 +109,17 @@ class SamplingCallback(Callback):
         sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda *a: None)
         sync()
         t0 = time.perf_counter()
-        result = pl_module.sample(setting, seeds)
+        classes = self.classes_for(pl_module, seeds)
+        result = pl_module.sample(setting, seeds) if classes is None else pl_module.sample(setting, seeds, classes)
         sync()
         return result.x.float(), int(result.nfe), time.perf_counter() - t0
+
+    def classes_for(self, pl_module, seeds: torch.Tensor) -> torch.Tensor | None:
+        """One class per grid row for a class-conditional model, else None."""
+        num_classes = getattr(pl_module, "num_classes", None)
+        if not num_classes:
+            return None
+        return ((seeds - self.seed_offset) // self.grid_nrow) % num_classes
 
     @staticmethod
     def _gather(pl_module, images: torch.Tensor, seeds: torch.Tensor, per_rank: int, world: int) -> torch.Tensor:

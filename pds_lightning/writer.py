@@ -210,6 +210,8 @@ class SampleWriter(BasePredictionWriter):
             "layout": self.LAYOUT,
             "npz_shards": self.write_npz,
             "resolved": self.info,
+            # class-conditional predict: data.classes, cycled over data.seeds in order (ImageDataModule)
+            "classes": getattr(getattr(trainer, "datamodule", None), "classes", None),
         }
         write_atomic(self.output_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
 

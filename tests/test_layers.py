@@ -51,7 +51,7 @@ LAYERS = [
 ]
 
 SUBLAYERS = {
-    "sampling": [("noise", "step"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
+    "sampling": [("noise", "step", "guidance"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
                  ("settings",), ("conditional",)],
     "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
                ("presets",)],

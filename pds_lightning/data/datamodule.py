@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pds_lightning.data.cache import CachedImages, build_cache, cache_path
 from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
-from pds_lightning.data.seeds import parse_seed_range, seed_loader
+from pds_lightning.data.seeds import classes_for_seeds, parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
 from pds_lightning.data.tasks import TaskInputs, TaskSettings, task_loader
 from pds_lightning.distributed import rank_world
@@ -77,8 +77,8 @@ class TrainImages(Dataset):
     """A subset of prepared images, augmented (flip, dequantisation) and mapped to model space."""
 
     def __init__(self, images: PreparedImages, indices: torch.Tensor, random_flip: bool = False,
-                 dequantize: bool = False, centered: bool = False):
-        self.images, self.indices = images, indices.tolist()
+                 dequantize: bool = False, centered: bool = False, labels: torch.Tensor | None = None):
+        self.images, self.indices, self.labels = images, indices.tolist(), labels
         self.random_flip, self.dequantize, self.centered = random_flip, dequantize, centered
 
     def __len__(self) -> int:
@@ -92,7 +92,8 @@ class TrainImages(Dataset):
             # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1). rand, not rand_like: the noise
             # must not depend on the memory layout (a cropped view and a cached copy get the same noise).
             x = (torch.rand(x.shape, dtype=x.dtype, device=x.device) + x * 255.0) / 256.0
-        return to_model_space(x, self.centered)
+        x = to_model_space(x, self.centered)
+        return x if self.labels is None else (x, self.labels[self.indices[k]])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,6 +129,10 @@ class ImageDataModule(L.LightningDataModule):
         task: inpainting / colorization for predict (`data.tasks.TaskSettings`): outputs per (input, seed).
         test_size: images of the source the test stage (`pds-lightning likelihood`) scores, the first ones;
             0 = all.
+        conditional: batches are (images, class labels) for a class-conditional model (labels from the source:
+            the embedded MNIST digits, torchvision targets, or one sub-folder per class); False: images only.
+        classes: predict classes per seed, cycled over `seeds` in order, e.g. "0-9" or "3,3,7" (a
+            class-conditional model; None samples it unconditionally).
     """
 
     def __init__(
@@ -156,6 +161,8 @@ class ImageDataModule(L.LightningDataModule):
         shuffle_seed: int | None = None,
         task: TaskSettings | None = None,
         test_size: int = 0,
+        conditional: bool = False,
+        classes: str | None = None,
     ):
         super().__init__()
         if image_size < 1:
@@ -170,6 +177,8 @@ class ImageDataModule(L.LightningDataModule):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         parse_seed_range(seeds)  # fail at construction, not at predict time
+        if classes is not None:
+            parse_seed_range(classes, what="class", unique=False)
         self.save_hyperparameters()
         self.source, self.image_size, self.num_channels = source, image_size, num_channels
         self.root = Path(root).expanduser() if root else None
@@ -180,6 +189,9 @@ class ImageDataModule(L.LightningDataModule):
         self.task = task
         self.exclude_pairs: set[tuple[int, int]] = set()  # (input index, seed) done, set by TaskWriter
         self.statistics: ImageStatistics | None = None
+        self.conditional, self.classes = conditional, classes
+        self.labels: torch.Tensor | None = None  # class per source image (conditional)
+        self.class_names: list[str] | None = None
         self.images: PreparedImages | None = None
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
@@ -206,6 +218,8 @@ class ImageDataModule(L.LightningDataModule):
                                      hp.allow_upscale, hp.crop_size)
         if hp.cache_dir:
             self.images = self._cached(self.images)
+        if self.conditional:
+            self.labels, self.class_names = source.labels()
         n = len(source)
         n_val = min(hp.val_size, n // 10)
         # Shuffle before splitting: sources may be sorted by class (the embedded MNIST is).
@@ -224,6 +238,11 @@ class ImageDataModule(L.LightningDataModule):
         return CachedImages(path, images)
 
     @property
+    def num_classes(self) -> int | None:
+        """Classes of a conditional source (after setup), else None."""
+        return len(self.class_names) if self.class_names is not None else None
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         if self.num_channels is None:
             raise RuntimeError("num_channels is unknown until setup(); set it or call setup('fit') first")
@@ -239,7 +258,7 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require_images()
         hp = self.hparams
-        data = TrainImages(self.images, self.train_indices, hp.random_flip, hp.dequantize, self.centered)
+        data = TrainImages(self.images, self.train_indices, hp.random_flip, hp.dequantize, self.centered, self.labels)
         rank, world = rank_world()
         seed = hp.shuffle_seed if hp.shuffle_seed is not None else torch.initial_seed() % 2**62
         if world > 1 and hp.shuffle_seed is None:  # ranks seeded differently must still share one permutation
@@ -252,7 +271,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self._require_images()
-        data = TrainImages(self.images, self.val_indices, centered=self.centered)
+        data = TrainImages(self.images, self.val_indices, centered=self.centered, labels=self.labels)
         return DataLoader(data, batch_size=self.batch_size, shuffle=False, **self._loader_options())
 
     def _loader_options(self) -> dict:
@@ -331,7 +350,15 @@ class ImageDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.task is not None:
             return task_loader(self.task_inputs(), self.predict_batch_size)
-        return seed_loader(self.predict_seeds(), self.predict_batch_size)
+        seeds = self.predict_seeds()
+        if self.classes is None:
+            return seed_loader(seeds, self.predict_batch_size)
+        by_seed = self.predict_classes()
+        return seed_loader(seeds, self.predict_batch_size, [by_seed[s] for s in seeds])
+
+    def predict_classes(self) -> dict[int, int]:
+        """The class of every seed of `seeds` (from `classes`, cycled in seed-list order), excluded ones too."""
+        return classes_for_seeds(parse_seed_range(self.seeds), parse_seed_range(self.classes, "class", unique=False))
 
     # -- inpainting / colorization --------------------------------------------------------------------------
     def task_images(self, source: str, channels: int | None) -> PreparedImages:

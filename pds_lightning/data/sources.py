@@ -6,6 +6,8 @@
   "torchvision:NAME[:cat]"  CIFAR10, MNIST, FashionMNIST, CelebA or LSUN (cat: e.g. bedroom) under `root`
 Every source yields float images `[C, H, W]` in [0, 1] at its native channels and size, `describe(i)`
 for error messages, and an `identity` string that changes when the data do (the statistics cache key).
+`labels()` gives class labels for class-conditional training: an npz's `labels` array (the embedded MNIST
+digits), a torchvision dataset's targets, or a folder's first-level sub-folder names (sorted, one per class).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ArraySource:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 keys = list(archive.keys())
+                labels = archive["labels"] if "labels" in archive else None
                 if "images" in archive:
                     images = archive["images"]
                 elif len(keys) == 1:
@@ -68,6 +71,18 @@ class ArraySource:
             raise ValueError(f"{path}: images must be uint8 or float in [0, 1], got {images.dtype}")
         self.images = images
         self.native_channels = int(images.shape[-1])
+        self._labels = labels
+
+    def labels(self) -> tuple[torch.Tensor, list[str]]:
+        """(class index per image [N], class names '0'..'K-1') from the archive's integer `labels` array."""
+        labels = self._labels
+        if labels is None:
+            raise ValueError(f"{self.path} has no 'labels' array, so it cannot train a class-conditional model; "
+                             "store one integer label per image as 'labels', or set data.conditional: false")
+        if labels.shape != (len(self),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise ValueError(f"{self.path}: 'labels' must hold {len(self)} non-negative integers, got "
+                             f"shape {labels.shape} dtype {labels.dtype}")
+        return torch.from_numpy(labels.astype(np.int64)), [str(k) for k in range(int(labels.max()) + 1)]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -136,6 +151,17 @@ class FolderSource:
     def describe(self, i: int) -> str:
         return f"image file {self.files[i]}"
 
+    def labels(self) -> tuple[torch.Tensor, list[str]]:
+        """(class index per image, class names): the first-level sub-folder of each file, names sorted."""
+        tops = [path.relative_to(self.root).parts for path in self.files]
+        loose = [p for p in tops if len(p) == 1]
+        if loose:
+            raise ValueError(f"image folder {self.root} has files outside class sub-folders (e.g. {loose[0][0]}); "
+                             "a class-conditional source puts each image in <folder>/<class name>/")
+        names = sorted({p[0] for p in tops})
+        index = {name: k for k, name in enumerate(names)}
+        return torch.tensor([index[p[0]] for p in tops], dtype=torch.long), names
+
 
 class TorchvisionSource:
     """The training split of a torchvision dataset already on disk under `root`."""
@@ -188,6 +214,16 @@ class TorchvisionSource:
 
     def describe(self, i: int) -> str:
         return f"item {i} of torchvision {self.name} in {self.root}"
+
+    def labels(self) -> tuple[torch.Tensor, list[str]]:
+        """(class index per image, class names) from the dataset's `targets` and `classes`."""
+        targets = getattr(self.dataset, "targets", None)
+        if targets is None:
+            raise ValueError(f"torchvision {self.name} has no class targets here; class-conditional training "
+                             "supports CIFAR10, MNIST and FashionMNIST (or use a folder per class)")
+        labels = torch.as_tensor(targets, dtype=torch.long)
+        names = [str(c) for c in getattr(self.dataset, "classes", range(int(labels.max()) + 1))]
+        return labels, names
 
 
 def open_source(source: str, root: Path, download: bool = False):

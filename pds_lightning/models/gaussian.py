@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pds_lightning.models.layers import check_class_labels
 from pds_lightning.preconditioner import frequency_mirror
 from pds_lightning.sde import SDE, per_sample
 
@@ -85,3 +86,54 @@ class GaussianScore(nn.Module):
         H, W = self.lam.shape[-2:]
         z = torch.randn(n, C, H, W, generator=generator, dtype=self.lam.dtype, device=self.lam.device)
         return self.mean + torch.fft.irfft2(torch.fft.rfft2(z) * self._half(self.lam.sqrt(), z), s=(H, W))
+
+
+class GaussianMixtureScore(nn.Module):
+    """Exact class-conditional scores of a mixture with one isotropic Gaussian per class, diffused by `sde`.
+
+    Class k: x0 ~ N(means[k], variance I), prior weight weights[k]. At time t, x_t | k ~ N(a_t means[k], v_t I)
+    with v_t = a_t^2 variance + s_t^2, so score_k = -(x - a_t means[k]) / v_t; the unconditional score (the
+    null class, index K, or class_labels None) is the posterior-weighted sum sum_k p_t(k | x) score_k.
+    """
+
+    def __init__(self, means: Tensor, variance: float, sde: SDE, weights: Tensor | None = None):
+        super().__init__()
+        means = torch.as_tensor(means)
+        if means.dim() != 4:
+            raise ValueError(f"means must be [K, C, H, W] (one mean image per class), got {tuple(means.shape)}")
+        weights = torch.full((means.shape[0],), 1.0 / means.shape[0]) if weights is None else torch.as_tensor(weights)
+        if weights.shape != (means.shape[0],) or (weights <= 0).any():
+            raise ValueError(f"weights must be {means.shape[0]} positive numbers, got {weights}")
+        if not variance > 0:
+            raise ValueError(f"variance must be > 0, got {variance}")
+        self.sde, self.variance, self.num_classes = sde, float(variance), int(means.shape[0])
+        self.register_buffer("means", means)
+        self.register_buffer("log_weights", (weights / weights.sum()).log().to(means.dtype))
+
+    def class_scores(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(score_k(x) [B, K, C, H, W], log p_t(k | x) [B, K])."""
+        ones = torch.ones(t.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
+        a, s = self.sde.marginal_prob(ones, t)
+        a, v = a.flatten(), (a ** 2 * self.variance + s.to(x.dtype).reshape(-1, 1, 1, 1) ** 2).flatten()
+        diff = x[:, None] - a.reshape(-1, 1, 1, 1, 1) * self.means.to(device=x.device, dtype=x.dtype)[None]
+        scores = -diff / v.reshape(-1, 1, 1, 1, 1)
+        logits = self.log_weights.to(device=x.device, dtype=x.dtype) - 0.5 * diff.square().flatten(2).sum(2) / v[:, None]
+        return scores, torch.log_softmax(logits, dim=1)
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        scores, log_post = self.class_scores(x, t)
+        unconditional = (log_post.exp()[..., None, None, None] * scores).sum(1)
+        if class_labels is None:
+            return unconditional
+        labels = check_class_labels(class_labels, self.num_classes, x.shape[0]).to(x.device)
+        null = labels == self.num_classes
+        conditional = scores[torch.arange(x.shape[0], device=x.device), labels.clamp(max=self.num_classes - 1)]
+        return torch.where(null.reshape(-1, 1, 1, 1), unconditional, conditional)
+
+    def sample(self, class_labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Exact draws x0 of the given classes [B] (null class not allowed), in the means' precision."""
+        labels = check_class_labels(class_labels, self.num_classes, len(class_labels))
+        if (labels == self.num_classes).any():
+            raise ValueError("sample draws from the classes 0..K-1; the null class has no single Gaussian")
+        mean = self.means[labels]
+        return mean + self.variance ** 0.5 * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)

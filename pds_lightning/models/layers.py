@@ -148,3 +148,19 @@ class Combine(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.Conv_0(x)
         return torch.cat([h, y], dim=1) if self.method == "cat" else h + y
+
+
+def check_class_labels(class_labels: torch.Tensor, num_classes: int, batch: int) -> torch.Tensor:
+    """Class indices [B] as long, each in 0..num_classes (num_classes itself is the null class of
+    classifier-free guidance, the unconditional score); anything else is one clear error."""
+    labels = torch.as_tensor(class_labels)
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(f"class labels must be a 1-d tensor of {batch} class indices, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"class labels must be integers, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels > num_classes)
+    if bad.any():
+        raise ValueError(f"class index {int(labels[bad][0])} is out of range: this model has {num_classes} classes "
+                         f"(0..{num_classes - 1}; {num_classes} is the null class of classifier-free guidance); "
+                         "fix data.classes or the labels of the data")
+    return labels.long()

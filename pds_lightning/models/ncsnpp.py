@@ -15,8 +15,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from pds_lightning.models.layers import (AttnBlock, Combine, GaussianFourierProjection, activation, conv3x3,
-                                         dense, group_norm, timestep_embedding)
+from pds_lightning.models.layers import (AttnBlock, Combine, GaussianFourierProjection, activation,
+                                         check_class_labels, conv3x3, dense, group_norm, timestep_embedding)
 from pds_lightning.models.resampling import Downsample, Upsample
 from pds_lightning.models.resblocks import ResnetBlockBigGAN, ResnetBlockDDPM
 
@@ -44,6 +44,9 @@ class NCSNpp(nn.Module):
     ``labels`` is sigma (Fourier embedding, VE continuous) or a time step / level index (positional
     embedding). With ``scale_by_sigma`` the output is divided by sigma (positional: sigmas[labels]).
     ``sigma_min``, ``sigma_max``, ``num_scales`` define the ``sigmas`` buffer score_sde stores.
+    ``num_classes`` (None or 0: off, no new parameters, score_sde's network) adds a class embedding
+    ``class_embed`` of num_classes + 1 rows (the last: the null class of classifier-free guidance) to the
+    time embedding; ``forward(x, labels, class_labels)``, class_labels None meaning the null class.
     """
 
     def __init__(self, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -55,8 +58,12 @@ class NCSNpp(nn.Module):
                  fourier_scale: float = 16.0, conv_size: int = 3, nonlinearity: str = "swish",
                  normalization: str = "GroupNorm", scale_by_sigma: bool = True, sigma_min: float = 0.01,
                  sigma_max: float = 50.0, num_scales: int = 1000, image_size: int = 32, num_channels: int = 3,
-                 centered: bool = False):
+                 centered: bool = False, num_classes: int | None = None):
         super().__init__()
+        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 0):
+            raise ValueError(f"num_classes must be None/0 (unconditional) or a positive number of classes, got {num_classes}")
+        if num_classes and not conditional:
+            raise ValueError("num_classes needs conditional=True: the class embedding is added to the time embedding")
         progressive = _check_choice("progressive", progressive)
         progressive_input = _check_choice("progressive_input", progressive_input)
         combine = _check_choice("progressive_combine", progressive_combine)
@@ -163,8 +170,16 @@ class NCSNpp(nn.Module):
         if progressive != "output_skip":
             modules += [group_norm(ch), conv3x3(ch, C, init_scale=init_scale)]
         self.all_modules = nn.ModuleList(modules)
+        self.num_classes = int(num_classes) if num_classes else None
+        if self.num_classes:
+            # Outside all_modules so score_sde's parameter indices stay; zero init: starts unconditional.
+            self.class_embed = nn.Embedding(self.num_classes + 1, 4 * nf)
+            nn.init.zeros_(self.class_embed.weight)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if class_labels is not None and not self.num_classes:
+            raise ValueError("class labels given to a network without a class embedding; build it with "
+                             "num_classes (and train it on labelled data), or sample without classes")
         modules: Iterator[nn.Module] = iter(self.all_modules)
         step = partial(next, modules)
         if self.embedding_type == "fourier":
@@ -176,6 +191,8 @@ class NCSNpp(nn.Module):
         if self.conditional:
             temb = step()(temb)
             temb = step()(self.act(temb))
+            if self.num_classes:
+                temb = temb + self.class_embed(self._class_labels(class_labels, x)).to(temb.dtype)
         else:
             temb = None
 
@@ -236,6 +253,12 @@ class NCSNpp(nn.Module):
         if self.scale_by_sigma:
             h = h / used_sigmas.to(h.dtype).reshape(-1, *([1] * (h.ndim - 1)))
         return h
+
+    def _class_labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Checked class indices [B]; None is the null class (unconditional) for every sample."""
+        if class_labels is None:
+            return torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+        return check_class_labels(class_labels, self.num_classes, x.shape[0]).to(x.device)
 
     def _norm_act_conv(self, step, h: torch.Tensor) -> torch.Tensor:
         norm, conv = step(), step()  # taken in list order: GroupNorm, then conv

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -30,21 +32,27 @@ class ScoreModel(nn.Module):
                              "level index); use embedding_type='positional' for discrete training")
         self.net, self.sde, self.continuous = net, sde, continuous
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional network (index num_classes: the null class), else None."""
+        return getattr(self.net, "num_classes", None) or None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         sde = self.sde
+        net = self.net if class_labels is None else partial(self.net, class_labels=class_labels)
         zeros = torch.zeros_like(x)
         if isinstance(sde, VESDE):
             if self.continuous:
                 labels = sde.marginal_prob(zeros, t)[1]
             else:
                 labels = torch.round((sde.T - t) * (sde.N - 1)).long()
-            return self.net(x, labels).to(x.dtype)
+            return net(x, labels).to(x.dtype)
         if self.continuous or isinstance(sde, SubVPSDE):
             # continuous VP-family models take time embeddings whose largest value is 999
-            out = self.net(x, t * 999)
+            out = net(x, t * 999)
             std = sde.marginal_prob(zeros, t)[1]
         else:
             labels = t * (sde.N - 1)
-            out = self.net(x, labels)
+            out = net(x, labels)
             std = sde.sqrt_1m_alphas_cumprod.to(device=x.device, dtype=x.dtype)[labels.long()]
         return (-out.to(x.dtype)) / std.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.correctors import CORRECTORS, STEP_SIZE_MODES
+from pds_lightning.sampling.guidance import guided_score
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.predictors import PDS_PREDICTOR_CHOICES, PREDICTORS, predictor_class
 from pds_lightning.sampling.samplers import SAMPLERS, SampleResult
@@ -49,6 +50,9 @@ class SamplerSettings:
     `pds_predictor`: 'official' (the PDS paper's predictor, M M^T on the whole drift: it does not keep the
     target p_t, and biases preconditioned modes even at large N) or 'consistent' (drift f - (g^2/2)
     (I + M M^T) score with noise g M z: keeps p_t). The PDS Langevin corrector keeps p_t either way.
+
+    `guidance_scale` w: classifier-free guidance of a class-conditional model (sampling/guidance.py),
+    s_uncond + (1 + w)(s_cond - s_uncond); 0 is the plain conditional score. Used when classes are given.
     """
 
     name: str = "pc"
@@ -68,6 +72,7 @@ class SamplerSettings:
     denoise: bool = True
     step_size: str = "sample"
     check_finite_every: int = 0
+    guidance_scale: float = 0.0
     # ---- fast samplers in sigma-space (solvers.py); ignored by 'pc' and 'ode' --------------------------
     schedule: str = "karras"
     rho: float = 7.0
@@ -112,6 +117,8 @@ class SamplerSettings:
         if self.method == "ode" and self.preconditioner != "none":
             raise ValueError("method 'ode' cannot use a PDS preconditioner (the preconditioned flow is not the "
                              "model's probability-flow ODE); set preconditioner: none or method: pc")
+        if isinstance(self.guidance_scale, bool) or not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (0: plain conditional), got {self.guidance_scale!r}")
         if self.snr <= 0:
             raise ValueError(f"snr must be > 0, got {self.snr}")
         if self.n_corrector_steps < 0 or self.check_finite_every < 0:
@@ -217,8 +224,11 @@ class SamplerSettings:
 
 
 def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int] | Tensor, shape,
-             statistics=None) -> SampleResult:
-    """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed and `settings`.
+             statistics=None, classes: Sequence[int] | Tensor | None = None) -> SampleResult:
+    """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed, its class and `settings`.
+
+    `classes` (one per seed) samples a class-conditional `score_fn(x, t, class_labels)` (its `num_classes`
+    attribute names the null class), guided by `settings.guidance_scale`; None samples it unconditionally.
 
     `shape` is the image shape [C, H, W] (or the full [B, C, H, W]); the device is the seeds' device
     (CPU for a list). `statistics` is an ImageStatistics-like object or None. `settings.alpha` must be a
@@ -241,9 +251,31 @@ def generate(settings: SamplerSettings, score_fn, sde: SDE, seeds: Sequence[int]
     preconditioner = settings.preconditioner_from(statistics)
     if preconditioner is not None:
         preconditioner = preconditioner.to(device)
+    score_fn = _class_score(settings, score_fn, classes, len(seeds_list), device)
     sampler = METHODS[settings.method]
     return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
                    preconditioner=preconditioner, **settings.sampler_kwargs())
+
+
+def _class_score(settings: SamplerSettings, score_fn, classes, n: int, device: torch.device):
+    """`score_fn` itself without classes, else its guided score for one class per seed."""
+    if classes is None:
+        if settings.guidance_scale != 0:
+            raise ValueError(f"sampler {settings.name!r} has guidance_scale {settings.guidance_scale} but no classes "
+                             "were given; pass one class per seed (predict: data.classes) or set guidance_scale: 0")
+        return score_fn
+    num_classes = getattr(score_fn, "num_classes", None)
+    if not num_classes:
+        raise ValueError("classes were given but the model is not class-conditional (no num_classes); train one "
+                         "with model.net.init_args.num_classes, or sample without classes")
+    labels = torch.as_tensor(classes, dtype=torch.long, device=device).flatten()
+    if labels.numel() != n:
+        raise ValueError(f"{labels.numel()} classes for {n} seeds; give one class per seed")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(f"class {int(labels[bad][0])} is out of range: the model has {num_classes} classes "
+                         f"(0..{num_classes - 1}); fix data.classes")
+    return guided_score(score_fn, labels, settings.guidance_scale, null_class=num_classes)
 
 
 def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
