@@ -234,8 +234,12 @@ def test_resume_from_converted_checkpoint_continues_schedule_and_adam(tmp_path, 
         m = b1 * state["exp_avg"] + (1 - b1) * g
         v = b2 * state["exp_avg_sq"] + (1 - b2) * g ** 2
         assert float(after["step"]) == 8
-        torch.testing.assert_close(after["exp_avg"], m, rtol=1e-5, atol=1e-12)
-        torch.testing.assert_close(after["exp_avg_sq"], v, rtol=1e-5, atol=1e-14)
+        # Absolute slack of a few float32 ulps of the summands: m can cancel to near zero.
+        f32 = torch.finfo(torch.float32).eps
+        torch.testing.assert_close(after["exp_avg"], m, rtol=1e-5,
+                                   atol=4 * f32 * (state["exp_avg"].abs().max() + g.abs().max()).item())
+        torch.testing.assert_close(after["exp_avg_sq"], v, rtol=1e-5,
+                                   atol=4 * f32 * (state["exp_avg_sq"].abs().max() + (g ** 2).max()).item())
         step = -rate * (m / (1 - b1 ** 8)) / ((v / (1 - b2 ** 8)).sqrt() + eps)
         ulp = torch.finfo(torch.float32).eps * rec.params[i].abs().max().item()  # rounding of p + step
         torch.testing.assert_close(rec.new_params[i] - rec.params[i], step, rtol=1e-3, atol=2 * ulp)
