@@ -1,6 +1,6 @@
 """Images/s of the training loader for a folder of JPEGs, against the images/s of a training step.
 
-Run: ``python benchmarks/input_pipeline.py [--num-images 2000] [--sizes 32 64 256] [--batches 20]
+Run: ``python -m benchmarks.input_pipeline [--num-images 2000] [--sizes 32 64 256] [--batches 20]
 [--device cpu] [--output benchmarks/results/input_pipeline.md]``
 
 Writes `--num-images` synthetic 256x256 JPEGs (smooth random colour fields, quality 90; no download) to a
