@@ -196,7 +196,8 @@ def close_process_group() -> None:
     still running when the interpreter shut down (seen at atexit: two `pt_gloo_runloop` workers and
     `gloo_tcp_loop` on every rank, plus rank 0's rendezvous store server `pt_tcpstore_uv`), and the C++
     objects that own them were torn down during finalization; in some runs that ends in `terminate called
-    without an active exception` and exit status 134 although every sample was written (pytorch/pytorch#190489).
+    without an active exception` and exit status 134 although every sample was written (the mechanism that
+    pytorch/pytorch PR 179291 describes for gloo at interpreter finalization).
     After this call only Python's own threads remain. The barrier keeps rank 0, which hosts the store, until
     every rank is done. Skipped after an error: a barrier would wait for ranks that may never arrive.
     """
