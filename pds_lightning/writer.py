@@ -145,18 +145,23 @@ class SampleWriter(BasePredictionWriter):
         self.nfe = None
         self._t0 = time.perf_counter()
 
+    def _checked_images(self, prediction: dict[str, Any], n: int, what: str, non_finite: str) -> torch.Tensor:
+        """The batch's images [n, C, H, W], refused whole if mis-shaped or non-finite; records NFE and info."""
+        images = prediction["images"]
+        if images.dim() != 4 or images.shape[0] != n:
+            raise ValueError(f"predict_step must return images [B, C, H, W] for B={n} {what}, "
+                             f"got shape {list(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"{non_finite}; nothing was written for them (lower speed_up or alpha)")
+        self.nfe = int(prediction.get("nfe", 0))
+        self.info = prediction.get("info") or self.info
+        return images
+
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         seeds = [int(s) for s in torch.as_tensor(prediction["seeds"]).reshape(-1).tolist()]
-        images = prediction["images"]
-        if images.dim() != 4 or images.shape[0] != len(seeds):
-            raise ValueError(f"predict_step must return images [B, C, H, W] for B={len(seeds)} seeds, "
-                             f"got shape {list(images.shape)}")
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError(f"non-finite sample values for seeds {format_seeds(seeds)}; nothing was written "
-                             "for them (lower speed_up or alpha)")
-        self.nfe = int(prediction.get("nfe", 0))
-        self.info = prediction.get("info") or self.info
+        images = self._checked_images(prediction, len(seeds), "seeds",
+                                      f"non-finite sample values for seeds {format_seeds(seeds)}")
         todo = [(k, s) for k, s in enumerate(seeds) if s not in self.existing]
         if not todo:
             return
@@ -277,15 +282,8 @@ class TaskWriter(SampleWriter):
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         pairs = list(zip(torch.as_tensor(prediction["indices"]).reshape(-1).tolist(),
                          torch.as_tensor(prediction["seeds"]).reshape(-1).tolist()))
-        images = prediction["images"]
-        if images.dim() != 4 or images.shape[0] != len(pairs):
-            raise ValueError(f"predict_step must return images [B, C, H, W] for B={len(pairs)} pairs, "
-                             f"got shape {list(images.shape)}")
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError(f"non-finite values in the completions of {pairs[:4]}...; nothing was written for "
-                             "them (lower speed_up or alpha)")
-        self.nfe = int(prediction.get("nfe", 0))
-        self.info = prediction.get("info") or self.info
+        images = self._checked_images(prediction, len(pairs), "pairs",
+                                      f"non-finite values in the completions of {pairs[:4]}...")
         todo = [(k, p) for k, p in enumerate(pairs) if p not in self.existing_pairs]
         pixels = to_uint8(images[[k for k, _ in todo]]) if todo else []
         for ((index, seed)), img in zip([p for _, p in todo], pixels):
