@@ -83,6 +83,12 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def markdown_table(names, keys, heading, cell) -> list[str]:
+    """A markdown table: one row per sampler name, one column per key; `cell(name, key)` gives the text."""
+    lines = ["| sampler | " + " | ".join(heading(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    return lines + [f"| {name} | " + " | ".join(cell(name, k) for k in keys) + " |" for name in names]
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend, or None (with a note) when matplotlib is not installed."""
     try:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
@@ -220,6 +220,10 @@ def cell(r: dict, metric: str, best: float | None) -> str:
     return f"{text} ({r['nfe']})"
 
 
+def nfe_heading(budget: int) -> str:
+    return f"{budget} NFE"
+
+
 def write_report(path: Path, payload: dict, command: str) -> None:
     results, meta = payload["results"], payload["meta"]
     lines = ["# Samplers against NFE: PC (vanilla, PDS) vs EDM, DPM-Solver++ and Euler", "",
@@ -229,6 +233,9 @@ def write_report(path: Path, payload: dict, command: str) -> None:
         rows_m = [r for r in results if r["model"] == model]
         budgets = sorted({r["budget"] for r in rows_m})
         names = list(dict.fromkeys(r["sampler"] for r in rows_m))
+        row_of = {}
+        for r in rows_m:
+            row_of.setdefault((r["sampler"], r["budget"]), r)  # the first row of each cell
         n = rows_m[0]["num_samples"]
         lines += [f"## {model} ({n} samples per row)", ""]
         if model == "gaussian":
@@ -237,28 +244,18 @@ def write_report(path: Path, payload: dict, command: str) -> None:
                       f"Langevin norms). Monte-Carlo floor (exact target draws, same n): "
                       f"{meta['floor']['gaussian']['w2_mc']:.4f}.", ""]
         for metric, label in METRICS["gaussian" if model == "gaussian" else "trained"]:
-            lines += [f"### {label}", "", "| sampler | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
-                      "|---" * (len(budgets) + 1) + "|"]
             best = {b: min((r[metric] for r in rows_m if r["budget"] == b and r.get(metric) is not None),
                            default=None) for b in budgets}
-            for name in names:
-                cells = []
-                for b in budgets:
-                    r = [x for x in rows_m if x["sampler"] == name and x["budget"] == b]
-                    cells.append(cell(r[0], metric, best[b]) if r else "")
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += [f"### {label}", ""] + markdown_table(
+                names, budgets, nfe_heading,
+                lambda name, b: cell(row_of[name, b], metric, best[b]) if (name, b) in row_of else "")
             if model != "gaussian" and model in meta.get("floor", {}):
                 f = meta["floor"][model]
                 lines.append(f"| *floor* | {f[metric]:.4f} ± {f[metric + '_se']:.4f} (training images) |")
             lines.append("")
-        lines += ["### wall time (ms per sample)", "", "| sampler | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
-                  "|---" * (len(budgets) + 1) + "|"]
-        for name in names:
-            cells = []
-            for b in budgets:
-                r = [x for x in rows_m if x["sampler"] == name and x["budget"] == b]
-                cells.append(f"{r[0]['wall_s_per_sample'] * 1e3:.1f}" if r else "")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["### wall time (ms per sample)", ""] + markdown_table(
+            names, budgets, nfe_heading,
+            lambda name, b: f"{row_of[name, b]['wall_s_per_sample'] * 1e3:.1f}" if (name, b) in row_of else "")
         chosen = [(r["sampler"], r["budget"], r["alpha"]) for r in rows_m if "alpha" in r]
         if chosen:
             lines += ["", "alpha: auto resolved to: " + ", ".join(

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, pyplot, save_figure, save_grid
+from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure, save_grid
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
 from pds_lightning.sampling.settings import SamplerSettings
@@ -119,24 +119,18 @@ def write_report(path: Path, payload: dict) -> None:
         names = [s for s in meta["samplers"] if any(r["sampler"] == s for r in rows)]
         floor = meta["floor"][model]
         lines += [f"## {model} ({meta['configs'][model]}, checkpoint `{meta['checkpoints'][model]}`)", ""]
+        row_of = {}
+        for r in rows:
+            row_of.setdefault((r["sampler"], r["steps"]), r)  # the first row of each cell
+        heading = lambda s: f"{s} steps"
         for metric, label in (("spectral_error", "spectral error (decades)"), ("fd_digits", "FD-digits")):
-            lines += [f"### {label}", "", "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |",
-                      "|---" * (len(steps) + 1) + "|"]
-            for name in names:
-                cells = []
-                for s in steps:
-                    r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
-                    cells.append(fmt(r[0][metric], r[0][metric + "_se"]) if r else "")
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += [f"### {label}", ""] + markdown_table(
+                names, steps, heading,
+                lambda name, s: fmt(row_of[name, s][metric], row_of[name, s][metric + "_se"]) if (name, s) in row_of else "")
             lines += [f"| *floor* | {fmt(floor[metric], floor[metric + '_se'])} (training images) |", ""]
-        lines += ["### wall time (s per setting, all samples; NFE per sample)", "",
-                  "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
-        for name in names:
-            cells = []
-            for s in steps:
-                r = [x for x in rows if x["sampler"] == name and x["steps"] == s]
-                cells.append(f"{r[0]['wall_s']:.0f} ({r[0]['nfe']})" if r else "")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["### wall time (s per setting, all samples; NFE per sample)", ""] + markdown_table(
+            names, steps, heading,
+            lambda name, s: f"{row_of[name, s]['wall_s']:.0f} ({row_of[name, s]['nfe']})" if (name, s) in row_of else "")
         for name in names:
             chosen = {r["steps"]: r["alpha"] for r in rows if r["sampler"] == name and "alpha" in r}
             if chosen:
