@@ -182,3 +182,31 @@ def test_sigkill_two_processes_then_resume_on_two(work):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_written"] == len(REFERENCE_SEEDS) - len(done)
     assert manifest["num_skipped_existing"] == len(done)
+
+
+def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
+    """Class-conditional predict with guidance: (seed, class) fixes the PNG whatever the batch or world size,
+    and the class reaches the network (another class list changes the images of the seeds it changes)."""
+    root = work[0]
+    save = root / "conditional"
+    assert_ok(run(CLI + ["fit", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir",
+                         str(save), "--data.stats_cache_dir", str(root / "stats"), "--data.conditional", "true",
+                         "--model.net.init_args.num_classes", "10", "--model.label_dropout", "0.1",
+                         # a large step and no averaging: three updates must move the class embedding visibly
+                         "--model.lr", "0.05", "--model.warmup", "0", "--model.ema_decay", "0"], cwd=root))
+    [ckpt] = save.rglob("*.ckpt")
+    guided = ("--data.conditional", "true", "--model.net.init_args.num_classes", "10",
+              "--model.sampler.guidance_scale", "2.0")
+    one = root / "conditional_one"
+    assert_ok(run(CLI + predict_args(ckpt, one, "0-7", "--data.classes", "3,7", "--data.predict_batch_size", "3",
+                                     *guided), cwd=root))
+    two = root / "conditional_two"
+    assert_ok(run(CLI + predict_args(ckpt, two, "0-7", "--data.classes", "3,7", "--trainer.devices", "2",
+                                     "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *guided), cwd=root))
+    reference = png_bytes(one, SEEDS)
+    manifest = check_output(two, reference, 2)
+    assert manifest["classes"] == "3,7"
+    swapped = root / "conditional_swapped"
+    assert_ok(run(CLI + predict_args(ckpt, swapped, "0-7", "--data.classes", "7,3", *guided), cwd=root))
+    changed = png_bytes(swapped, SEEDS)
+    assert all(changed[s] != reference[s] for s in SEEDS)  # every seed asks for the other digit now
