@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, load_model
+from benchmarks.common import ROOT, image_stack, load_model
 from pds_lightning.features import load_digit_classifier
 from pds_lightning.fileio import write_atomic
 from pds_lightning.sampling.settings import SamplerSettings
@@ -45,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        write_results(Path(args.output), parts[0]["meta"], [r for part in parts for r in part["rows"]])
+        meta = dict(parts[0]["meta"], merged=len(parts))
+        write_results(Path(args.output), meta, [r for part in parts for r in part["rows"]])
         return
     torch.set_num_threads(1)
-    model, _ = load_model(CONFIG, args.ckpt)
+    model, dm = load_model(CONFIG, args.ckpt)
     ckpt = torch.load(Path(args.ckpt), map_location="cpu", weights_only=True)
     classifier = load_digit_classifier()
     seeds = torch.arange(args.num)
@@ -70,8 +71,17 @@ def main() -> None:
                              "stderr": binomial_stderr(acc, args.num), "n": args.num, "seconds": seconds})
                 print(rows[-1], flush=True)
     meta = {"checkpoint": str(args.ckpt), "global_step": int(ckpt.get("global_step", -1)), "config": CONFIG,
-            "num": args.num}
+            "num": args.num, "real": real_accuracy(classifier, dm)}
     write_results(Path(args.output), meta, rows)
+
+
+def real_accuracy(classifier, dm) -> dict:
+    """The classifier's accuracy on the held-out real digits: what a perfect conditional sampler would score."""
+    x = image_stack(dm, dm.val_indices)
+    labels = dm.labels[torch.as_tensor(dm.val_indices)]
+    with torch.no_grad():
+        acc = (classifier(x).argmax(1) == labels).float().mean().item()
+    return {"accuracy": acc, "stderr": binomial_stderr(acc, len(x)), "n": len(x)}
 
 
 def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
@@ -82,8 +92,12 @@ def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
              "for digit s % 10; accuracy of the shipped digit classifier (`pds_lightning.features`), "
              "+- one binomial standard error. PC sampler (reverse diffusion + Langevin, snr 0.16); PDS: alpha 5, "
              "both filters. Guidance: s_u + (1 + w)(s_c - s_u).\n",
-             f"Command: `OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.conditional --ckpt {meta['checkpoint']} "
-             f"--num {num}` (run per method in parallel, then `--merge`). Sampling time per cell in the json.\n",
+             f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.conditional --ckpt {meta['checkpoint']} --num {num}`"
+             + (" (per-method runs in parallel, joined with `--merge`)" if meta.get("merged", 0) > 1 else "")
+             + ". Sampling time per cell in the json.\n",
+             *([f"Reference: the classifier on {meta['real']['n']} held-out real digits scores "
+                f"{meta['real']['accuracy']:.2f} +- {meta['real']['stderr']:.2f} (a perfect conditional sampler).\n"]
+               if "real" in meta else []),
              "| steps | w | vanilla | PDS |", "|---|---|---|---|"]
     for steps in sorted({r["steps"] for r in rows}):
         for scale in sorted({r["guidance_scale"] for r in rows}):
