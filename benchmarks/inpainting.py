@@ -1,11 +1,14 @@
-"""Does PDS help inpainting at 20-100 steps? Vanilla vs PDS (alpha 5, both filters; 'project' and 'subspace'
-restrictions) on the demo model, filling the centre square (half the side) of held-out validation digits.
+"""Does PDS help inpainting and colorization at 20-100 steps? Vanilla vs PDS (alpha 5, both filters; 'project'
+and 'subspace' restrictions) on a trained reference model and its held-out validation images.
 
-Scores against the held-out truth: MSE over the unknown pixels (mean over images, bootstrap standard error)
-and the spectral error of the filled centre crops against the truth's centre crops (log-spectral distance of
-their mean power spectra). Writes benchmarks/results/inpainting.md (+ .json).
+Inpainting fills the centre square (half the side); colorization (RGB models) recovers the two chroma axes
+from the gray axis. Scores against the held-out truth: MSE over the unknown part (mean over images, bootstrap
+standard error, and paired against vanilla on the same images and seeds) and the spectral error of the
+filled part (inpainting: the centre crops; colorization: the chroma, image minus its gray) against the
+truth's, as the log-spectral distance of their mean power spectra. Writes benchmarks/results/<task>_<model>.md (+ .json).
 
-    nice -n 10 python -m benchmarks.inpainting --ckpt /work/main/runs/demo/checkpoints/last.ckpt
+    nice -n 10 python -m benchmarks.inpainting --model demo --task inpaint
+    nice -n 10 python -m benchmarks.inpainting --model patches --task colorize
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pds_lightning.data.tasks import builtin_mask
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.metrics import log_spectral_distance
-from pds_lightning.sampling.conditional import generate_conditional, known_part_for
+from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
 from pds_lightning.sampling.settings import SamplerSettings
 from pds_lightning.statistics import ImageStatistics
 
 METHODS = {"vanilla": ("none", "project"), "pds_project": ("both", "project"), "pds_subspace": ("both", "subspace")}
+TASK_NAMES = {"inpaint": "inpainting", "colorize": "colorization"}
 BOOTSTRAP = 200
 
 
@@ -41,11 +45,6 @@ def spectral(x: torch.Tensor, ref: torch.Tensor) -> float:
     return log_spectral_distance(power(x), power(ref))
 
 
-def mse_per_image(filled: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    unknown = (1 - mask).bool().expand_as(truth)
-    return ((filled - truth) ** 2)[unknown].view(len(truth), -1).mean(1)
-
-
 def bootstrap_se(values: torch.Tensor) -> float:
     """Standard error of the mean of per-image values (bootstrap over images)."""
     g = torch.Generator().manual_seed(0)
@@ -53,70 +52,120 @@ def bootstrap_se(values: torch.Tensor) -> float:
     return float(torch.stack(boot).std())
 
 
-def score(filled: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, vanilla_mse: torch.Tensor | None) -> dict:
-    per_image = mse_per_image(filled, truth, mask)
-    out = {"mse_mask": float(per_image.mean()), "mse_mask_se": bootstrap_se(per_image),
-           "spectral_error_mask": spectral(centre(filled), centre(truth))}
-    if vanilla_mse is not None:  # paired: the same images and seeds
-        diff = per_image - vanilla_mse
-        out.update(mse_minus_vanilla=float(diff.mean()), mse_minus_vanilla_se=bootstrap_se(diff))
-    return out
+class Task:
+    """What one task knows, fills and scores: the known part, the output in [0, 1], the unknown region."""
+
+    def __init__(self, kind: str, truth: torch.Tensor, centered: bool):
+        self.kind, self.truth, self.centered = kind, truth, centered
+        if kind == "inpaint":
+            self.mask = builtin_mask("center", truth.shape[-1])[None]
+            self.known = known_part_for("inpaint", to_model_space(truth * self.mask, centered), self.mask)
+        else:
+            self.mask = None
+            self.known = known_part_for("colorize", to_model_space(truth, centered))
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> images in [0, 1], the known part checked unchanged."""
+        filled = to_unit_range(x, self.centered)
+        if self.kind == "inpaint":
+            filled = filled.clamp(0, 1)
+            assert torch.equal(filled * self.mask, self.truth * self.mask), "known pixels changed"
+        else:
+            filled = clip_keeping_gray(filled).clamp(0, 1)
+            gray_error = (filled.mean(1) - self.truth.mean(1)).abs().max()
+            assert gray_error < 1e-4, f"gray changed by {gray_error}"
+        return filled
+
+    def mse_per_image(self, filled: torch.Tensor) -> torch.Tensor:
+        if self.kind == "colorize":  # the gray axis is exact, so this is the chroma error
+            return ((filled - self.truth) ** 2).flatten(1).mean(1)
+        unknown = (1 - self.mask).bool().expand_as(self.truth)
+        return ((filled - self.truth) ** 2)[unknown].view(len(self.truth), -1).mean(1)
+
+    def spectral_error(self, filled: torch.Tensor) -> float:
+        if self.kind == "colorize":  # the colour alone: the gray part is the same in both
+            # mapped into [0, 1] for ImageStatistics; the same affine map of both leaves the distance as it is
+            chroma = lambda x: (x - x.mean(1, keepdim=True) + 1) / 2  # noqa: E731
+            return spectral(chroma(filled), chroma(self.truth))
+        return spectral(centre(filled), centre(self.truth))
+
+    def baseline(self) -> tuple[str, float]:
+        """The MSE of the trivial fill: mean gray in the hole, or the gray image itself (zero chroma)."""
+        if self.kind == "colorize":
+            gray = self.truth.mean(1, keepdim=True).expand_as(self.truth)
+            return "the gray image itself (no colour)", float(((gray - self.truth) ** 2).mean())
+        unknown = (1 - self.mask).bool().expand_as(self.truth)
+        return "the mean gray", float(((self.truth.mean() - self.truth) ** 2)[unknown].mean())
+
+    def score(self, filled: torch.Tensor, vanilla_mse: torch.Tensor | None) -> dict:
+        per_image = self.mse_per_image(filled)
+        out = {"mse": float(per_image.mean()), "mse_se": bootstrap_se(per_image),
+               "spectral_error": self.spectral_error(filled)}
+        if vanilla_mse is not None:  # paired: the same images and seeds
+            diff = per_image - vanilla_mse
+            out.update(mse_minus_vanilla=float(diff.mean()), mse_minus_vanilla_se=bootstrap_se(diff))
+        return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default=str(ROOT / MODELS["demo"][1]))
-    parser.add_argument("--config", default=MODELS["demo"][0])
+    parser.add_argument("--model", default="demo", choices=sorted(MODELS))
+    parser.add_argument("--task", default="inpaint", choices=sorted(TASK_NAMES))
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 40, 100])
     parser.add_argument("--alpha", type=float, default=5.0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/inpainting"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<task>_<model>")
     args = parser.parse_args(argv)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{TASK_NAMES[args.task]}_{args.model}")
     torch.set_num_threads(1)
-    model, dm = load_model(args.config, args.ckpt)
-    truth = image_stack(dm, dm.val_indices[: args.images])
-    mask = builtin_mask("center", truth.shape[-1])[None]
-    known = known_part_for("inpaint", to_model_space(truth * mask, model.centered), mask)
-    seeds = list(range(len(truth)))
+    model, dm = load_model(*MODELS[args.model])
+    task = Task(args.task, image_stack(dm, dm.val_indices[: args.images]), model.centered)
+    seeds = list(range(args.images))
     rows = []
     for n in args.steps:
         vanilla_mse = None
         for name, (preconditioner, restrict) in METHODS.items():
             settings = SamplerSettings(name=name, n_steps=n, preconditioner=preconditioner, alpha=args.alpha)
             t0 = time.perf_counter()
-            result = generate_conditional(settings, model.score_fn(ema=True), model.sde, seeds, known,
+            result = generate_conditional(settings, model.score_fn(ema=True), model.sde, seeds, task.known,
                                           model.data_statistics, restrict=restrict)
-            filled = to_unit_range(result.x, model.centered).clamp(0, 1)
-            assert torch.equal(filled * mask, truth * mask), "known pixels changed"
+            filled = task.output(result.x)
             row = {"method": name, "n_steps": n, "nfe": result.nfe, "seconds": round(time.perf_counter() - t0, 1),
-                   **score(filled, truth, mask, vanilla_mse)}
+                   **task.score(filled, vanilla_mse)}
             if name == "vanilla":
-                vanilla_mse = mse_per_image(filled, truth, mask)
+                vanilla_mse = task.mse_per_image(filled)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    baseline = {"mse_mask": float(((truth.mean() - truth) ** 2)[(1 - mask).bool().expand_as(truth)].mean())}
-    write_report(Path(args.out), rows, args, baseline)
+    write_report(out, rows, args, task)
 
 
-def write_report(out: Path, rows: list[dict], args, baseline: dict) -> None:
-    lines = ["# Inpainting: vanilla vs PDS on the demo model", "",
-             f"Command: `nice -n 10 python -m benchmarks.inpainting --ckpt {args.ckpt} --images {args.images} "
-             f"--steps {' '.join(map(str, args.steps))} --alpha {args.alpha}` (one CPU thread).", "",
-             f"{args.images} held-out validation digits (32x32, gray), centre 16x16 square unknown, one completion "
-             "per image (seed = image position); reverse diffusion + Langevin (snr 0.16), known part re-imposed "
-             "after every update (score_sde). PDS: both filters from the checkpoint's statistics, alpha "
-             f"{args.alpha}; `project` = M on the whole image then re-imposition, `subspace` = M' = P M. "
-             "Lower is better for both scores; MSE over the unknown pixels in [0, 1] units (± bootstrap SE over "
-             "images); spectral error = log-spectral distance of the mean power spectra of the filled vs the true "
-             "16x16 centre crops.", "",
-             f"Reference: filling with the mean gray gives MSE {baseline['mse_mask']:.4f}.", "",
-             "| steps | method | NFE | MSE in mask | MSE - vanilla (paired) | spectral error in mask | s |",
+def write_report(out: Path, rows: list[dict], args, task: Task) -> None:
+    config = MODELS[args.model][0]
+    size = tuple(task.truth.shape[1:])
+    what = (f"centre {size[-1] // 2}x{size[-1] // 2} square unknown; MSE over the unknown pixels; spectral error of "
+            "the filled vs the true centre crops" if args.task == "inpaint" else
+            "gray axis known (score_sde's orthonormal colour basis), the two chroma axes unknown; MSE over all "
+            "pixels and channels (= the chroma error, the gray being exact); spectral error of the chroma "
+            "(image minus its gray) of the coloured vs the true images")
+    baseline_what, baseline = task.baseline()
+    lines = [f"# {TASK_NAMES[args.task].capitalize()}: vanilla vs PDS on the {args.model} model", "",
+             f"Command: `nice -n 10 python -m benchmarks.inpainting --model {args.model} --task {args.task} "
+             f"--images {args.images} --steps {' '.join(map(str, args.steps))} --alpha {args.alpha}` (one CPU "
+             f"thread; model `{config}`, checkpoint `{MODELS[args.model][1]}`).", "",
+             f"{args.images} held-out validation images {size}, one completion per image (seed = image position); "
+             f"{what}. Reverse diffusion + Langevin (snr 0.16), known part re-imposed after every update "
+             f"(score_sde). PDS: both filters from the checkpoint's statistics, alpha {args.alpha}; `project` = M "
+             "on the whole image then re-imposition, `subspace` = M' = P M. Lower is better for both scores; MSE "
+             "in [0, 1] units (± bootstrap SE over images; the paired column is PDS minus vanilla per image); "
+             "spectral error = log-spectral distance of mean power spectra.", "",
+             f"Reference: {baseline_what} gives MSE {baseline:.4f}.", "",
+             "| steps | method | NFE | MSE | MSE - vanilla (paired) | spectral error | s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         paired = (f"{r['mse_minus_vanilla']:+.4f} ± {r['mse_minus_vanilla_se']:.4f}" if "mse_minus_vanilla" in r
                   else "")
-        lines.append(f"| {r['n_steps']} | {r['method']} | {r['nfe']} | {r['mse_mask']:.4f} ± {r['mse_mask_se']:.4f} "
-                     f"| {paired} | {r['spectral_error_mask']:.3f} | {r['seconds']} |")
+        lines.append(f"| {r['n_steps']} | {r['method']} | {r['nfe']} | {r['mse']:.4f} ± {r['mse_se']:.4f} "
+                     f"| {paired} | {r['spectral_error']:.3f} | {r['seconds']} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), (json.dumps(rows, indent=1) + "\n").encode())
     write_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
