@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, image_stack, load_model
+from benchmarks.common import MODELS, ROOT, image_stack, load_model, save_grid
 from pds_lightning.data.tasks import builtin_mask
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_model_space, to_unit_range
@@ -32,6 +32,7 @@ from pds_lightning.statistics import ImageStatistics
 METHODS = {"vanilla": ("none", "project"), "pds_project": ("both", "project"), "pds_subspace": ("both", "subspace")}
 TASK_NAMES = {"inpaint": "inpainting", "colorize": "colorization"}
 BOOTSTRAP = 200
+GRID_IMAGES = 8
 
 
 def centre(x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,12 @@ class Task:
             return spectral(chroma(filled), chroma(self.truth))
         return spectral(centre(filled), centre(self.truth))
 
+    def shown_input(self) -> torch.Tensor:
+        """What the sampler was given, as an image: the known pixels on mid-gray, or the gray image."""
+        if self.kind == "colorize":
+            return self.truth.mean(1, keepdim=True).expand_as(self.truth)
+        return self.truth * self.mask + 0.5 * (1 - self.mask)
+
     def baseline(self) -> tuple[str, float]:
         """The MSE of the trivial fill: mean gray in the hole, or the gray image itself (zero chroma)."""
         if self.kind == "colorize":
@@ -121,7 +128,7 @@ def main(argv=None) -> None:
     model, dm = load_model(*MODELS[args.model])
     task = Task(args.task, image_stack(dm, dm.val_indices[: args.images]), model.centered)
     seeds = list(range(args.images))
-    rows = []
+    rows, shown = [], {}
     for n in args.steps:
         vanilla_mse = None
         for name, (preconditioner, restrict) in METHODS.items():
@@ -134,8 +141,13 @@ def main(argv=None) -> None:
                    **task.score(filled, vanilla_mse)}
             if name == "vanilla":
                 vanilla_mse = task.mse_per_image(filled)
+            if n == max(args.steps):
+                shown[name] = filled[:GRID_IMAGES]
             rows.append(row)
             print(json.dumps(row), flush=True)
+    # one row each: input, every method at the largest step count, truth
+    save_grid(torch.cat([task.shown_input()[:GRID_IMAGES], *shown.values(), task.truth[:GRID_IMAGES]]),
+              out.with_suffix(".png"), nrow=GRID_IMAGES)
     write_report(out, rows, args, task)
 
 
@@ -159,6 +171,8 @@ def write_report(out: Path, rows: list[dict], args, task: Task) -> None:
              "in [0, 1] units (± bootstrap SE over images; the paired column is PDS minus vanilla per image); "
              "spectral error = log-spectral distance of mean power spectra.", "",
              f"Reference: {baseline_what} gives MSE {baseline:.4f}.", "",
+             f"Grid `{out.with_suffix('.png').name}`: the first {GRID_IMAGES} images; rows: input, "
+             + ", ".join(METHODS) + f" at {max(args.steps)} steps, truth.", "",
              "| steps | method | NFE | MSE | MSE - vanilla (paired) | spectral error | s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
