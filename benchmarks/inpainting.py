@@ -60,9 +60,10 @@ class Task:
         self.kind, self.truth, self.centered = kind, truth, centered
         if kind == "inpaint":
             self.mask = builtin_mask("center", truth.shape[-1])[None]
+            self.unknown = (1 - self.mask).bool().expand_as(truth)
             self.known = known_part_for("inpaint", to_model_space(truth * self.mask, centered), self.mask)
         else:
-            self.mask = None
+            self.mask = self.unknown = None
             self.known = known_part_for("colorize", to_model_space(truth, centered))
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,8 +81,7 @@ class Task:
     def mse_per_image(self, filled: torch.Tensor) -> torch.Tensor:
         if self.kind == "colorize":  # the gray axis is exact, so this is the chroma error
             return ((filled - self.truth) ** 2).flatten(1).mean(1)
-        unknown = (1 - self.mask).bool().expand_as(self.truth)
-        return ((filled - self.truth) ** 2)[unknown].view(len(self.truth), -1).mean(1)
+        return ((filled - self.truth) ** 2)[self.unknown].view(len(self.truth), -1).mean(1)
 
     def spectral_error(self, filled: torch.Tensor) -> float:
         if self.kind == "colorize":  # the colour alone: the gray part is the same in both
@@ -99,10 +99,8 @@ class Task:
     def baseline(self) -> tuple[str, float]:
         """The MSE of the trivial fill: mean gray in the hole, or the gray image itself (zero chroma)."""
         if self.kind == "colorize":
-            gray = self.truth.mean(1, keepdim=True).expand_as(self.truth)
-            return "the gray image itself (no colour)", float(((gray - self.truth) ** 2).mean())
-        unknown = (1 - self.mask).bool().expand_as(self.truth)
-        return "the mean gray", float(((self.truth.mean() - self.truth) ** 2)[unknown].mean())
+            return "the gray image itself (no colour)", float(((self.shown_input() - self.truth) ** 2).mean())
+        return "the mean gray", float(((self.truth.mean() - self.truth) ** 2)[self.unknown].mean())
 
     def score(self, filled: torch.Tensor, vanilla_mse: torch.Tensor | None) -> dict:
         per_image = self.mse_per_image(filled)

@@ -22,18 +22,20 @@ import torch
 from torchdiffeq import odeint
 
 from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model
+from benchmarks.samplers_vs_nfe import steps_for_budget
+from pds_lightning.features import DigitFeatures
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_unit_range
-from pds_lightning.sampling import SamplerSettings
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.solvers import Denoiser, noise_levels
+from pds_lightning.sampling.solvers import Denoiser, noise_levels, solver_nfe
 
-SOLVERS = {"edm_heun": 199, "dpmpp_2m": 200, "euler": 200}  # method -> NFE (n_steps from solver_nfe)
+SOLVERS = ("edm_heun", "dpmpp_2m", "euler")
+BUDGET = 200  # NFE per sample of each fixed-step solver (the nearest its step rule allows)
 
 
 def adaptive_ode(model, seeds: torch.Tensor, shape, rtol: float, atol: float) -> tuple[torch.Tensor, int]:
-    """(samples, NFE): dopri5 between the end points of the solvers' 200-level grid, then D(x; sigma_min)."""
-    _, N, eps = model.sde.discretised(200)
+    """(samples, NFE): dopri5 between the end points of the solvers' BUDGET-level grid, then D(x; sigma_min)."""
+    _, N, eps = model.sde.discretised(BUDGET)
     sigmas = noise_levels(model.sde, N, eps)
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-2])
     denoise, calls = Denoiser(model.score_fn(ema=True), model.sde), [0]
@@ -70,15 +72,15 @@ def main(argv=None) -> None:
                    "min": float(raw.min()), "max": float(raw.max())}
         rows = [{"solver": "dopri5", "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1)}]
         spread = float((reference - reference.mean(0)).abs().mean())  # how much samples differ from each other
-        for method, budget in SOLVERS.items():
-            n = budget if method != "edm_heun" else (budget + 1) // 2
+        for method in SOLVERS:
+            n = steps_for_budget(lambda steps: solver_nfe(method, steps), BUDGET)
             settings = dataclasses.replace(model.sampler, name=method, method=method, n_steps=n,
                                            preconditioner="none")
             result = model.sample(settings, seeds)
             diff = (result.x - reference).abs()
             rows.append({"solver": method, "nfe": result.nfe, "mean_abs_diff": float(diff.mean()),
                          "max_abs_diff": float(diff.max())})
-    scorer = Scorer(image_stack(dm, dm.val_indices), _features())
+    scorer = Scorer(image_stack(dm, dm.val_indices), DigitFeatures())
     rows[0].update(scorer.score(reference))
     out = ROOT / "benchmarks" / "results" / f"ode_reference_{args.model}"
     lines = [f"# Probability-flow ODE on the {args.model} model: fixed-step solvers vs an adaptive solve", "",
@@ -91,15 +93,10 @@ def main(argv=None) -> None:
              f"of its pixels lie outside [0, 1] (range {outside['min']:.2f} .. {outside['max']:.2f}).", "",
              "| solver | NFE | mean abs diff to dopri5 | max abs diff |", "|---|---|---|---|"]
     lines += [f"| {r['solver']} | {r['nfe']} | {r['mean_abs_diff']:.2e} | {r['max_abs_diff']:.2e} |" for r in rows[1:]]
-    write_atomic(out.with_suffix(".json"), (json.dumps({"spread": spread, "unclamped": outside, "rows": rows}, indent=1) + "\n").encode())
+    payload = {"spread": spread, "unclamped": outside, "rows": rows}
+    write_atomic(out.with_suffix(".json"), (json.dumps(payload, indent=1) + "\n").encode())
     write_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
-
-
-def _features():
-    from pds_lightning.features import DigitFeatures
-
-    return DigitFeatures()
 
 
 if __name__ == "__main__":

@@ -339,7 +339,7 @@ def main() -> None:
 
 def merge(payload: dict, paths: list[Path]) -> None:
     """Rows (and their models' floors and commands) of other runs' json files that this payload lacks."""
-    for other in map(lambda p: json.loads(p.read_text()), paths):
+    for other in (json.loads(p.read_text()) for p in paths):
         for r in other["results"]:
             if not done(payload, r["model"], r["sampler"], r["budget"], r["num_samples"]):
                 payload["results"].append(r)
