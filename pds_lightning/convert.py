@@ -223,10 +223,21 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
     state_dict["ema_num_updates"] = torch.tensor(int(ckpt["ema"].get("num_updates") or 0), dtype=torch.long)
     state_dict.update(statistics_buffers(shape, freq_stat, space_stat))
 
-    import lightning
-
     optimizer = adam_state(ckpt.get("optimizer"), net)
     step = int(ckpt.get("step", 0))
+    out = lightning_checkpoint(
+        state_dict, hyper_parameters(model_cfg, shape, getattr(net, "centered", False)), step=step,
+        optimizer=optimizer,
+        extra={"score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))}})
+    return save_checkpoint(out, output_path)
+
+
+def lightning_checkpoint(state_dict: dict[str, torch.Tensor], hparams: dict[str, Any], *, step: int = 0,
+                         optimizer: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Lightning checkpoint of ScoreModule (`state_dict`, plain-data `hparams`) after `step` optimizer steps;
+    the one layout every converter writes, so every entry point reads converted checkpoints alike."""
+    import lightning
+
     out = {
         "state_dict": state_dict,
         "global_step": step,
@@ -235,12 +246,17 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         "optimizer_states": [optimizer] if optimizer is not None else [],
         "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
         "loops": {"fit_loop": fit_loop_state(step)},
-        "hyper_parameters": hyper_parameters(model_cfg, shape, getattr(net, "centered", False)),
-        "score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))},
+        "hyper_parameters": hparams,
     }
+    out.update(extra or {})
+    return out
+
+
+def save_checkpoint(checkpoint: dict[str, Any], output_path: str | os.PathLike) -> Path:
+    """Write a converted checkpoint atomically; returns its path."""
     output_path = Path(output_path)
     with atomic_path(output_path) as tmp:
-        torch.save(out, tmp)
+        torch.save(checkpoint, tmp)
     return output_path
 
 
