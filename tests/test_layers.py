@@ -11,8 +11,8 @@ import and fails too, so a cycle cannot form):
                                                image statistics (mean, power spectrum)
  2. models                                  -- score networks and the analytic Gaussian score (use sde,
                                                preconditioner)
- 3. sampling                                -- predictors, correctors, samplers, solvers, settings
-                                               (take alpha as a number)
+ 3. sampling, losses                        -- predictors, correctors, samplers, solvers, settings
+                                               (take alpha as a number); training objectives
  4. metrics, features                       -- measures of samples (spectra, FID/KID features); they
                                                need no sampler, and the alpha pilot scores with them
  5. alpha                                   -- choosing alpha: surrogate (pure maths) and pilot (runs
@@ -39,7 +39,7 @@ LAYERS = [
     ("fileio", "images", "distributed", "classpath", "resources"),
     ("sde", "preconditioner", "statistics"),
     ("models",),
-    ("sampling",),
+    ("sampling", "losses"),
     ("metrics", "features", "likelihood"),
     ("alpha",),
     ("data",),
