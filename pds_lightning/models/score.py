@@ -55,6 +55,10 @@ class ScoreModel(nn.Module):
         extra = {} if class_labels is None else {"class_labels": class_labels}
         return self.net(x, sigma, **extra).to(x.dtype)
 
+    def with_labels(self, class_labels: torch.Tensor | None) -> "LabelledScore":
+        """This model with `class_labels` bound, as a loss calls it: `(x, t) -> score` and `denoise(x, sigma)`."""
+        return LabelledScore(self, class_labels)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         sde = self.sde
         if self.denoiser_net(self.net):
@@ -78,3 +82,16 @@ class ScoreModel(nn.Module):
             out = net(x, labels)
             std = sde.sqrt_1m_alphas_cumprod.to(device=x.device, dtype=x.dtype)[labels.long()]
         return (-out.to(x.dtype)) / std.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+class LabelledScore:
+    """A ScoreModel with one batch's class labels bound (None: unconditional), keeping its `denoise`."""
+
+    def __init__(self, model: ScoreModel, class_labels: torch.Tensor | None):
+        self.model, self.class_labels = model, class_labels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, self.class_labels)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return self.model.denoise(x, sigma, self.class_labels)

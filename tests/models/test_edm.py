@@ -87,6 +87,19 @@ def test_class_labels_reach_a_conditional_network():
     torch.testing.assert_close(a, c_skip * x + c_out * net.net(c_in * x, c_noise.flatten(), class_labels=torch.tensor([0, 1])))
 
 
+def test_scores_and_denoisers_with_bound_labels_are_the_labelled_calls():
+    net = EDMPrecond(DDPMpp(**TINY, num_classes=3))
+    with torch.no_grad():
+        nn.init.normal_(net.net.class_embed.weight)
+        net.net.all_modules[-1].weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    model, labels = ScoreModel(net, VPSDE()), torch.tensor([2, 0])
+    x, t, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.6]), torch.tensor([0.5, 3.0])
+    bound = model.with_labels(labels)
+    torch.testing.assert_close(bound(x, t), model(x, t, labels))
+    torch.testing.assert_close(bound.denoise(x, sigma), net(x, sigma, labels))
+    assert not torch.allclose(bound.denoise(x, sigma), model.with_labels(None).denoise(x, sigma))
+
+
 def test_bad_networks_and_settings_are_refused():
     with pytest.raises(ValueError, match="scale_by_sigma: false"):
         EDMPrecond({"class_path": "pds_lightning.models.NCSNpp", "init_args": {**TINY, "scale_by_sigma": True}})
