@@ -40,9 +40,10 @@ def dpmpp_2m_sde_nfe(n_steps: int, ode_corrector: str = "none", n_corrector_step
 def restart_nfe(n_steps: int, intervals=RESTART_INTERVALS, repeats=RESTART_REPEATS, inner_steps=RESTART_INNER_STEPS,
                 ode_corrector: str = "none", n_corrector_steps: int = 1) -> int:
     """Exact score evaluations per sample of restart: the Heun backbone's 2N - 1, plus 2 per inner Heun step."""
-    plan = zip(_per_interval(repeats, len(intervals), "repeats"), _per_interval(inner_steps, len(intervals), "inner_steps"))
-    return 2 * n_steps - 1 + sum(k * 2 * (n - 1) for k, n in plan) + _corrector_nfe(n_steps, ode_corrector,
-                                                                                    n_corrector_steps)
+    ks = _per_interval(repeats, len(intervals), "repeats")
+    ns = _per_interval(inner_steps, len(intervals), "inner_steps")
+    restarts = sum(k * 2 * (n - 1) for k, n in zip(ks, ns))
+    return 2 * n_steps - 1 + restarts + _corrector_nfe(n_steps, ode_corrector, n_corrector_steps)
 
 
 @torch.no_grad()
@@ -81,8 +82,10 @@ def dpmpp_2m_sde(score_fn, sde: SDE, shape, *, noise, preconditioner=None, eta: 
 
 def _per_interval(value, n_intervals: int, name: str) -> list[int]:
     """An int for every interval, or one per interval, as a list of ints."""
-    values = [value] * n_intervals if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else None
-    if values is None or len(values) != n_intervals or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if isinstance(value, int):
+        value = [value] * n_intervals
+    values = list(value) if isinstance(value, (list, tuple)) else []
+    if len(values) != n_intervals or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"restart {name} wants an int or one int per interval ({n_intervals}), got {value!r}")
     return values
 

@@ -84,7 +84,8 @@ def test_class_labels_reach_a_conditional_network():
     a, b = net(x, sigma, torch.tensor([0, 1])), net(x, sigma, torch.tensor([2, 2]))
     assert net.num_classes == 3 and not torch.allclose(a, b)
     c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in preconditioning(sigma, 0.5))
-    torch.testing.assert_close(a, c_skip * x + c_out * net.net(c_in * x, c_noise.flatten(), class_labels=torch.tensor([0, 1])))
+    F = net.net(c_in * x, c_noise.flatten(), class_labels=torch.tensor([0, 1]))
+    torch.testing.assert_close(a, c_skip * x + c_out * F)
 
 
 def test_scores_and_denoisers_with_bound_labels_are_the_labelled_calls():
@@ -117,7 +118,7 @@ def test_bad_networks_and_settings_are_refused():
 
 # ---- the score of a denoiser: the Gaussian posterior mean gives the exact score ------------------------------
 class PosteriorMean(nn.Module):
-    """The optimal denoiser of x0 ~ N(mean, F^-1 diag(lam) F): D(y; sigma) = mean + F^-1[lam / (lam + sigma^2) F(y - mean)]."""
+    """The optimal denoiser of x0 ~ N(mean, F^-1 diag(lam) F): mean + F^-1[lam / (lam + sigma^2) F(y - mean)]."""
 
     is_denoiser = True
 

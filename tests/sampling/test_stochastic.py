@@ -182,5 +182,5 @@ def test_dpmpp_2m_sde_refuses(kw, message):
 ])
 def test_restart_refuses(kw, message):
     with pytest.raises(ValueError, match=message):
-        restart(GaussianScore(MEAN, LAM, VESDE()), VESDE(), (1, 1, H, W), noise=RecordedNoise([torch.zeros(1, 1, H, W)]),
-                n_steps=8, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kw)
+        restart(GaussianScore(MEAN, LAM, VESDE()), VESDE(), (1, 1, H, W),
+                noise=RecordedNoise([torch.zeros(1, 1, H, W)]), n_steps=8, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kw)
