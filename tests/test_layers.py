@@ -52,8 +52,8 @@ LAYERS = [
 
 SUBLAYERS = {
     "sampling": [("noise", "step", "guidance"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
-                 ("settings",), ("conditional",)],
-    "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
+                 ("stochastic",), ("settings",), ("conditional",)],
+    "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score", "edm"),
                ("presets",)],
     "alpha": [("surrogate",), ("pilot",)],
     "data": [("seeds", "sources", "cache", "loading"), ("tasks",), ("datamodule",)],
