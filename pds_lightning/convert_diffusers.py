@@ -377,13 +377,13 @@ def map_state_dict(net: NCSNpp, config: dict[str, Any], weights: dict[str, torch
                 problems.append(f"missing {names[0]}")
                 continue
             value = weights[found[0]]
+            used.add(found[0])
             if kind is AttnBlock and suffix.endswith(".W"):
                 value = value.t()  # Linear stores [out, in], score_sde's NIN [in, out]
             if tuple(value.shape) != tuple(param.shape):
                 problems.append(f"{found[0]} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
                 continue
             mapped[f"all_modules.{index}.{suffix}"] = value.to(param.dtype).contiguous().clone()
-            used.add(found[0])
     problems += [f"unexpected {name}" for name in sorted(set(weights) - used)]
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
