@@ -397,7 +397,11 @@ def statistics_buffers(shape: tuple[int, int, int], statistics_from: str | os.Pa
     """ScoreModule's stat_* buffers: zeros (no statistics), or those `fit` would estimate from the images of
     `statistics_from` (ImageDataModule: resized and centre-cropped to the model's size, all or `num_images`)."""
     buffers = no_statistics(shape)
+    if num_images < 0:
+        raise ConversionError(f"--statistics-images must be 0 (all images) or a positive count, got {num_images}")
     if statistics_from is None:
+        if num_images:
+            raise ConversionError("--statistics-images needs --statistics-from IMAGE_FOLDER")
         return buffers
     if not Path(statistics_from).is_dir():
         raise ConversionError(f"--statistics-from {statistics_from} is not a folder of images")
@@ -406,7 +410,7 @@ def statistics_buffers(shape: tuple[int, int, int], statistics_from: str | os.Pa
     dm = ImageDataModule(source=str(statistics_from), image_size=shape[1], num_channels=shape[0], val_size=0,
                          stats_num_images=max(num_images, 1), stats_cache_dir="", num_workers=0, random_flip=False)
     dm.setup_images()
-    if num_images <= 0:
+    if num_images == 0:
         dm.hparams.stats_num_images = len(dm.train_indices)
     dm.setup("fit")
     stats = dm.statistics

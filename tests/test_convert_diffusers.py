@@ -235,6 +235,11 @@ def test_statistics_from_a_folder_and_pds_without_them(tmp_path):
         bare.generate_images([0])
     with pytest.raises(ConversionError, match="is not a folder of images"):
         cd.convert_diffusers(folder, tmp_path / "x.ckpt", statistics_from=tmp_path / "missing")
+    with pytest.raises(ConversionError, match="--statistics-images needs --statistics-from"):
+        cd.convert_diffusers(folder, tmp_path / "x.ckpt", statistics_images=3)
+    subset = ScoreModule.load_from_checkpoint(
+        cd.convert_diffusers(folder, tmp_path / "x.ckpt", statistics_from=tmp_path / "images", statistics_images=2))
+    assert float(subset.stat_count) == 2
 
 
 def test_cli_converts_and_predict_samples_what_the_safetensors_model_samples(tmp_path, capsys):
