@@ -20,6 +20,8 @@ from pds_lightning.resources import config_path, shipped_configs
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
     "convert-score-sde": ("pds_lightning.convert", "turn a score_sde checkpoint into a pds_lightning checkpoint"),
+    "convert-diffusers": ("pds_lightning.convert_diffusers", "turn a diffusers NCSN++ folder (google/ncsnpp-*) into one"),
+    "export": ("pds_lightning.export", "write a checkpoint's weights as .safetensors (no pickle)"),
     "evaluate": ("pds_lightning.evaluate", "score a folder of samples (spectral error, FID/KID with features)"),
     "configs": ("pds_lightning.configs", "list the shipped configs, or write one out (configs write NAME [DEST])"),
 }

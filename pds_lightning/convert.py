@@ -10,7 +10,7 @@ score_sde's step count, Adam moments and warm-up (the rate is a function of the 
 state is needed).
 
 Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --output FILE.ckpt
-[--freq-stat F.npy --space-stat S.npy]``.
+[--freq-stat F.npy --space-stat S.npy] [--safetensors]``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pds_lightning.fileio import atomic_path
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.module import ScoreModule
 from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
+from pds_lightning.safetensors_io import save_checkpoint_weights
 from pds_lightning.sde import SDE
 
 SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
@@ -202,8 +203,9 @@ def fit_loop_state(step: int) -> dict[str, Any]:
 
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
                       output_path: str | os.PathLike, freq_stat: str | os.PathLike | None = None,
-                      space_stat: str | os.PathLike | None = None) -> Path:
-    """Convert a score_sde checkpoint with the network of ``config``; returns the output path."""
+                      space_stat: str | os.PathLike | None = None, safetensors: bool = False) -> Path:
+    """Convert a score_sde checkpoint with the network of ``config``; returns the output path. With
+    `safetensors`, the weights also go to OUTPUT.safetensors (plain tensors + JSON, `safetensors_io`)."""
     model_cfg = load_model_config(config)
     ckpt = read_checkpoint(checkpoint_path)
     net = instantiate(model_cfg["net"], "model.net", nn.Module)
@@ -229,6 +231,8 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         state_dict, hyper_parameters(model_cfg, shape, getattr(net, "centered", False)), step=step,
         optimizer=optimizer,
         extra={"score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))}})
+    if safetensors:
+        save_checkpoint_weights(out, Path(output_path).with_suffix(".safetensors"))
     return save_checkpoint(out, output_path)
 
 
@@ -268,9 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="Lightning checkpoint to write (.ckpt)")
     parser.add_argument("--freq-stat", default=None, help="official PDS frequency statistic (.npy)")
     parser.add_argument("--space-stat", default=None, help="official PDS space statistic (.npy)")
+    parser.add_argument("--safetensors", action="store_true", help="also write OUTPUT.safetensors (no pickle)")
     args = parser.parse_args(argv)
     try:
-        path = convert_score_sde(args.checkpoint, args.config, args.output, args.freq_stat, args.space_stat)
+        path = convert_score_sde(args.checkpoint, args.config, args.output, args.freq_stat, args.space_stat,
+                                 safetensors=args.safetensors)
     except ConversionError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {path}")

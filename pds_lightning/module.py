@@ -21,6 +21,7 @@ from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.safetensors_io import load_weights
 from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
 from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
 from pds_lightning.sde import SDE, per_sample
@@ -179,7 +180,8 @@ class ScoreModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
                              hparams_file: Any = None, strict: bool | None = None, **kwargs: Any) -> "ScoreModule":
-        """The module a checkpoint of `fit` or `convert-score-sde` holds, in one call and with no config.
+        """The module a checkpoint of `fit` or `convert-*` holds (or its `.safetensors` export), in one call and
+        with no config.
 
         The file is read with weights_only=True (no pickled objects run); net and sde are rebuilt from their
         recorded class paths, refused unless they name subclasses of nn.Module / SDE. `kwargs` override the
@@ -188,10 +190,14 @@ class ScoreModule(L.LightningModule):
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
                              "keyword arguments (e.g. sampler=...)")
-        try:
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist") from err
+        if str(checkpoint_path).endswith(".safetensors"):  # `pds-lightning export` / convert-* --safetensors
+            state_dict, saved = load_weights(checkpoint_path)
+            checkpoint = {"state_dict": state_dict, "hyper_parameters": saved}
+        else:
+            try:
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist") from err
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ValueError(f"{checkpoint_path} is not a pds_lightning checkpoint (no 'state_dict'); convert a "
                              "score_sde checkpoint with `pds-lightning convert-score-sde` first")

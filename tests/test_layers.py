@@ -7,8 +7,9 @@ import and fails too, so a cycle cannot form):
  0. fileio, images, distributed, classpath, -- plain helpers: atomic files, pixel ranges and PNG bytes,
     resources                                  rank/world, class-path loading, the shipped files (data,
                                                configs, weights); no project imports
- 1. sde, preconditioner, statistics         -- the maths: SDE schedules, the PDS filters C and S,
-                                               image statistics (mean, power spectrum)
+ 1. sde, preconditioner, statistics,        -- the maths: SDE schedules, the PDS filters C and S,
+    safetensors_io                             image statistics (mean, power spectrum); .safetensors
+                                               weight files (tensors + checked JSON, no pickle)
  2. models                                  -- score networks and the analytic Gaussian score (use sde,
                                                preconditioner)
  3. sampling, losses                        -- predictors, correctors, samplers, solvers, settings
@@ -21,8 +22,9 @@ import and fails too, so a cycle cannot form):
  7. module                                  -- the LightningModule (training, sampling, alpha resolution)
  8. writer, sampling_callback               -- the prediction writer and the validation sampling callback
  9. callbacks                               -- the class paths configs use, re-exporting layer 8
-10. cli, evaluate, convert, configs         -- entry points
-11. __main__                                -- `python -m pds_lightning` (runs cli)
+10. cli, evaluate, convert, configs, export -- entry points
+11. convert_diffusers                       -- entry point built on convert's checkpoint layout
+12. __main__                                -- `python -m pds_lightning` (runs cli)
 
 Inside a package the submodules are ordered too (the package's __init__ sits above all of them).
 """
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS = [
     ("fileio", "images", "distributed", "classpath", "resources"),
-    ("sde", "preconditioner", "statistics"),
+    ("sde", "preconditioner", "statistics", "safetensors_io"),
     ("models",),
     ("sampling", "losses"),
     ("metrics", "features", "likelihood"),
@@ -46,7 +48,8 @@ LAYERS = [
     ("module",),
     ("writer", "sampling_callback"),
     ("callbacks",),
-    ("cli", "evaluate", "convert", "configs"),
+    ("cli", "evaluate", "convert", "configs", "export"),
+    ("convert_diffusers",),
     ("__main__",),
 ]
 

@@ -196,7 +196,9 @@ class SamplerSettings:
             return None
         if statistics is None:
             raise ValueError(f"sampler {self.name!r} asks for preconditioner {self.preconditioner!r} but no data "
-                             "statistics are available; compute them (ImageStatistics) or use preconditioner: none")
+                             "statistics are available; fit computes them (data.stats_num_images > 0), a converted "
+                             "model gets them from `pds-lightning convert-diffusers ... --statistics-from IMAGE_FOLDER` "
+                             "or `convert-score-sde ... --freq-stat F.npy --space-stat S.npy`; or use preconditioner: none")
         freq = statistics.freq_statistic() if self.preconditioner in ("freq", "both") else None
         space = statistics.space_statistic() if self.preconditioner in ("space", "both") else None
         return Preconditioner.from_statistics(freq, space, self.alpha)
