@@ -56,3 +56,17 @@ class ScoreModel(nn.Module):
             out = net(x, labels)
             std = sde.sqrt_1m_alphas_cumprod.to(device=x.device, dtype=x.dtype)[labels.long()]
         return (-out.to(x.dtype)) / std.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+class LabelledScore:
+    """A score model with one batch's class labels bound: `model(x, t)` and `model.denoise(x, sigma)` are the
+    wrapped model's with `class_labels`, so a loss sees a conditional model as it sees an unconditional one."""
+
+    def __init__(self, model: nn.Module, labels: torch.Tensor):
+        self.model, self.labels = model, labels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, self.labels)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model.denoise(x, sigma, self.labels)
