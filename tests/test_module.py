@@ -1,28 +1,15 @@
-"""ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, DSM loss minimum."""
-
-import math
+"""ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, training times, warm-up,
+and the network's copies of the SDE's and the data's facts."""
 
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from pds_lightning.models import NCSNpp
+from helpers import VE_ARGS, VP_ARGS, image_loader as loader, score_sde_loss, tiny_module, tiny_net
+from pds_lightning.losses import DSMLoss
 from pds_lightning.models.score import ScoreModel
-from pds_lightning.module import ScoreModule, dsm_loss, ema_decay_at
+from pds_lightning.module import ScoreModule, ema_decay_at
 from pds_lightning.sde import VESDE
-
-
-def tiny_module(**kw):
-    kw = {"lr": 1e-2, "warmup": 1, **kw}
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
-                 num_scales=100, image_size=8, num_channels=1)
-    return ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, **kw)
-
-
-def loader(n=16):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.rand(n, 1, 8, 8, generator=g)), batch_size=4)
 
 
 class RecordParams(L.Callback):
@@ -76,7 +63,7 @@ def test_validation_uses_ema_weights(tmp_path):
     def loss_with(net):
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            return dsm_loss(ScoreModel(net.eval(), module.sde), module.sde, x, module.train_eps, generator=g).item()
+            return DSMLoss()(ScoreModel(net.eval(), module.sde), module.sde, x, generator=g).item()
 
     assert logged == pytest.approx(loss_with(module.ema_net), rel=1e-5)
     assert abs(logged - loss_with(module.net)) > 1e-4
@@ -94,11 +81,10 @@ def test_training_times_start_at_score_sde_eps_for_every_sde(tmp_path, kind):
     from pds_lightning.sde import SubVPSDE, VPSDE
 
     sde = {"ve": VESDE(*VE_ARGS, 100), "vp": VPSDE(*VP_ARGS, 100), "subvp": SubVPSDE(*VP_ARGS, 100)}[kind]
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=VE_ARGS[1],
-                 num_scales=100, image_size=8, num_channels=1, centered=kind != "ve",
-                 scale_by_sigma=kind == "ve", embedding_type="fourier" if kind == "ve" else "positional")
-    module = ScoreModule(net, sde, image_size=8, num_channels=1, reduce_mean=False)
-    assert module.train_eps == 1e-5
+    net = tiny_net(sigma_max=VE_ARGS[1], centered=kind != "ve", scale_by_sigma=kind == "ve",
+                   embedding_type="fourier" if kind == "ve" else "positional")
+    module = ScoreModule(net, sde, image_size=8, num_channels=1, centered=kind != "ve",
+                         loss=DSMLoss(reduce_mean=False))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # away from the zero-initialised output layer, so the loss depends on t
         for p in module.ema_net.parameters():
@@ -120,8 +106,53 @@ def test_training_times_start_at_score_sde_eps_for_every_sde(tmp_path, kind):
 
 
 def test_train_eps_outside_the_time_range_is_refused():
-    with pytest.raises(ValueError, match="train_eps"):
+    with pytest.raises(ValueError, match="eps .*must lie in"):
         tiny_module(train_eps=0.0)
+
+
+@pytest.mark.parametrize("net_args, sde, module_args, message", [
+    ({"sigma_max": 50.0}, None, {}, "model.net sigma_max=50 contradicts model.sde sigma_max=16"),
+    ({"sigma_min": 0.002}, None, {}, "model.net sigma_min=0.002 contradicts model.sde sigma_min=0.01"),
+    ({"num_scales": 1000}, None, {}, "model.net num_scales=1000 contradicts model.sde num_scales=100"),
+    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.image_size=8"),
+    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.num_channels=3"),
+    ({}, None, {"centered": True}, "model.net centered=False contradicts data.centered=True"),
+])
+def test_a_fact_the_network_repeats_must_agree_with_its_home(net_args, sde, module_args, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_module(tiny_net(**net_args), sde, **module_args)
+
+
+def test_vp_networks_keep_their_own_noise_levels():
+    """A VP SDE has no sigma range: the network's score_sde levels (0.01..50, 1000) are not compared with it."""
+    from pds_lightning.sde import VPSDE
+
+    net = tiny_net(sigma_max=50.0, num_scales=1000, centered=True, embedding_type="positional", scale_by_sigma=False)
+    assert tiny_module(net, VPSDE(0.1, 20.0, 100), centered=True).sde.N == 100
+
+
+def test_shipped_configs_give_each_fact_once_or_agree(tmp_path):
+    """Every shipped config builds without a contradiction at its full size (the check reads the network's
+    sigmas buffer; the networks are built on the meta device, so no weights are allocated)."""
+    import yaml
+    from pathlib import Path
+
+    from pds_lightning.classpath import instantiate
+    from pds_lightning.module import net_contradiction
+    from pds_lightning.sde import SDE
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 13
+    for path in configs:
+        cfg = yaml.safe_load(path.read_text())
+        data = cfg["data"]
+        with torch.device("meta"):
+            net = instantiate(cfg["model"]["net"], "model.net", torch.nn.Module)
+        net.sigmas = tiny_net(**{k: cfg["model"]["net"]["init_args"][k]
+                                 for k in ("sigma_min", "sigma_max", "num_scales")}).sigmas
+        sde = instantiate(cfg["model"]["sde"], "model.sde", SDE)
+        assert net_contradiction(net, sde, data["image_size"], data.get("num_channels", 3),
+                                 data.get("centered", False)) is None, path.name
 
 
 class RecordLR(L.Callback):
