@@ -109,6 +109,7 @@ def test_test_step_logs_bits_per_dim_of_the_closed_form(tmp_path):
     assert result["test/bpd"] == pytest.approx(exact.mean().item(), abs=0.01)
 
 
+@pytest.mark.slow
 def test_test_bpd_is_reduced_over_two_processes(tmp_path):
     """2 ranks x 2 images: the logged value is the mean over all 4 images, not one rank's."""
     import json

@@ -94,6 +94,7 @@ def test_predicted_error_matches_the_sampler_within_10_percent(n_steps, alpha):
     assert measured == pytest.approx(predicted, rel=0.10), (measured, predicted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_steps", [200, 100, 66, 40])
 def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
     lam, stats = target()
