@@ -115,8 +115,10 @@ def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
 CONFIG_ERRORS = {
     "unknown key": (["--model.no_such_key", "3"], 2, "unrecognized arguments: --model.no_such_key"),
     "wrong type": (["--model.lr", "abc"], 2, "Got value: abc"),
-    "image_size vs network": (["--data.image_size", "8"], 1, "model.image_size=8 does not match the network's "
-                                                              "image_size=16; make them equal"),
+    "image_size vs network": (["--data.image_size", "8"], 1, "model.net image_size=16 contradicts "
+                                                              "data.image_size=8; give both the same value"),
+    "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
+                                                                          "model.sde sigma_max=20"),
     "alpha <= 1": (["--model.sampler.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
     "speed_up < 1 step": (["--model.sampler.n_steps", "null", "--model.sampler.speed_up", "200"], 1,
                           "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
