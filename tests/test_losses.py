@@ -124,6 +124,10 @@ def test_the_loss_is_chosen_by_class_path_in_yaml(tmp_path, capsys):
     tiny = str(__import__("pathlib").Path(__file__).parent / "configs" / "tiny.yaml")
     cli = cli_main(["--config", tiny, "--config", str(config), "--trainer.logger", "false"], run=False)
     assert spec_of(cli.model.loss)["init_args"] == {"reduce_mean": False, "likelihood_weighting": False, "eps": 1e-4}
+    # an older config's module keys still parse and become the loss
+    old = cli_main(["--config", tiny, "--model.reduce_mean", "false", "--model.train_eps", "1e-3",
+                    "--trainer.logger", "false"], run=False).model
+    assert spec_of(old.loss)["init_args"] == {"reduce_mean": False, "likelihood_weighting": False, "eps": 1e-3}
     with pytest.raises(SystemExit):  # a key the loss does not have is a parse error naming it
         cli_main(["--config", tiny, "--model.loss", "pds_lightning.losses.DSMLoss", "--model.loss.init_args.sigma_data",
                   "0.5", "--trainer.logger", "false"], run=False)
