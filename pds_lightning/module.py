@@ -465,12 +465,8 @@ class ScoreModule(L.LightningModule):
 def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: int, centered: bool) -> str | None:
     """A one-line error when the network's own copy of a fact disagrees with its home: the image geometry
     (data:, linked to the model) or the VE noise levels (model.sde); None when they agree or the net has none."""
-    pairs = [(f"model.net image_size={getattr(net, 'image_size', None)}", f"data.image_size={image_size}",
-              getattr(net, "image_size", None), image_size),
-             (f"model.net num_channels={getattr(net, 'num_channels', None)}", f"data.num_channels={num_channels}",
-              getattr(net, "num_channels", None), num_channels),
-             (f"model.net centered={getattr(net, 'centered', None)}", f"data.centered={centered}",
-              getattr(net, "centered", None), centered)]
+    pairs = [(f"model.net {name}={_net_fact(net, name)}", f"data.{name}={value}", _net_fact(net, name), value)
+             for name, value in (("image_size", image_size), ("num_channels", num_channels), ("centered", centered))]
     sigmas = getattr(net, "sigmas", None)
     if isinstance(sde, VESDE) and torch.is_tensor(sigmas) and sigmas.numel() > 1:
         # score_sde's network keeps the SMLD levels sigma_max -> sigma_min; a VE model's must be the SDE's.
@@ -483,6 +479,12 @@ def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: i
         if a is not None and a != b:
             return f"{net_side} contradicts {home}; give both the same value in the config"
     return None
+
+
+def _net_fact(net: nn.Module, name: str):
+    """The network's own value of `name` (an attribute, or a field of a `config` it carries), else None."""
+    value = getattr(net, name, None)
+    return getattr(getattr(net, "config", None), name, None) if value is None else value
 
 
 def _images(batch: Any) -> torch.Tensor:
