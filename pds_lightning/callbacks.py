@@ -1,5 +1,5 @@
-"""The Lightning callbacks of the generation side, by the class paths configs use
-(`pds_lightning.callbacks.SamplingCallback`, `pds_lightning.callbacks.SampleWriter`, `pds_lightning.callbacks.TaskWriter`,
+"""The Lightning callbacks, by the class paths configs use (`pds_lightning.callbacks.SamplingCallback`,
+`pds_lightning.callbacks.SampleWriter`, `pds_lightning.callbacks.TaskWriter`,
 `pds_lightning.callbacks.PreconditionerImages`)."""
 
 from pds_lightning.filter_images import PreconditionerImages

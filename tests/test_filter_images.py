@@ -32,7 +32,8 @@ def test_filters_and_spectrum_are_logged_at_fit_start(tmp_path):
     space = filter_from_statistic(stats.space_statistic(), 3.0)
     image = events.Images("preconditioner/space_filter")[0]
     assert (image.width, image.height) == (8, 8)
-    pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image.encoded_image_string)), dtype=np.float64))[..., 0]  # 1 channel, stored as gray RGB
+    png = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)), dtype=np.float64)
+    pixels = torch.from_numpy(png)[..., 0]  # one channel, stored as gray RGB
     expected = (space - space.min()) / (space.max() - space.min())
     torch.testing.assert_close(pixels / 255.0, expected[0].double(), rtol=0, atol=1 / 255.0)
 

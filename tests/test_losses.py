@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import VE_ARGS, VP_ARGS, score_sde_loss, tiny_module, tiny_net
+from helpers import VE_ARGS, VP_ARGS, score_sde_loss, tiny_module
 from pds_lightning.classpath import instantiate, spec_of
 from pds_lightning.losses import TRAIN_EPS, DSMLoss, Loss
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
