@@ -30,7 +30,7 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.data.sources import FolderSource
 from pds_lightning.data.loading import available_cpus, default_num_workers
 from pds_lightning.models import NCSNpp, ScoreModel
-from pds_lightning.module import dsm_loss
+from pds_lightning.losses import DSMLoss
 from pds_lightning.sde import VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def step_rate(net_args: dict, sde_args: dict, batch: int, reduce_mean: bool, dev
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = dsm_loss(score, sde, x, reduce_mean=reduce_mean)
+        loss = DSMLoss(reduce_mean=reduce_mean)(score, sde, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -157,7 +157,8 @@ def main() -> None:
                                 ("CIFAR-10 NCSN++ (ve_cifar10_ncsnpp_continuous), 32 px", cifar, args.cifar_batch)):
         model = config["model"]
         rate = step_rate(model["net"]["init_args"], model["sde"]["init_args"], batch,
-                         model.get("reduce_mean", True), args.device, args.repeats)
+                         model.get("loss", {}).get("init_args", {}).get("reduce_mean", True), args.device,
+                         args.repeats)
         steps.append((name, batch, args.device, f"{rate:,.1f}", f"{batch / rate * 1000:,.0f}"))
         print(steps[-1], flush=True)
 

@@ -8,6 +8,7 @@ effect a refused name can have).
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 
@@ -44,4 +45,17 @@ def instantiate(spec: Any, what: str = "class", base: type | tuple[type, ...] | 
     return import_class(spec["class_path"], what, base)(**init_args)
 
 
-__all__ = ["import_class", "instantiate"]
+def spec_of(obj: Any, what: str = "component") -> dict[str, Any]:
+    """``{'class_path', 'init_args'}`` of a component that keeps each constructor argument as an attribute of
+    the same name (the inverse of `instantiate`), so it is stored as plain data in a checkpoint."""
+    cls = type(obj)
+    names = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    missing = [n for n in names if not hasattr(obj, n)]
+    if missing:
+        raise ValueError(f"{what} {cls.__qualname__} cannot be stored: it keeps no attribute {missing[0]!r} for its "
+                         f"constructor argument of that name; store each argument as self.<name>")
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {n: getattr(obj, n) for n in names}}
+
+
+__all__ = ["import_class", "instantiate", "spec_of"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pds_lightning.images import to_model_space
+from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.sde import SDE
 
 #: Divergence estimators: Hutchinson with Rademacher or Gaussian probes, or the exact trace.
@@ -157,3 +157,14 @@ def bits_per_dim(score_fn, sde: SDE, images: Tensor, centered: bool, settings: L
     logp, calls = log_likelihood(score_fn, sde, to_model_space(x, centered), settings, generator)
     D = images[0].numel()
     return -logp / (D * math.log(2.0)) + bits_offset(centered), calls
+
+
+def bits_per_dim_of_batch(score_fn, sde: SDE, x: Tensor, centered: bool, settings: LikelihoodSettings,
+                          rank: int = 0, batch_idx: int = 0) -> Tensor:
+    """Bits/dim [B] of a batch of model-space images, as the test / validation steps score them: the
+    dequantisation and probes come from a generator seeded by (settings.seed, rank, batch_idx) alone, so a
+    batch's value does not depend on what ran before it."""
+    seed = (settings.seed * 1_000_003 + rank) * 1_000_003 + batch_idx
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    images = to_unit_range(x, centered).clamp(0.0, 1.0)
+    return bits_per_dim(score_fn, sde, images, centered, settings, generator)[0]

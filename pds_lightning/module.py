@@ -1,4 +1,4 @@
-"""ScoreModule: denoising score matching with an EMA of the weights, and PDS sampling for predict."""
+"""ScoreModule: training with a loss component and an EMA of the weights, and PDS sampling for predict."""
 
 from __future__ import annotations
 
@@ -14,49 +14,20 @@ import torch
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
-from pds_lightning.classpath import instantiate
+from pds_lightning.classpath import instantiate, spec_of
 from pds_lightning.images import to_model_space, to_unit_range
-from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim
-from pds_lightning.metrics import radial_power_spectrum
+from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
+from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
 from pds_lightning.models.checkpoint import state_dict_mismatch
-from pds_lightning.models.score import ScoreModel
-from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.models.score import LabelledScore, ScoreModel
 from pds_lightning.safetensors_io import load_weights
 from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
 from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
-from pds_lightning.sde import SDE, per_sample
+from pds_lightning.sde import SDE, VESDE
 from pds_lightning.statistics import ImageStatistics
 
 #: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only).
 SETTINGS_HPARAMS = {"sampler": SamplerSettings, "likelihood": LikelihoodSettings}
-
-
-# score_sde draws training times in [TRAIN_EPS, T] for every SDE (get_sde_loss_fn's eps), not the sampling eps.
-TRAIN_EPS = 1e-5
-
-
-def dsm_loss(score_fn, sde: SDE, x: torch.Tensor, eps: float = TRAIN_EPS, *, reduce_mean: bool = True,
-             likelihood_weighting: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """score_sde's continuous-time denoising score matching loss: per sample the mean over pixels
-    (reduce_mean) or half their sum, times g(t)^2 with likelihood weighting; then the mean over the batch."""
-    b = x.shape[0]
-    t = torch.rand(b, device=x.device, dtype=x.dtype, generator=generator) * (sde.T - eps) + eps
-    z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    mean, std = sde.marginal_prob(x, t)
-    std = per_sample(std)
-    score = score_fn(mean + std * z, t)
-    if likelihood_weighting:
-        g2 = sde.sde(torch.zeros_like(x), t)[1] ** 2
-        losses = _reduce_pixels((score + z / std) ** 2, reduce_mean) * g2
-    else:
-        losses = _reduce_pixels((score * std + z) ** 2, reduce_mean)
-    return losses.mean()
-
-
-def _reduce_pixels(v: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
-    """Per-sample mean over pixels, or half the sum (score_sde's reduce_mean=False)."""
-    dims = tuple(range(1, v.ndim))
-    return v.mean(dim=dims) if reduce_mean else 0.5 * v.sum(dim=dims)
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -71,7 +42,8 @@ def ema_decay_at(decay: float, num_updates: int) -> float:
 
 
 class ScoreModule(L.LightningModule):
-    """A score network trained by denoising score matching; samples with the EMA weights.
+    """A score network trained with `loss` (a pds_lightning.losses.Loss; default score_sde's DSMLoss); samples
+    with the EMA weights.
 
     The preconditioner statistics live in buffers, so a checkpoint alone is enough to sample with PDS.
     Mixed precision (`--trainer.precision bf16-mixed`) runs the network under autocast; its score is cast
@@ -80,6 +52,13 @@ class ScoreModule(L.LightningModule):
     networks lazily, at their first use; the compiled wrappers are not submodules, so checkpoints keep their keys.
     A class-conditional network (`num_classes`) trains on (images, labels) batches (`data.conditional`), each
     label replaced by the null class with probability `label_dropout` (classifier-free guidance).
+    `reduce_mean`, `likelihood_weighting`, `train_eps`: the DSMLoss arguments of older configs and checkpoints,
+    turned into `loss` once at construction (a loss that says otherwise is refused); new configs set model.loss.
+
+    The EMA is the module's own (`ema_net`, score_sde's warm-up (1 + n) / (10 + n)), not Lightning's
+    EMAWeightAveraging: that callback uses a constant decay, starts its average from the first update's weights,
+    stores the average as the whole `state_dict` (no `ema_net.*` keys for the converter and predict to read),
+    exists only during fit, and copies the average over the raw weights when training ends.
     """
 
     def __init__(
@@ -90,9 +69,10 @@ class ScoreModule(L.LightningModule):
         image_size: int = 32,
         num_channels: int = 3,
         centered: bool = False,
-        reduce_mean: bool = True,
-        likelihood_weighting: bool = False,
-        train_eps: float = TRAIN_EPS,
+        loss: Loss | None = None,
+        reduce_mean: bool | None = None,
+        likelihood_weighting: bool | None = None,
+        train_eps: float | None = None,
         lr: float = 2e-4,
         beta1: float = 0.9,
         adam_eps: float = 1e-8,
@@ -110,11 +90,18 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"label_dropout must lie in [0, 1) (classifier-free guidance uses ~0.1), got {label_dropout}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-        if train_eps is not None and not 0.0 < train_eps < sde.T:
-            raise ValueError(f"train_eps must lie in (0, T={sde.T}), got {train_eps}; score_sde uses {TRAIN_EPS}")
         if image_size < 1 or num_channels < 1:
             raise ValueError(f"image_size and num_channels must be positive, got {image_size}, {num_channels}")
+        contradiction = net_contradiction(net, sde, image_size, num_channels, centered)
+        if contradiction:
+            raise ValueError(contradiction)
+        self.loss = loss_with_legacy_arguments(loss, reduce_mean=reduce_mean,
+                                               likelihood_weighting=likelihood_weighting, train_eps=train_eps)
         self.save_hyperparameters(ignore=["net", "sde"])
+        # The loss is recorded once, as model.loss; the old DSM arguments are not kept beside it.
+        self.hparams["loss"] = spec_of(self.loss, "model.loss")
+        for key in LEGACY_DSM_ARGUMENTS:
+            self.hparams.pop(key, None)
         # Plain data only in the hyper-parameters, so checkpoints load with weights_only=True; net and sde are
         # recorded as class_path / init_args by set_class_specs (the CLI and load_from_checkpoint call it).
         self.hparams.update(net=None, sde=None)
@@ -134,10 +121,6 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
         self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
-        size = _net_image_size(net)
-        if size is not None and size != image_size:
-            raise ValueError(f"model.image_size={image_size} does not match the network's image_size={size}; "
-                             "make them equal in the config")
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
         for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
@@ -167,6 +150,8 @@ class ScoreModule(L.LightningModule):
                 specs[name] = value
         net = instantiate(net, "model.net", nn.Module) if isinstance(net, dict) else net
         sde = instantiate(sde, "model.sde", SDE) if isinstance(sde, dict) else sde
+        if isinstance(hparams.get("loss"), dict):
+            hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss)
         for key, settings_type in SETTINGS_HPARAMS.items():
             if isinstance(hparams.get(key), dict):
                 try:
@@ -234,12 +219,6 @@ class ScoreModule(L.LightningModule):
             self._compiled[name] = torch.compile(net, **(option if isinstance(option, dict) else {}))
         return self._compiled[name]
 
-    @property
-    def train_eps(self) -> float:
-        """Smallest training time (score_sde's 1e-5 for every SDE unless set; None in older checkpoints)."""
-        eps = self.hparams.get("train_eps")
-        return TRAIN_EPS if eps is None else eps
-
     # ---- statistics ------------------------------------------------------------------------
     @property
     def data_statistics(self) -> ImageStatistics | None:
@@ -284,11 +263,10 @@ class ScoreModule(L.LightningModule):
         if not self.continuous:
             raise ValueError("training follows score_sde's continuous-time objective; set model.continuous: true "
                              "(discrete-time models, e.g. imported ones, can still sample)")
-        self._log_preconditioner()
 
     def _class_score(self, ema: bool, labels: torch.Tensor | None, dropout: float = 0.0):
-        """score(x, t) of the batch's classes (labels dropped to the null class with probability `dropout`),
-        or of the unconditional model."""
+        """The score model of the batch's classes (labels dropped to the null class with probability `dropout`),
+        or the unconditional one; either way callable as model(x, t) with `denoise` beside it (losses use both)."""
         score = self.score_fn(ema=ema)
         if labels is None or self.num_classes is None:
             if self.num_classes is not None:
@@ -298,14 +276,12 @@ class ScoreModule(L.LightningModule):
         if dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < dropout
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return lambda x, t: score(x, t, labels)
+        return LabelledScore(score, labels)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, labels = _images_labels(batch)
         score = self._class_score(False, labels, self.hparams.get("label_dropout", 0.0))
-        loss = dsm_loss(score, self.sde, x, self.train_eps,
-                        reduce_mean=self.hparams.reduce_mean,
-                        likelihood_weighting=self.hparams.likelihood_weighting)
+        loss = self.loss(score, self.sde, x)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
@@ -315,9 +291,7 @@ class ScoreModule(L.LightningModule):
         # Fixed noise per batch, so the validation loss is comparable across epochs.
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
         with torch.no_grad():
-            loss = dsm_loss(self._class_score(True, labels), self.sde, x, self.train_eps,
-                            reduce_mean=self.hparams.reduce_mean,
-                            likelihood_weighting=self.hparams.likelihood_weighting, generator=g)
+            loss = self.loss(self._class_score(True, labels), self.sde, x, generator=g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         if batch_idx == 0 and self.likelihood.val_images > 0:  # the first images of each rank's first batch
             self._log_bits_per_dim("val/bpd", x[: self.likelihood.val_images], batch_idx)
@@ -361,24 +335,6 @@ class ScoreModule(L.LightningModule):
             p_ema.lerp_(p.detach(), 1.0 - decay)
         for b_ema, b in zip(self.ema_net.buffers(), self.net.buffers()):
             b_ema.copy_(b)
-
-    def _log_preconditioner(self) -> None:
-        """Show the two PDS filters and the data's radial power spectrum in TensorBoard."""
-        stats = self.data_statistics
-        experiment = getattr(self.logger, "experiment", None)
-        if stats is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
-            return
-        alpha = self.sampler.alpha if isinstance(self.sampler.alpha, (int, float)) else 5.0
-        freq = filter_from_statistic(stats.freq_statistic(), alpha)
-        space = filter_from_statistic(stats.space_statistic(), alpha)
-        # fftshift puts DC in the centre, the way spectra are usually read.
-        for name, f in (("frequency", torch.fft.fftshift(freq, dim=(-2, -1))), ("space", space)):
-            lo, hi = f.min(), f.max()
-            experiment.add_image(f"preconditioner/{name}_filter", (f - lo) / (hi - lo).clamp_min(1e-12),
-                                 self.global_step, dataformats="CHW")
-        radial = radial_power_spectrum(stats.power_mean.double()).mean(0)
-        for r, p in enumerate(radial.log10().tolist()):
-            experiment.add_scalar("data/radial_log10_power", p, r)
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
@@ -452,14 +408,11 @@ class ScoreModule(L.LightningModule):
 
     # ---- likelihood ------------------------------------------------------------------------
     def bits_per_dim(self, x: torch.Tensor, batch_idx: int = 0) -> torch.Tensor:
-        """Bits/dim [B] of model-space images under the EMA model (pds_lightning.likelihood, `self.likelihood`);
-        the dequantisation and probes come from a generator seeded by (likelihood.seed, rank, batch_idx)."""
+        """Bits/dim [B] of model-space images under the EMA model (`self.likelihood` settings; the draws depend
+        only on (likelihood.seed, rank, batch_idx))."""
         self.ema_net.eval()
-        seed = (self.likelihood.seed * 1_000_003 + self.global_rank) * 1_000_003 + batch_idx
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        images = to_unit_range(x, self.centered).clamp(0.0, 1.0)
-        bpd, _ = bits_per_dim(self.score_fn(ema=True), self.sde, images, self.centered, self.likelihood, generator)
-        return bpd
+        return bits_per_dim_of_batch(self.score_fn(ema=True), self.sde, x, self.centered, self.likelihood,
+                                     rank=self.global_rank, batch_idx=batch_idx)
 
     def _log_bits_per_dim(self, name: str, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         bpd = self.bits_per_dim(x, batch_idx)
@@ -515,9 +468,29 @@ class ScoreModule(L.LightningModule):
         return out
 
 
-def _net_image_size(net: nn.Module) -> int | None:
-    size = getattr(net, "image_size", None) or getattr(getattr(net, "config", None), "image_size", None)
-    return None if size is None else int(size)
+def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: int, centered: bool) -> str | None:
+    """A one-line error when the network's own copy of a fact disagrees with its home: the image geometry
+    (data:, linked to the model) or the VE noise levels (model.sde); None when they agree or the net has none."""
+    pairs = [(f"model.net {name}={_net_fact(net, name)}", f"data.{name}={value}", _net_fact(net, name), value)
+             for name, value in (("image_size", image_size), ("num_channels", num_channels), ("centered", centered))]
+    sigmas = getattr(net, "sigmas", None)
+    if isinstance(sde, VESDE) and torch.is_tensor(sigmas) and sigmas.numel() > 1:
+        # score_sde's network keeps the SMLD levels sigma_max -> sigma_min; a VE model's must be the SDE's.
+        pairs += [(f"model.net num_scales={sigmas.numel()}", f"model.sde num_scales={sde.N}", sigmas.numel(), sde.N),
+                  (f"model.net sigma_max={float(sigmas[0]):g}", f"model.sde sigma_max={sde.sigma_max:g}",
+                   round(float(sigmas[0]) / sde.sigma_max, 5), 1.0),
+                  (f"model.net sigma_min={float(sigmas[-1]):g}", f"model.sde sigma_min={sde.sigma_min:g}",
+                   round(float(sigmas[-1]) / sde.sigma_min, 5), 1.0)]
+    for net_side, home, a, b in pairs:
+        if a is not None and a != b:
+            return f"{net_side} contradicts {home}; give both the same value in the config"
+    return None
+
+
+def _net_fact(net: nn.Module, name: str):
+    """The network's own value of `name` (an attribute, or a field of a `config` it carries), else None."""
+    value = getattr(net, name, None)
+    return getattr(getattr(net, "config", None), name, None) if value is None else value
 
 
 def _images(batch: Any) -> torch.Tensor:

@@ -9,9 +9,13 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 - `TinyFeatures`: a fixed random conv + pool feature net standing in for Inception (FID/KID tests).
 - `GaussianModule`, `cpu_trainer`: the ScoreModule sampling API over an exact Gaussian score, in a real
   Lightning Trainer (tests of the writer and the sampling callback).
+- `score_sde_loss`: score_sde's training loss (losses.py get_sde_loss_fn) written out for given draws t, z.
+- `tiny_net`, `tiny_module`, `image_loader`: the 8 px NCSN++ ScoreModule (VE 0.01..16, 100 scales) and a
+  loader of fixed random images that the module and training tests share.
 """
 
 import errno
+import math
 import os
 import signal
 import socket
@@ -25,7 +29,9 @@ from torch import nn
 
 from pds_lightning.data import ImageDataModule
 
+from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
+from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.settings import SamplerSettings, generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -185,6 +191,37 @@ class GaussianModule(L.LightningModule):
         return {"seeds": batch.long().cpu(), "images": result.x.float().cpu(), "nfe": result.nfe}
 
 
+TINY_SDE = dict(sigma_min=0.01, sigma_max=16.0, num_scales=100)
+
+
+def tiny_net(**kw) -> NCSNpp:
+    """An 8 px, 1-channel NCSN++ (nf 8, two levels, no attention) on TINY_SDE's noise levels; keywords override."""
+    args = dict(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, image_size=8,
+                num_channels=1, **TINY_SDE)
+    return NCSNpp(**{**args, **kw})
+
+
+def tiny_module(net: nn.Module | None = None, sde=None, statistics: bool = False, **kw) -> ScoreModule:
+    """ScoreModule of `net` (default tiny_net(), its channels and size) on `sde` (default VESDE(**TINY_SDE)),
+    lr 1e-2 with one warm-up step; `statistics`: PDS statistics of 32 fixed random images."""
+    net = tiny_net() if net is None else net
+    geometry = dict(image_size=getattr(net, "image_size", SIZE), num_channels=getattr(net, "num_channels", 1))
+    module = ScoreModule(net, VESDE(**TINY_SDE) if sde is None else sde, **{"lr": 1e-2, "warmup": 1, **geometry, **kw})
+    if statistics:
+        x = torch.rand(32, *module.image_shape, generator=torch.Generator().manual_seed(0))
+        module.set_statistics(ImageStatistics(module.image_shape).update(x))
+    return module
+
+
+def image_loader(n: int = 16, channels: int = 1, size: int = 8, batch_size: int = 4, labels: int = 0):
+    """n fixed random images in [0, 1] (seed 0) in batches; with `labels` > 0 (images, i % labels) pairs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.rand(n, channels, size, size, generator=g)] + ([torch.arange(n) % labels] if labels else [])
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size)
+
+
 def cpu_trainer(tmp_path, **kw):
     """A quiet one-process CPU Trainer in tmp_path; keywords override."""
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -244,3 +281,32 @@ class BatchNoise:
 
     def noise(self, like):
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+
+
+# ---- score_sde's training loss, written out (losses.py get_sde_loss_fn; sde_lib's VE / VP / sub-VP) -----
+VE_ARGS, VP_ARGS = (0.01, 50.0), (0.1, 20.0)
+
+
+def score_sde_marginal_and_g2(kind, t):
+    """mean coefficient, std and g(t)^2 of score_sde's sde_lib, written out for the test."""
+    if kind == "ve":
+        smin, smax = VE_ARGS
+        std = smin * (smax / smin) ** t
+        return torch.ones_like(t), std, std ** 2 * 2 * math.log(smax / smin)
+    b0, b1 = VP_ARGS
+    log_mean = -0.25 * t ** 2 * (b1 - b0) - 0.5 * t * b0
+    beta = b0 + t * (b1 - b0)
+    if kind == "vp":
+        return log_mean.exp(), (1 - (2 * log_mean).exp()).sqrt(), beta
+    return log_mean.exp(), 1 - (2 * log_mean).exp(), beta * (1 - torch.exp(-2 * b0 * t - (b1 - b0) * t ** 2))
+
+
+def score_sde_loss(score_fn, kind, x, t, z, reduce_mean, likelihood_weighting):
+    """score_sde's loss for given draws t, z: mean or 0.5 * sum over pixels, times g^2 if weighted; batch mean."""
+    a, std, g2 = score_sde_marginal_and_g2(kind, t)
+    a, std = a[:, None, None, None], std[:, None, None, None]
+    score = score_fn(a * x + std * z, t)
+    per_pixel = (score + z / std) ** 2 if likelihood_weighting else (score * std + z) ** 2
+    per_pixel = per_pixel.reshape(x.shape[0], -1)
+    losses = per_pixel.mean(-1) if reduce_mean else 0.5 * per_pixel.sum(-1)
+    return (losses * g2 if likelihood_weighting else losses).mean()

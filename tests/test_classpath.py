@@ -2,7 +2,7 @@
 
 import pytest
 
-from pds_lightning.classpath import import_class
+from pds_lightning.classpath import import_class, instantiate
 from pds_lightning.features import DigitFeatures
 
 
@@ -19,3 +19,23 @@ def test_colon_and_dot_spellings_name_the_same_class():
 def test_bad_specs_raise_one_value_error(spec, message):
     with pytest.raises(ValueError, match=message):
         import_class(spec, "feature extractor")
+
+
+class KeepsArguments:
+    def __init__(self, scale: float = 1.0, name: str = "a"):
+        self.scale, self.name = scale, name
+
+
+class DropsAnArgument:
+    def __init__(self, scale: float = 1.0):
+        self.factor = scale
+
+
+def test_spec_of_is_the_inverse_of_instantiate_and_names_a_missing_attribute():
+    from pds_lightning.classpath import spec_of
+
+    spec = spec_of(KeepsArguments(2.0, "b"))
+    assert spec == {"class_path": "test_classpath.KeepsArguments", "init_args": {"scale": 2.0, "name": "b"}}
+    assert vars(instantiate(spec)) == {"scale": 2.0, "name": "b"}
+    with pytest.raises(ValueError, match="keeps no attribute 'scale'"):
+        spec_of(DropsAnArgument(3.0))

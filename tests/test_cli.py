@@ -39,6 +39,7 @@ def test_shipped_config_round_trips_through_print_config(config, tmp_path, capsy
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if "cifar10" in c.name or c.name == "demo.yaml"],
                          ids=lambda p: p.name)
+@pytest.mark.slow
 def test_shipped_config_instantiates(config):
     """Building the real classes catches what parsing cannot (a bad init arg, a geometry mismatch)."""
     from pds_lightning.cli import cli_main
@@ -48,6 +49,7 @@ def test_shipped_config_instantiates(config):
     assert cli.model.net.image_size == cli.datamodule.hparams.image_size
 
 
+@pytest.mark.slow
 def test_fit_then_predict_from_checkpoint_alone(tmp_path):
     config = ROOT / "tests" / "configs" / "tiny.yaml"
     run_cli("fit", "--config", config, "--trainer.default_root_dir", tmp_path, "--data.stats_cache_dir",
@@ -100,6 +102,7 @@ def test_fit_then_predict_from_checkpoint_alone(tmp_path):
     assert manifest["nfe_per_sample"] == result.nfe == 2 * 10  # 10 PC steps: one predictor + one corrector call
 
 
+@pytest.mark.slow
 def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     import json
 

@@ -20,6 +20,9 @@ from pds_lightning.writer import sample_path, scan_written_seeds
 
 from helpers import clean_env, free_port
 
+# Every test here starts processes (CLI runs, launchers, pip): outside the fast subset.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SEEDS = range(8)

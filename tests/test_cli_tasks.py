@@ -5,9 +5,13 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_cli import ROOT, run_cli
+
+# Every test here starts processes (CLI runs, launchers, pip): outside the fast subset.
+pytestmark = pytest.mark.slow
 
 CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
 

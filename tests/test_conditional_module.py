@@ -6,25 +6,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pds_lightning.models import NCSNpp
+import helpers
+from helpers import image_loader, tiny_net
+from pds_lightning.losses import DSMLoss, Loss
+from pds_lightning.models.score import LabelledScore
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling import SamplerSettings
 from pds_lightning.sde import VESDE
 
 
-def tiny_net(**kw):
-    return NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
-                  num_scales=100, image_size=8, num_channels=1, **kw)
-
-
-def tiny_module(net, **kw):
-    return ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, lr=1e-2, warmup=1,
-                       sampler=SamplerSettings(n_steps=5), **kw)
+def tiny_module(net, sde=None, **kw):
+    return helpers.tiny_module(net, sde, sampler=SamplerSettings(n_steps=5), **kw)
 
 
 def labelled_loader(n=16):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3), batch_size=4)
+    return image_loader(n, labels=3)
 
 
 def fit(model, tmp_path, loader):
@@ -43,15 +39,27 @@ def test_class_embedding_is_off_by_default_and_adds_one_table_when_on():
         tiny_net(num_classes=3, conditional=False)
 
 
-def test_label_dropout_sends_labels_to_the_null_class_at_its_rate(monkeypatch):
-    model = tiny_module(tiny_net(num_classes=3), label_dropout=0.3)
-    seen = []
-    monkeypatch.setattr(model, "score_fn", lambda ema=True: (lambda x, t, labels: seen.append(labels) or x))
-    labels = torch.arange(20000) % 3
-    model._class_score(False, labels, 0.3)(torch.zeros(1), torch.zeros(1))
-    dropped = seen[0] == 3
-    assert abs(dropped.float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / 20000) ** 0.5
-    assert torch.equal(seen[0][~dropped], labels[~dropped])  # the kept labels are untouched
+class LabelsSeen(Loss):
+    """Records the labels bound to the model of each training batch; DSM on the first four images only
+    (the labels are what is tested, and a full batch of them through the network would be slow)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, model, sde, x, *, generator=None):
+        self.seen.append(model.labels.clone())
+        return DSMLoss()(LabelledScore(model.model, model.labels[:4]), sde, x[:4], generator=generator)
+
+
+def test_label_dropout_sends_labels_to_the_null_class_at_its_rate(tmp_path):
+    loss = LabelsSeen()
+    model = tiny_module(tiny_net(num_classes=3), label_dropout=0.3, loss=loss)
+    n = 4096
+    fit(model, tmp_path, image_loader(n, batch_size=n, labels=3, size=8))
+    labels, seen = torch.arange(n) % 3, loss.seen[0]
+    dropped = seen == 3
+    assert abs(dropped.float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / n) ** 0.5
+    assert torch.equal(seen[~dropped], labels[~dropped])  # the kept labels are untouched
     with pytest.raises(ValueError, match="label_dropout must lie in"):
         tiny_module(tiny_net(num_classes=3), label_dropout=1.0)
 
@@ -95,8 +103,7 @@ def test_sampling_callback_draws_one_class_per_grid_row():
 
     # sigma_max 0.5 keeps samples inside [0, 1] (unclamped); random class embeddings and non-zero output
     # layers make the class visibly change the sample
-    model = ScoreModule(tiny_net(num_classes=3), VESDE(0.01, 0.5, 100), image_size=8, num_channels=1,
-                        sampler=SamplerSettings(n_steps=5))
+    model = tiny_module(tiny_net(num_classes=3, sigma_max=0.5), VESDE(0.01, 0.5, 100))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         model.ema_net.class_embed.weight.copy_(torch.randn(4, 32, generator=g))

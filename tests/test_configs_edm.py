@@ -33,7 +33,7 @@ def test_edm_config_is_the_base_config_with_the_edm_recipe(name):
     assert expected_net["init_args"].pop("centered") is False and "scale_by_sigma" not in expected_net["init_args"]
     assert inner == expected_net
     assert loss["class_path"] == "pds_lightning.losses.EDMLoss"
-    assert loss["init_args"]["sigma_data"] == wrapper["init_args"]["sigma_data"]  # weight = 1 / c_out^2
+    assert "sigma_data" not in loss["init_args"]  # the loss reads the network's: weight = 1 / c_out^2
     # everything else, the data and the training steps included, is the base config's, in runs/<name>_edm
     as_text = yaml.safe_dump(base).replace(f"runs/{name}", f"runs/{name}_edm").replace(f"name: {name}\n",
                                                                                        f"name: {name}_edm\n")

@@ -150,6 +150,7 @@ def test_statistics_of_another_feature_size_are_refused(tmp_path, inception_file
     assert err.count("\n") == 1 and "6-d but the feature extractor gives 2048-d" in err
 
 
+@pytest.mark.slow
 def test_without_inception_weights_the_error_is_one_line_and_quick(tmp_path, monkeypatch):
     """No torch-fidelity here (or no cached weights and no network): FID asked for without --inception-weights
     fails in one line naming both remedies, in a subprocess bounded in time (nothing may hang on the network)."""

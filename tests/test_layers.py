@@ -1,66 +1,56 @@
 """The package's imports point down only: read with `ast` (nothing is executed), every import of a
 pds_lightning module (absolute or relative, at the top or inside a function) must go to a lower layer.
 
-Layers, bottom first (a module may import only from layers below its own; the same layer is a sideways
-import and fails too, so a cycle cannot form):
-
- 0. fileio, images, distributed, classpath, -- plain helpers: atomic files, pixel ranges and PNG bytes,
-    resources                                  rank/world, class-path loading, the shipped files (data,
-                                               configs, weights); no project imports
- 1. sde, preconditioner, statistics,        -- the maths: SDE schedules, the PDS filters C and S,
-    safetensors_io                             image statistics (mean, power spectrum); .safetensors
-                                               weight files (tensors + checked JSON, no pickle)
- 2. models                                  -- score networks and the analytic Gaussian score (use sde,
-                                               preconditioner)
- 3. sampling, losses                        -- predictors, correctors, samplers, solvers, settings
-                                               (take alpha as a number); training objectives
- 4. metrics, features                       -- measures of samples (spectra, FID/KID features); they
-                                               need no sampler, and the alpha pilot scores with them
- 5. alpha                                   -- choosing alpha: surrogate (pure maths) and pilot (runs
-                                               the sampler, scores with metrics); one resolve_alpha
- 6. data                                    -- sources, seeds, the Lightning data module
- 7. module                                  -- the LightningModule (training, sampling, alpha resolution)
- 8. writer, sampling_callback               -- the prediction writer and the validation sampling callback
- 9. callbacks                               -- the class paths configs use, re-exporting layer 8
-10. cli, evaluate, convert, configs, export -- entry points
-11. convert_diffusers                       -- entry point built on convert's checkpoint layout
-12. __main__                                -- `python -m pds_lightning` (runs cli)
-
-Inside a package the submodules are ordered too (the package's __init__ sits above all of them).
+The layers are read from the diagram in docs/design.md ("## Layers"), the one table of them: a module may
+import only from layers below its own (the same layer is a sideways import and fails too, so a cycle cannot
+form); inside a package the submodules are ordered too (the package's __init__ sits above all of them).
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = "pds_lightning"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+DESIGN = ROOT.parent / "docs" / "design.md"
 
-LAYERS = [
-    ("fileio", "images", "distributed", "classpath", "resources"),
-    ("sde", "preconditioner", "statistics", "safetensors_io"),
-    ("models",),
-    ("sampling", "losses"),
-    ("metrics", "features", "likelihood"),
-    ("alpha",),
-    ("data",),
-    ("module",),
-    ("writer", "sampling_callback"),
-    ("callbacks",),
-    ("cli", "evaluate", "convert", "configs", "export"),
-    ("convert_diffusers",),
-    ("__main__",),
-]
 
-SUBLAYERS = {
-    "sampling": [("noise", "step", "guidance"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
-                 ("stochastic",), ("settings",), ("conditional",)],
-    "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score", "edm"),
-               ("presets",)],
-    "alpha": [("surrogate",), ("pilot",)],
-    "data": [("seeds", "sources", "cache", "loading"), ("tasks",), ("datamodule",)],
-}
+def diagram(text: str) -> str:
+    """The first fenced block after the '## Layers' heading of design.md."""
+    section = text[text.index("## Layers"):]
+    return section.split("```")[1]
+
+
+def parse_diagram(block: str) -> tuple[list[tuple[str, ...]], dict[str, list[tuple[str, ...]]]]:
+    """(layers bottom first, {package: its submodules bottom first}) of a layer diagram: lines 'N  names -- why',
+    a line without a number continuing layer N, 'package(a, b < c)' ordering a package's submodules."""
+    texts: dict[int, str] = {}
+    current = None
+    for line in block.splitlines():
+        body = line.split("--")[0]
+        number = re.match(r"\s*(\d+)\s", body)
+        if number:
+            current, body = int(number.group(1)), body[number.end():]
+        if body.strip():
+            if current is None:
+                raise ValueError(f"diagram line before any layer number: {line!r}")
+            texts[current] = texts.get(current, "") + " " + body
+    if sorted(texts) != list(range(len(texts))):
+        raise ValueError(f"diagram layers must be numbered 0..n without gaps, got {sorted(texts)}")
+    layers, sublayers = [], {}
+    for n in range(len(texts)):
+        names = []
+        for name, inner in re.findall(r"(\w+)\s*(?:\(([^)]*)\))?", texts[n]):
+            names.append(name)
+            if inner:
+                sublayers[name] = [tuple(s.strip() for s in group.split(",")) for group in inner.split("<")]
+        layers.append(tuple(names))
+    return layers, sublayers
+
+
+LAYERS, SUBLAYERS = parse_diagram(diagram(DESIGN.read_text()))
 
 
 def rank_of(layers, name: str, where: str) -> int:
@@ -183,6 +173,28 @@ def test_checker_flags_sideways_imports_and_cycles():
         "pds_lightning.metrics imports pds_lightning.features (not below it)"]
     graph = {"pds_lightning.a": {"pds_lightning.b"}, "pds_lightning.b": {"pds_lightning.a"}}
     assert cycles(graph) == ["pds_lightning.a -> pds_lightning.b -> pds_lightning.a"]
+
+
+def test_the_diagram_names_every_module_of_the_package_and_no_other():
+    listed = {f"{PACKAGE}.{n}" for layer in LAYERS for n in layer}
+    listed |= {f"{PACKAGE}.{p}.{m}" for p, groups in SUBLAYERS.items() for g in groups for m in g}
+    packages = {f"{PACKAGE}.{p}" for p in SUBLAYERS}
+    assert listed - packages == set(package_graph()) - {PACKAGE} - packages, (
+        "docs/design.md's layer diagram and the package differ")
+
+
+def test_the_diagram_parser_reads_numbers_continuations_and_packages():
+    block = """
+ 2  top                 -- what it is
+ 1  pkg(a, b < c        -- a package
+    < d)  side
+                        -- more words about layer 1
+ 0  base  other
+"""
+    assert parse_diagram(block) == ([("base", "other"), ("pkg", "side"), ("top",)],
+                                    {"pkg": [("a", "b"), ("c",), ("d",)]})
+    with pytest.raises(ValueError, match="without gaps"):
+        parse_diagram(" 0  a\n 2  b\n")
 
 
 def test_a_module_missing_from_the_table_is_named():

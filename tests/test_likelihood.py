@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from pds_lightning.likelihood import (LikelihoodSettings, bits_offset, bits_per_dim, dequantize, log_likelihood,
-                                      probe)
+from pds_lightning.likelihood import (LikelihoodSettings, bits_offset, bits_per_dim, bits_per_dim_of_batch, dequantize,
+                                      log_likelihood, probe)
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sde import VESDE, VPSDE, SubVPSDE
 
@@ -93,6 +93,23 @@ def test_bits_per_dim_offset_and_dequantization():
     assert ((u - images * 255 / 256) >= 0).all() and ((u - images * 255 / 256) < 1 / 256).all()
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         bits_per_dim(target, sde, images * 2, centered=False, settings=settings)
+
+
+def test_a_batch_is_scored_from_its_own_seed_rank_and_index():
+    """The test / validation steps' bits/dim: model-space images back to [0, 1], then bits_per_dim with a
+    generator seeded by (seed, rank, batch_idx) only, so a rank's batch gets the same draws in any run."""
+    sde, target = gaussian("ve")
+    images = torch.rand(2, 1, H, H, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
+    settings = LikelihoodSettings(n_steps=8, eps=EPS, seed=3)
+    got = bits_per_dim_of_batch(target, sde, images, False, settings, rank=1, batch_idx=2)
+    seed = (3 * 1_000_003 + 1) * 1_000_003 + 2
+    want, _ = bits_per_dim(target, sde, images, False, settings, torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    centered = bits_per_dim_of_batch(target, sde, images * 2 - 1, True, settings, rank=1, batch_idx=2)
+    torch.testing.assert_close(centered, bits_per_dim(target, sde, images, True, settings,
+                                                      torch.Generator().manual_seed(seed))[0], rtol=0, atol=0)
+    other_rank = bits_per_dim_of_batch(target, sde, images, False, settings, rank=0, batch_idx=2)
+    assert not torch.equal(other_rank, got)
 
 
 def test_probes_have_identity_second_moment():

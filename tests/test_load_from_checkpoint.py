@@ -48,6 +48,7 @@ def module_from_config(config: Path, state_dict) -> ScoreModule:
     return module
 
 
+@pytest.mark.slow
 def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
     checkpoint = torch.load(fitted, weights_only=True)
     model = ScoreModule.load_from_checkpoint(fitted)

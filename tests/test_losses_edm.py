@@ -63,7 +63,7 @@ def test_the_posterior_mean_minimises_the_loss_and_its_score_is_exact(sde):
     lam = power_law_spectrum(8, 8, variance=0.05)
     target = GaussianScore(0.4, lam, sde)
     x = target.sample(2048, generator=torch.Generator().manual_seed(0))
-    losses = {scale: EDMLoss()(ScoreModel(PosteriorMean(0.4, lam, scale), sde), sde, x,
+    losses = {scale: EDMLoss(sigma_data=0.5)(ScoreModel(PosteriorMean(0.4, lam, scale), sde), sde, x,
                                generator=torch.Generator().manual_seed(1)).item() for scale in (0.9, 1.0, 1.1)}
     assert losses[1.0] < min(losses[0.9], losses[1.1]), losses
     t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
@@ -107,3 +107,18 @@ def test_models_without_a_denoiser_and_bad_settings_are_refused():
         EDMLoss(P_std=0.0)
     with pytest.raises(ValueError, match="sigma_data > 0"):
         EDMLoss(sigma_data=-1.0)
+
+
+def test_sigma_data_has_one_home_the_network():
+    """Unset, the loss weights with the network's sigma_data; a different one given to the loss is refused."""
+    net = EDMPrecond({"class_path": "pds_lightning.models.NCSNpp",
+                      "init_args": {"nf": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                    "image_size": 8, "num_channels": 1, "centered": True, "scale_by_sigma": False}},
+                     sigma_data=0.3)
+    model, x = ScoreModel(net, VESDE()), torch.rand(2, 1, 8, 8)
+    same = [EDMLoss(sigma_data=s)(model, VESDE(), x, generator=torch.Generator().manual_seed(0)) for s in (None, 0.3)]
+    assert torch.equal(same[0], same[1])
+    with pytest.raises(ValueError, match="contradicts the network's sigma_data=0.3"):
+        EDMLoss(sigma_data=0.5)(model, VESDE(), x)
+    with pytest.raises(ValueError, match="set model.loss.init_args.sigma_data"):
+        EDMLoss()(ScoreModel(LinearDenoiser(), VESDE()), VESDE(), x)

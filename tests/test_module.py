@@ -1,28 +1,15 @@
-"""ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, DSM loss minimum."""
-
-import math
+"""ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, training times, warm-up,
+and the network's copies of the SDE's and the data's facts."""
 
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from pds_lightning.models import NCSNpp
+from helpers import VE_ARGS, VP_ARGS, image_loader as loader, score_sde_loss, tiny_module, tiny_net
+from pds_lightning.losses import DSMLoss
 from pds_lightning.models.score import ScoreModel
-from pds_lightning.module import ScoreModule, dsm_loss, ema_decay_at
+from pds_lightning.module import ScoreModule, ema_decay_at
 from pds_lightning.sde import VESDE
-
-
-def tiny_module(**kw):
-    kw = {"lr": 1e-2, "warmup": 1, **kw}
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
-                 num_scales=100, image_size=8, num_channels=1)
-    return ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, **kw)
-
-
-def loader(n=16):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.rand(n, 1, 8, 8, generator=g)), batch_size=4)
 
 
 class RecordParams(L.Callback):
@@ -76,7 +63,7 @@ def test_validation_uses_ema_weights(tmp_path):
     def loss_with(net):
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            return dsm_loss(ScoreModel(net.eval(), module.sde), module.sde, x, module.train_eps, generator=g).item()
+            return DSMLoss()(ScoreModel(net.eval(), module.sde), module.sde, x, generator=g).item()
 
     assert logged == pytest.approx(loss_with(module.ema_net), rel=1e-5)
     assert abs(logged - loss_with(module.net)) > 1e-4
@@ -88,97 +75,16 @@ def test_fit_requires_continuous_models(tmp_path):
         trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader())
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "vp"])
-def test_dsm_loss_of_exact_score_is_analytic_minimum(sde_name):
-    """With the exact score of a Gaussian image model, DSM loss = E_t mean_k a^2 lam / (a^2 lam + s^2)."""
-    from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-    from pds_lightning.sde import VPSDE
-
-    sde = VESDE(0.01, 5.0, 1000) if sde_name == "ve" else VPSDE(0.1, 20.0, 1000)
-    lam = power_law_spectrum(8, 8, variance=0.05)
-    target = GaussianScore(0.4, lam, sde)
-    eps = sde.default_eps
-    x = target.sample(131072, generator=torch.Generator().manual_seed(1)).float()
-
-    t = torch.linspace(eps, 1.0, 4001, dtype=torch.float64)
-    ones = torch.ones(t.numel(), 1, 1, 1, dtype=torch.float64)
-    a, s = sde.marginal_prob(ones, t)
-    a, s = a.flatten()[:, None, None, None], s[:, None, None, None]
-    per_t = (a ** 2 * lam / (a ** 2 * lam + s ** 2)).mean(dim=(1, 2, 3))
-    expected = torch.trapezoid(per_t, t).item() / (1.0 - eps)
-
-    loss = dsm_loss(target, sde, x, eps, generator=torch.Generator().manual_seed(2)).item()
-    assert loss == pytest.approx(expected, rel=0.04)  # MC error ~1%
-    wrong = dsm_loss(lambda xt, tt: 1.3 * target(xt, tt), sde, x, eps,
-                     generator=torch.Generator().manual_seed(2)).item()
-    assert wrong > loss * 1.05
-
-
-# ---- parity with score_sde's training (losses.py get_sde_loss_fn / optimization_manager) -------------------
-VE_ARGS, VP_ARGS = (0.01, 50.0), (0.1, 20.0)
-
-
-def score_sde_marginal_and_g2(kind, t):
-    """mean coefficient, std and g(t)^2 of score_sde's sde_lib, written out for the test."""
-    if kind == "ve":
-        smin, smax = VE_ARGS
-        std = smin * (smax / smin) ** t
-        return torch.ones_like(t), std, std ** 2 * 2 * math.log(smax / smin)
-    b0, b1 = VP_ARGS
-    log_mean = -0.25 * t ** 2 * (b1 - b0) - 0.5 * t * b0
-    beta = b0 + t * (b1 - b0)
-    if kind == "vp":
-        return log_mean.exp(), (1 - (2 * log_mean).exp()).sqrt(), beta
-    return log_mean.exp(), 1 - (2 * log_mean).exp(), beta * (1 - torch.exp(-2 * b0 * t - (b1 - b0) * t ** 2))
-
-
-def score_sde_loss(score_fn, kind, x, t, z, reduce_mean, likelihood_weighting):
-    """score_sde's loss for given draws t, z: mean or 0.5 * sum over pixels, times g^2 if weighted; batch mean."""
-    a, std, g2 = score_sde_marginal_and_g2(kind, t)
-    a, std = a[:, None, None, None], std[:, None, None, None]
-    score = score_fn(a * x + std * z, t)
-    per_pixel = (score + z / std) ** 2 if likelihood_weighting else (score * std + z) ** 2
-    per_pixel = per_pixel.reshape(x.shape[0], -1)
-    losses = per_pixel.mean(-1) if reduce_mean else 0.5 * per_pixel.sum(-1)
-    return (losses * g2 if likelihood_weighting else losses).mean()
-
-
-def toy_score(x, t):
-    """Some non-trivial score (not the exact one), so that every term of the loss matters."""
-    return -(x - 0.3) / (0.2 + t[:, None, None, None]) + 0.1 * torch.sin(3 * x)
-
-
-@pytest.mark.parametrize("kind", ["ve", "vp", "subvp"])
-@pytest.mark.parametrize("reduce_mean", [True, False])
-@pytest.mark.parametrize("likelihood_weighting", [True, False])
-def test_dsm_loss_equals_score_sde_formula(kind, reduce_mean, likelihood_weighting):
-    from pds_lightning.module import TRAIN_EPS
-    from pds_lightning.sde import SubVPSDE, VPSDE
-
-    sde = {"ve": lambda: VESDE(*VE_ARGS, 1000), "vp": lambda: VPSDE(*VP_ARGS, 1000),
-           "subvp": lambda: SubVPSDE(*VP_ARGS, 1000)}[kind]()
-    x = torch.rand(6, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    loss = dsm_loss(toy_score, sde, x, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
-                    generator=torch.Generator().manual_seed(4))
-    g = torch.Generator().manual_seed(4)  # score_sde's draws in its order: t, then z
-    t = torch.rand(6, generator=g, dtype=torch.float64) * (1 - 1e-5) + 1e-5
-    z = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    expected = score_sde_loss(toy_score, kind, x, t, z, reduce_mean, likelihood_weighting)
-    assert TRAIN_EPS == 1e-5
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
-
-
 @pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
 def test_training_times_start_at_score_sde_eps_for_every_sde(tmp_path, kind):
     """The module's loss (here the logged validation loss) draws t in [1e-5, 1], not the sampling eps."""
     from pds_lightning.sde import SubVPSDE, VPSDE
 
     sde = {"ve": VESDE(*VE_ARGS, 100), "vp": VPSDE(*VP_ARGS, 100), "subvp": SubVPSDE(*VP_ARGS, 100)}[kind]
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=VE_ARGS[1],
-                 num_scales=100, image_size=8, num_channels=1, centered=kind != "ve",
-                 scale_by_sigma=kind == "ve", embedding_type="fourier" if kind == "ve" else "positional")
-    module = ScoreModule(net, sde, image_size=8, num_channels=1, reduce_mean=False)
-    assert module.train_eps == 1e-5
+    net = tiny_net(sigma_max=VE_ARGS[1], centered=kind != "ve", scale_by_sigma=kind == "ve",
+                   embedding_type="fourier" if kind == "ve" else "positional")
+    module = ScoreModule(net, sde, image_size=8, num_channels=1, centered=kind != "ve",
+                         loss=DSMLoss(reduce_mean=False))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # away from the zero-initialised output layer, so the loss depends on t
         for p in module.ema_net.parameters():
@@ -200,8 +106,54 @@ def test_training_times_start_at_score_sde_eps_for_every_sde(tmp_path, kind):
 
 
 def test_train_eps_outside_the_time_range_is_refused():
-    with pytest.raises(ValueError, match="train_eps"):
+    with pytest.raises(ValueError, match="eps .*must lie in"):
         tiny_module(train_eps=0.0)
+
+
+@pytest.mark.parametrize("net_args, sde, module_args, message", [
+    ({"sigma_max": 50.0}, None, {}, "model.net sigma_max=50 contradicts model.sde sigma_max=16"),
+    ({"sigma_min": 0.002}, None, {}, "model.net sigma_min=0.002 contradicts model.sde sigma_min=0.01"),
+    ({"num_scales": 1000}, None, {}, "model.net num_scales=1000 contradicts model.sde num_scales=100"),
+    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.image_size=8"),
+    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.num_channels=3"),
+    ({}, None, {"centered": True}, "model.net centered=False contradicts data.centered=True"),
+])
+def test_a_fact_the_network_repeats_must_agree_with_its_home(net_args, sde, module_args, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_module(tiny_net(**net_args), sde, **module_args)
+
+
+def test_vp_networks_keep_their_own_noise_levels():
+    """A VP SDE has no sigma range: the network's score_sde levels (0.01..50, 1000) are not compared with it."""
+    from pds_lightning.sde import VPSDE
+
+    net = tiny_net(sigma_max=50.0, num_scales=1000, centered=True, embedding_type="positional", scale_by_sigma=False)
+    assert tiny_module(net, VPSDE(0.1, 20.0, 100), centered=True).sde.N == 100
+
+
+def test_shipped_configs_give_each_fact_once_or_agree(tmp_path):
+    """Every shipped config builds without a contradiction at its full size (the check reads the network's
+    sigmas buffer; the networks are built on the meta device, so no weights are allocated)."""
+    import yaml
+    from pathlib import Path
+
+    from pds_lightning.classpath import instantiate
+    from pds_lightning.module import net_contradiction
+    from pds_lightning.sde import SDE
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 13
+    for path in configs:
+        cfg = yaml.safe_load(path.read_text())
+        data = cfg["data"]
+        with torch.device("meta"):
+            net = instantiate(cfg["model"]["net"], "model.net", torch.nn.Module)
+        spec = cfg["model"]["net"]
+        spec = spec["init_args"].get("net", spec)  # EDMPrecond: the wrapped network's own levels
+        net.sigmas = tiny_net(**{k: spec["init_args"][k] for k in ("sigma_min", "sigma_max", "num_scales")}).sigmas
+        sde = instantiate(cfg["model"]["sde"], "model.sde", SDE)
+        assert net_contradiction(net, sde, data["image_size"], data.get("num_channels", 3),
+                                 data.get("centered", False)) is None, path.name
 
 
 class RecordLR(L.Callback):

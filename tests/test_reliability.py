@@ -69,6 +69,7 @@ def predict_args(ckpt, out, *extra):
 
 
 # ---- 1. predict killed five times, then resumed ------------------------------------------------------------
+@pytest.mark.slow
 def test_predict_killed_five_times_resumes_to_the_uninterrupted_images(fit_run, tmp_path):
     run_script("kill_predict.py", tmp_path, TINY, fit_run / "killed_last.ckpt", tmp_path, "0-47", 5, 1234)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -90,6 +91,7 @@ def test_predict_killed_five_times_resumes_to_the_uninterrupted_images(fit_run, 
 
 
 # ---- 2. fit killed and resumed from last.ckpt ----------------------------------------------------------------
+@pytest.mark.slow
 def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
     report = json.loads((fit_run / "report.json").read_text())
     assert report["killed_by"] == 9 and report["resume_exit"] == 0 and report["step_time_s"] > 0
@@ -113,8 +115,10 @@ def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
 CONFIG_ERRORS = {
     "unknown key": (["--model.no_such_key", "3"], 2, "unrecognized arguments: --model.no_such_key"),
     "wrong type": (["--model.lr", "abc"], 2, "Got value: abc"),
-    "image_size vs network": (["--data.image_size", "8"], 1, "model.image_size=8 does not match the network's "
-                                                              "image_size=16; make them equal"),
+    "image_size vs network": (["--data.image_size", "8"], 1, "model.net image_size=16 contradicts "
+                                                              "data.image_size=8; give both the same value"),
+    "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
+                                                                          "model.sde sigma_max=20"),
     "alpha <= 1": (["--model.sampler.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
     "speed_up < 1 step": (["--model.sampler.n_steps", "null", "--model.sampler.speed_up", "200"], 1,
                           "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
@@ -134,6 +138,7 @@ def test_config_error_is_one_line_and_writes_nothing(case, tmp_path, capsys, mon
     assert files_under(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_command_exits_non_zero_with_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", "fit", "--config", str(TINY),
                            "--model.sampler.alpha", "0.5"], cwd=tmp_path, env=clean_env(), capture_output=True,
@@ -196,6 +201,7 @@ class WritesMarker:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_names_the_keys(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     status, line = cli_error(capsys, *predict_args(ckpt, tmp_path / "out", "--model.net.init_args.nf", "16"))
@@ -206,6 +212,7 @@ def test_checkpoint_of_another_architecture_names_the_keys(ckpt, tmp_path, capsy
     assert scan_written_seeds(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_with_the_fix(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = ckpt.read_bytes()
@@ -215,6 +222,7 @@ def test_truncated_checkpoint_is_refused_with_the_fix(ckpt, tmp_path, capsys, mo
     assert not (tmp_path / "out").exists() or scan_written_seeds(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_checkpoint_that_would_run_code_is_refused_unread(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
@@ -257,6 +265,7 @@ def nan_checkpoint(ckpt: Path, tmp_path: Path) -> Path:
     return tmp_path / "nan.ckpt"
 
 
+@pytest.mark.slow
 def test_nan_during_sampling_is_reported_with_step_and_hint(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = nan_checkpoint(ckpt, tmp_path)
@@ -273,6 +282,7 @@ def test_nan_during_sampling_is_reported_with_step_and_hint(ckpt, tmp_path, caps
 
 
 # ---- 7. I/O faults ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unwritable_output_dir_is_one_line_before_sampling(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("a file where a folder should be")  # root ignores chmod; this cannot be written
@@ -280,6 +290,7 @@ def test_unwritable_output_dir_is_one_line_before_sampling(ckpt, tmp_path, capsy
     assert status == 1 and "is not writable" in line and "choose another output directory" in line, line
 
 
+@pytest.mark.slow
 def test_disk_full_midway_reports_written_seeds_and_resume_completes(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"

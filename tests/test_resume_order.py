@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -31,6 +32,7 @@ def read_log(path: Path) -> dict[int, str]:
     return lines
 
 
+@pytest.mark.slow
 def test_fit_killed_mid_epoch_resumes_with_the_uninterrupted_batch_order(tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (44, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images=images)

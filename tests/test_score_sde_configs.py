@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pds_lightning.data import ImageDataModule
-from pds_lightning.module import TRAIN_EPS, ScoreModule
+from pds_lightning.losses import TRAIN_EPS
+from pds_lightning.module import ScoreModule
 
 ROOT = Path(__file__).resolve().parents[1]
 # score_sde's training fields per released config, written from its official config files
@@ -33,11 +34,13 @@ def test_every_shipped_config_has_a_row():
 def test_shipped_config_matches_score_sde_training_fields(path):
     ref, cfg = TABLE[path], shipped(path)
     model, data = cfg["model"], cfg["data"]
+    assert model["loss"]["class_path"] == "pds_lightning.losses.DSMLoss"
+    loss = model["loss"]["init_args"]
     pairs = [  # (score_sde field, project value)
         ("training.sde", {v: k for k, v in SDE_CLASS.items()}[model["sde"]["class_path"]]),
         ("training.continuous", model["continuous"]),
-        ("training.reduce_mean", model["reduce_mean"]),
-        ("training.likelihood_weighting", model["likelihood_weighting"]),
+        ("training.reduce_mean", loss["reduce_mean"]),
+        ("training.likelihood_weighting", loss["likelihood_weighting"]),
         ("training.batch_size", data["batch_size"]),
         ("training.n_iters", cfg["trainer"]["max_steps"] - 1),  # score_sde's loop runs steps 0..n_iters
         ("optim.lr", model["lr"]),
@@ -50,12 +53,12 @@ def test_shipped_config_matches_score_sde_training_fields(path):
         ("data.centered", data["centered"]),
         ("data.random_flip", data["random_flip"]),
         ("data.uniform_dequantization", data["dequantize"]),
-        ("loss_eps", model["train_eps"]),
+        ("loss_eps", loss["eps"]),
     ]
     assert {field for field, _ in pairs} == set(ref)
     for field, value in pairs:
         assert value == ref[field] and isinstance(value, bool) == isinstance(ref[field], bool), (field, value)
-    assert TRAIN_EPS == ref["loss_eps"]  # also the module's default
+    assert TRAIN_EPS == ref["loss_eps"]  # also DSMLoss's default
 
 
 @pytest.mark.parametrize("path", sorted(TABLE)[:1])

@@ -109,6 +109,7 @@ def test_all_reduce_without_process_group_is_identity():
     torch.testing.assert_close(stats.power_mean, before, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_estimate_equals_one_process(tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"

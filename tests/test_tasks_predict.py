@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import cpu_trainer, make_datamodule
+import helpers
+from helpers import cpu_trainer, make_datamodule, tiny_net
 from pds_lightning.data.tasks import TaskSettings, builtin_mask
 from pds_lightning.likelihood import LikelihoodSettings
-from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.settings import SamplerSettings
@@ -23,12 +23,7 @@ from pds_lightning.writer import TaskWriter, scan_written_pairs, task_path
 
 
 def tiny_module(channels=1, **kw):
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
-                 num_scales=100, image_size=8, num_channels=channels)
-    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=channels, **kw)
-    x = torch.rand(32, channels, 8, 8, generator=torch.Generator().manual_seed(0))
-    module.set_statistics(ImageStatistics((channels, 8, 8)).update(x))
-    return module
+    return helpers.tiny_module(tiny_net(num_channels=channels), statistics=True, **kw)
 
 
 def write_npz(path, channels):
@@ -114,6 +109,7 @@ def test_test_step_logs_bits_per_dim_of_the_closed_form(tmp_path):
     assert result["test/bpd"] == pytest.approx(exact.mean().item(), abs=0.01)
 
 
+@pytest.mark.slow
 def test_test_bpd_is_reduced_over_two_processes(tmp_path):
     """2 ranks x 2 images: the logged value is the mean over all 4 images, not one rank's."""
     import json

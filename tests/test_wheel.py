@@ -16,6 +16,9 @@ import torch
 
 from helpers import clean_env
 
+# Every test here starts processes (CLI runs, launchers, pip): outside the fast subset.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 

@@ -46,6 +46,11 @@ class ScoreModel(nn.Module):
         """Classes of a class-conditional network (index num_classes: the null class), else None."""
         return getattr(self.net, "num_classes", None) or None
 
+    @property
+    def sigma_data(self) -> float | None:
+        """The data std a denoiser network is preconditioned with (EDMPrecond), else None."""
+        return getattr(self.net, "sigma_data", None) if self.denoiser_net(self.net) else None
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma) in sigma-space (x = x0 + sigma n), in x's dtype: what the EDM loss trains."""
@@ -88,10 +93,14 @@ class LabelledScore:
     """A ScoreModel with one batch's class labels bound (None: unconditional), keeping its `denoise`."""
 
     def __init__(self, model: ScoreModel, class_labels: torch.Tensor | None):
-        self.model, self.class_labels = model, class_labels
+        self.model, self.labels = model, class_labels
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x, t, self.class_labels)
+        return self.model(x, t, self.labels)
+
+    @property
+    def sigma_data(self) -> float | None:
+        return self.model.sigma_data
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        return self.model.denoise(x, sigma, self.class_labels)
+        return self.model.denoise(x, sigma, self.labels)

@@ -94,6 +94,7 @@ def test_predicted_error_matches_the_sampler_within_10_percent(n_steps, alpha):
     assert measured == pytest.approx(predicted, rel=0.10), (measured, predicted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_steps", [200, 100, 66, 40])
 def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
     lam, stats = target()
@@ -172,14 +173,9 @@ def test_choice_at_256_px_matches_the_unpooled_recursion():
 def test_score_module_logs_the_choice_to_tensorboard(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch import Trainer
-    from pds_lightning.models import NCSNpp
-    from pds_lightning.module import ScoreModule
+    from helpers import tiny_module, tiny_net
 
-    net = NCSNpp(nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], image_size=8, num_channels=1,
-                 sigma_min=0.01, sigma_max=16.0, num_scales=100)
-    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1)
-    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    module.set_statistics(ImageStatistics((1, 8, 8)).update(images))
+    module = tiny_module(tiny_net(ch_mult=[1]), statistics=True)
     logger = TensorBoardLogger(tmp_path)
     module.trainer = Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
     logged = []
@@ -236,14 +232,9 @@ def test_pilot_needs_samples_and_a_known_method():
 
 
 def test_score_module_runs_the_pilot_once_per_training_step():
-    from pds_lightning.models import NCSNpp
-    from pds_lightning.module import ScoreModule
+    from helpers import tiny_module, tiny_net
 
-    net = NCSNpp(nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], image_size=8, num_channels=1,
-                 sigma_min=0.01, sigma_max=16.0, num_scales=100)
-    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1)
-    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    module.set_statistics(ImageStatistics((1, 8, 8)).update(images))
+    module = tiny_module(tiny_net(ch_mult=[1]), statistics=True)
     calls = []
     module.ema_net.register_forward_hook(lambda *_: calls.append(1))
     setting = SamplerSettings(name="p", n_steps=5, preconditioner="both", alpha="auto", auto_method="pilot",

@@ -11,6 +11,7 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.data.loading import default_num_workers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cpus, workers", [(1, 0), (2, 1), (3, 2), (9, 8), (64, 8)])
 def test_default_workers_leave_one_cpu_and_stop_at_eight(cpus, workers):
     assert default_num_workers(cpus) == workers

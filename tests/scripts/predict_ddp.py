@@ -18,13 +18,12 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+import helpers
 from pds_lightning.callbacks import SampleWriter, SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
-from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.settings import SamplerSettings
-from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
 SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
@@ -47,10 +46,7 @@ class Features(torch.nn.Module):
 
 def tiny_module(sampler: SamplerSettings = SETTINGS) -> ScoreModule:
     torch.manual_seed(0)  # the same weights in every process
-    net = NCSNpp(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, sigma_max=16.0,
-                 num_scales=100, image_size=8, num_channels=1)
-    module = ScoreModule(net, VESDE(0.01, 16.0, 100), image_size=8, num_channels=1, lr=1e-3, warmup=1,
-                         sampler=sampler)
+    module = helpers.tiny_module(helpers.tiny_net(), lr=1e-3, sampler=sampler)
     images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     module.set_statistics(ImageStatistics((1, 8, 8)).update(images))  # PDS filters from fixed images
     return module
