@@ -262,12 +262,14 @@ class SampleWriter(BasePredictionWriter):
         self.identity: dict = {}
         self.run_id = ""
         self._recorded = False  # whether the manifest holds this run's identity
+        self._started = False  # whether the predict loop ran (Lightning skips it when no batch is left)
         self._t0 = 0.0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
+        self._started = False
         self._check_writable(trainer)
         done = self._scan_and_clean(trainer)
         done = trainer.strategy.broadcast(done, src=0)
@@ -300,15 +302,31 @@ class SampleWriter(BasePredictionWriter):
         self.written = []
         self.nfe = None
         self._recorded = False
-        check = None
-        if trainer.is_global_zero:
-            identity = run_identity(trainer, pl_module, self.LAYOUT)
-            problem = refusal(self.output_dir, read_manifest(self.output_dir), identity, len(self.existing))
-            check = (identity, problem, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}-{secrets.token_hex(4)}")
+        self._started = True
+        check = self._check_identity(trainer, pl_module) if trainer.is_global_zero else None
         self.identity, problem, self.run_id = trainer.strategy.broadcast(check, src=0)
         if problem:
             raise ValueError(problem)
         self._t0 = time.perf_counter()
+
+    def _check_identity(self, trainer, pl_module) -> tuple[dict, str | None, str]:
+        """(this run's identity, why the folder is refused to it or None, a new run id)."""
+        identity = run_identity(trainer, pl_module, self.LAYOUT)
+        problem = refusal(self.output_dir, read_manifest(self.output_dir), identity, len(self.existing))
+        return identity, problem, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """When no seed was left to sample Lightning skips the predict loop and its hooks: still refuse another
+        run's folder, then complete the manifest. Each rank checks for itself (no collectives after the loop)."""
+        super().teardown(trainer, pl_module, stage)
+        if stage != "predict" or self._started:
+            return
+        self.identity, problem, self.run_id = self._check_identity(trainer, pl_module)
+        if problem:
+            raise ValueError(problem)
+        self.written, self.nfe, self.info = [], None, {}
+        if trainer.is_global_zero:
+            self._write_manifest(trainer, total=0, nfe=None, wall=0.0)
 
     def _checked_images(self, prediction: dict[str, Any], n: int, what: str, non_finite: str) -> torch.Tensor:
         """The batch's images [n, C, H, W], refused whole if mis-shaped or non-finite; records NFE and info."""
@@ -386,8 +404,11 @@ class SampleWriter(BasePredictionWriter):
         total = int(trainer.strategy.reduce(torch.tensor(float(len(self.written)), device=device), reduce_op="sum"))
         nfe = int(trainer.strategy.reduce(torch.tensor(float(self.nfe or 0), device=device), reduce_op="max"))
         wall = time.perf_counter() - self._t0
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self._write_manifest(trainer, total, nfe, wall)
+
+    def _write_manifest(self, trainer, total: int, nfe: int | None, wall: float) -> None:
+        """The folder's manifest at the end of a run: identity, this run, and the runs before it."""
         path = self.output_dir / MANIFEST
         manifest = {
             **self.identity,
@@ -451,6 +472,7 @@ class TaskWriter(SampleWriter):
         BasePredictionWriter.setup(self, trainer, pl_module, stage)
         if stage != "predict":
             return
+        self._started = False
         self._check_writable(trainer)
         done = self._scan_and_clean(trainer)
         self.existing_pairs = {tuple(p) for p in trainer.strategy.broadcast(done, src=0)}

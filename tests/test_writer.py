@@ -146,6 +146,8 @@ def test_folder_of_other_settings_or_weights_is_refused_before_writing(tmp_path)
     assert model_fingerprint(retrained) != model_fingerprint(GaussianModule())
     with pytest.raises(ValueError, match=r"model.fingerprint: \"sha256:.*there -> \"sha256:.* now"):
         predict(tmp_path, out, seeds="0-5", model=retrained)
+    with pytest.raises(ValueError, match="settings.speed_up: 4.0 there -> 10.0 now"):
+        predict(tmp_path, out, seeds="0-3", model=fast)  # nothing left to sample: Lightning skips the loop
     assert fast.predicted_seeds == retrained.predicted_seeds == []  # refused before sampling
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old manifest kept
 
