@@ -27,7 +27,7 @@ def test_write_atomic_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypat
     assert os.listdir(tmp_path) == ["x.bin"]
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=lambda u: f"umask{u:03o}")
 def test_written_files_get_the_mode_the_umask_allows(tmp_path, umask):
     """PNGs and manifests (write_atomic), checkpoints and caches (atomic_path + torch.save / np.save), and
     created-once files (write_new) all end up 0o666 & ~umask, as a plain open() would make them."""

@@ -393,7 +393,7 @@ def test_concurrent_predicts_into_one_folder_keep_each_others_files(ckpt, tmp_pa
     assert [r["complete"] for r in record["earlier_runs"]] == [True]  # the second run's record
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=lambda u: f"umask{u:03o}")
 def test_predict_and_convert_write_files_the_umask_allows(ckpt, tmp_path, monkeypatch, umask):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
