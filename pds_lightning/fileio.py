@@ -1,15 +1,90 @@
-"""Atomic file writes: readers see no file or the whole file, also when a process is killed midway."""
+"""Atomic file writes: readers see no file or the whole file, also when a process is killed midway.
+
+A write goes to a hidden temp file beside its target, `.{name}.{pid}@{host}.{token}.tmp`, then is renamed
+over it. The writer's pid and host in the name let a later run remove only the temps of dead writers (same
+host, pid no longer running) and never a live one of a concurrent process; temps of other hosts are left
+alone (their processes cannot be checked from here). Temps are created with mode 0o666 less the umask, as
+any new file is (mkstemp's 0o600 would survive the rename), so shared output folders stay readable.
+An OSError names the target path.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
-import tempfile
+import re
+import secrets
+import socket
 from pathlib import Path
 from typing import Iterator
 
 # Temp files are hidden ('.' prefix) and end with this, so a resumed run can recognise and remove them.
 TMP_SUFFIX = ".tmp"
+# The token has no '.', so it is the last dot-separated part; the host is everything after the last '@'.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+?)\.(?P<token>[0-9a-f]+)"
+                        + re.escape(TMP_SUFFIX))
+
+
+@functools.lru_cache(maxsize=None)
+def this_host() -> str:
+    """This machine's name as temp names carry it (characters outside [A-Za-z0-9._-] become '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "localhost"
+
+
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made the temp file `name`; None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return (match["host"], int(match["pid"])) if match else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (signal 0 probes without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def is_stale_temp(name: str) -> bool:
+    """A temp file of a dead writer on this host; live writers', other hosts' and unknown names are not stale."""
+    owner = temp_owner(name)
+    return owner is not None and owner[0] == this_host() and owner[1] > 0 and not pid_alive(owner[1])
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Remove the stale temp files directly in `folder` (a killed writer's); returns how many."""
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and is_stale_temp(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _new_temp(path: Path) -> Path:
+    """Create an empty temp file beside `path`, named after this process, mode 0o666 less the umask."""
+    prefix = f".{path.name}.{os.getpid()}@{this_host()}."
+    while True:
+        tmp = path.parent / f"{prefix}{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _naming(err: OSError, path: Path, tmp: Path) -> OSError:
+    """`err` with the target path as its file name when it named none or the temp (e.g. ENOSPC in write)."""
+    if err.errno is None or err.filename not in (None, str(tmp)):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))  # errno keeps the subclass
 
 
 @contextlib.contextmanager
@@ -17,26 +92,63 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temp path beside `path`; on success it replaces `path`, on any error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
-        yield tmp
+        yield str(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        named = _naming(err, path, tmp) if isinstance(err, OSError) else err
+        if named is err:
+            raise
+        raise named from err
+
+
+def _write_bytes(tmp: str | os.PathLike, data: bytes, fsync: bool) -> None:
+    fd = os.open(tmp, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
     """Write `data` to `path` atomically; `fsync` also guards against power loss."""
     with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY)
+        _write_bytes(tmp, data, fsync)
+
+
+def write_new(path: str | os.PathLike, data: bytes, fsync: bool = False) -> bool:
+    """Write `data` to `path` atomically unless `path` exists; False (nothing written) if it does.
+
+    Of processes racing to create one path exactly one wins: a hard link never replaces its target.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp(path)
+    try:
+        _write_bytes(tmp, data, fsync)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as err:  # file systems without hard links: create-if-absent, without the race guard
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    except OSError as err:
+        named = _naming(err, path, tmp)
+        if named is err:
+            raise
+        raise named from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -1,17 +1,26 @@
 """The PNG writers of `trainer.predict`: `SampleWriter` and, for inpainting / colorization, `TaskWriter`.
 
 `SampleWriter` writes the images of `trainer.predict` as `{seed // 1000:03d}/{seed:06d}.png`, each file
-atomically, skips seeds already on disk (a killed run resumes) and ends with a `manifest.json`.
+atomically, skips seeds already on disk (a killed run resumes) and keeps a `manifest.json`.
 `TaskWriter` does the same per (input index, seed): `{index:06d}/{seed:06d}.png`.
+
+One output folder holds the samples of one run identity (`run_identity`: sampler settings, model
+fingerprint and hyper-parameters, image shape, classes, task, layout), recorded in `manifest.json` before
+the first file is written. A predict whose identity differs from the folder's is refused before it writes
+anything, naming the difference: its files would otherwise sit beside, and be counted with, samples of
+another model or settings. Concurrent predicts into one folder are safe: temp files carry their writer's
+pid and host (pds_lightning.fileio), and only dead writers' temps are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import io
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
-from pds_lightning.fileio import TMP_SUFFIX, write_atomic
+from pds_lightning.fileio import TMP_SUFFIX, remove_stale_temps, write_atomic, write_new
 from pds_lightning.images import encode_png, to_uint8
 
 # ---- files ------------------------------------------------------------------------------------------------
@@ -32,7 +41,7 @@ def sample_path(output_dir: str | os.PathLike, seed: int) -> Path:
 
 
 def scan_written_seeds(output_dir: str | os.PathLike, remove_stale_tmp: bool = True) -> list[int]:
-    """Seeds whose PNG is present under `output_dir` (sorted); stale temp files of killed runs are removed.
+    """Seeds whose PNG is present under `output_dir` (sorted); temp files of dead writers are removed.
 
     Because every PNG is renamed into place only when complete, presence means the file is whole.
     """
@@ -43,11 +52,10 @@ def scan_written_seeds(output_dir: str | os.PathLike, remove_stale_tmp: bool = T
     for sub in root.iterdir():
         if not (sub.is_dir() and sub.name.isdigit()):
             continue
+        if remove_stale_tmp:
+            remove_stale_temps(sub)
         for f in sub.iterdir():
-            if f.name.endswith(TMP_SUFFIX) and f.name.startswith("."):
-                if remove_stale_tmp:
-                    f.unlink(missing_ok=True)
-            elif f.suffix == ".png" and f.stem.isdigit() and int(f.stem) // 1000 == int(sub.name):
+            if f.suffix == ".png" and f.stem.isdigit() and int(f.stem) // 1000 == int(sub.name):
                 seeds.append(int(f.stem))
     return sorted(seeds)
 
@@ -83,16 +91,142 @@ def check_writable(output_dir: str | os.PathLike) -> str | None:
 
 
 class SampleWriteError(RuntimeError):
-    """A sample could not be written; `written` lists the seeds this process completed before."""
+    """A sample (or the manifest: seed None) could not be written; `written` lists the seeds this process
+    completed before."""
 
-    def __init__(self, seed: int, path: Path, err: OSError, written: Sequence[int]):
+    def __init__(self, seed: int | None, path: Path, err: OSError, written: Sequence[int]):
         self.seed, self.path, self.written = seed, path, list(written)
         hint = ("free disk space or use another output directory" if err.errno == errno.ENOSPC
                 else "fix the output directory")
+        what = f"seed {seed} to {path}" if seed is not None else str(path)
         super().__init__(
-            f"writing seed {seed} to {path} failed: {err.strerror or err}. This process had written "
+            f"writing {what} failed: {err.strerror or err}. This process had written "
             f"{len(self.written)} seeds before ({format_seeds(self.written)}); those files are complete "
             f"and no partial file was left. {hint}, then rerun the same command: finished seeds are skipped.")
+
+
+# ---- what made a folder's samples ------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+# The manifest keys that say how the samples were made; a folder's samples share them.
+IDENTITY_KEYS = ("settings", "model", "image_shape", "classes", "class_seeds", "task", "layout")
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples as lists, objects as strings): what a manifest compares."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def settings_dict(module) -> dict | None:
+    """The module's sampler settings as a plain dict, compared whole (their format is theirs to change)."""
+    sampler = getattr(module, "sampler", None)
+    if callable(getattr(sampler, "to_dict", None)):
+        return plain(sampler.to_dict())
+    if dataclasses.is_dataclass(sampler):
+        return plain(dataclasses.asdict(sampler))
+    return plain(dict(getattr(module, "hparams", {})).get("sampler"))
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of the tensors sampling reads: the state dict less the raw training weights `net.*` when EMA
+    weights `ema_net.*` sample (so EMA weights and statistics buffers). Names, dtypes, shapes and bytes count:
+    two checkpoints of one config (another step, another seed, a converted release) differ, while one
+    checkpoint agrees with itself on any device. One pass over the weights, well under a second for CIFAR-10
+    NCSN++; hyper-parameters plus global step would not tell apart two runs of one config."""
+    state = module.state_dict()
+    sampled_by_ema = any(name.startswith("ema_net.") for name in state)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if sampled_by_ema and name.startswith("net."):
+            continue
+        tensor = state[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def run_identity(trainer, module, layout: str) -> dict[str, Any]:
+    """What decides the files of a predict: sampler settings, the model (fingerprint and the hyper-parameters
+    the tensors do not hold, e.g. the SDE), image shape, classes with the seed list they are cycled over
+    (together they fix each seed's class), the inpainting / colorization task and the file layout."""
+    dm = getattr(trainer, "datamodule", None)
+    classes = getattr(dm, "classes", None)
+    task = getattr(dm, "task", None)
+    hparams = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if k != "sampler"}
+    return plain({
+        "settings": settings_dict(module),
+        "model": {"fingerprint": model_fingerprint(module), "hparams": hparams},
+        "image_shape": list(getattr(module, "image_shape", [])),
+        "classes": classes,
+        "class_seeds": getattr(dm, "seeds", None) if classes is not None else None,
+        "task": dataclasses.asdict(task) if dataclasses.is_dataclass(task) else task,
+        "layout": layout,
+    })
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text[:19] + "..." if len(text) > 22 else text
+
+
+def identity_differences(recorded: dict, identity: dict) -> list[str]:
+    """'key: value there -> value now' for each identity entry (nested keys dotted) a manifest records otherwise."""
+    missing = object()
+    found = []
+    for key in IDENTITY_KEYS:
+        if key not in recorded:
+            found.append(f"{key}: not recorded there")
+            continue
+        there, now = _flat(recorded[key], key), _flat(identity[key], key)
+        for name in list(now) + [k for k in there if k not in now]:
+            a, b = there.get(name, missing), now.get(name, missing)
+            if a != b:
+                found.append(f"{name}: {'absent' if a is missing else _shown(a)} there -> "
+                             f"{'absent' if b is missing else _shown(b)} now")
+    return found
+
+
+def read_manifest(output_dir: str | os.PathLike) -> dict | None:
+    """The folder's manifest, None if it has none; an unreadable one is an error (it is the folder's record)."""
+    path = Path(output_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} ({err}), the record of how the samples in {output_dir} were "
+                         "made; restore it, or predict into a new output_dir") from err
+
+
+def refusal(output_dir: str | os.PathLike, manifest: dict | None, identity: dict, num_samples: int) -> str | None:
+    """Why a run of `identity` may not write into `output_dir` (one line with the fix), or None."""
+    if manifest is None:
+        if not num_samples:
+            return None
+        return (f"output_dir {str(output_dir)!r} holds {num_samples} samples but no {MANIFEST} recording the model "
+                "and settings that made them, so they cannot be resumed safely; predict into a new output_dir")
+    differences = identity_differences(manifest, identity)
+    if not differences:
+        return None
+    shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+    return (f"output_dir {str(output_dir)!r} holds the samples of another run ({shown}): resuming there would "
+            f"mix them; predict into a new output_dir (see its {MANIFEST})")
+
+
+def earlier_runs(manifest: dict | None, run_id: str) -> list[dict]:
+    """The run records of a manifest (its own and those it carries), without the run `run_id`."""
+    if manifest is None:
+        return []
+    own = {k: v for k, v in manifest.items() if k not in IDENTITY_KEYS and k != "earlier_runs"}
+    return [r for r in list(manifest.get("earlier_runs", [])) + [own] if r.get("run_id") != run_id]
 
 
 # ---- prediction writer ----------------------------------------------------------------------------------
@@ -105,6 +239,10 @@ class SampleWriter(BasePredictionWriter):
             uint8 `samples [B, H, W, C]`, score_sde's layout). PNGs are the record of what is done: after a
             resumed run a seed may appear in two shards (deduplicate by `seeds`), never in none.
         fsync: flush every file to disk before its rename (power-loss safety, at a cost per file).
+
+    The folder's `manifest.json` records the run identity (`run_identity`) before the first file is written and
+    is completed at the end, with the records of earlier runs into the folder under `earlier_runs`. A run
+    whose identity differs from the manifest's is refused before it writes (ValueError naming the difference).
     """
 
     LAYOUT = "{seed // 1000:03d}/{seed:06d}.png"
@@ -121,16 +259,19 @@ class SampleWriter(BasePredictionWriter):
         self.written: list[int] = []
         self.nfe: int | None = None
         self.info: dict = {}  # how the sampler settings were resolved (e.g. alpha: auto)
+        self.identity: dict = {}
+        self.run_id = ""
+        self._recorded = False  # whether the manifest holds this run's identity
+        self._started = False  # whether the predict loop ran (Lightning skips it when no batch is left)
         self._t0 = 0.0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
-        problem = check_writable(self.output_dir)  # every rank: nodes may mount different file systems
-        if not trainer.strategy.reduce_boolean_decision(problem is None, all=True):
-            raise PermissionError(problem or "another process could not write to output_dir; see its error")
-        done = scan_written_seeds(self.output_dir) if trainer.is_global_zero else None
+        self._started = False
+        self._check_writable(trainer)
+        done = self._scan_and_clean(trainer)
         done = trainer.strategy.broadcast(done, src=0)
         self.existing = set(done)
         dm = trainer.datamodule
@@ -140,10 +281,52 @@ class SampleWriter(BasePredictionWriter):
             rank_zero_warn("SampleWriter: no datamodule, so seeds already written are sampled again "
                            "(their files are kept); use ImageDataModule(seeds=...) to resume efficiently")
 
+    def _check_writable(self, trainer) -> None:
+        problem = check_writable(self.output_dir)  # every rank: nodes may mount different file systems
+        if not trainer.strategy.reduce_boolean_decision(problem is None, all=True):
+            raise PermissionError(problem or "another process could not write to output_dir; see its error")
+
+    def _scan_and_clean(self, trainer) -> list | None:
+        """What is on disk (on rank 0); each host's first rank removes its host's dead writers' temps."""
+        if trainer.local_rank != 0 and not trainer.is_global_zero:
+            return None
+        for folder in (self.output_dir, self.output_dir / "npz"):
+            if folder.is_dir():
+                remove_stale_temps(folder)
+        done = self._scan()
+        return done if trainer.is_global_zero else None
+
     def on_predict_start(self, trainer, pl_module) -> None:
+        """Refuse, before sampling, a folder whose samples another model or other settings made (the
+        weights are loaded by now, unlike at setup)."""
         self.written = []
         self.nfe = None
+        self._recorded = False
+        self._started = True
+        check = self._check_identity(trainer, pl_module) if trainer.is_global_zero else None
+        self.identity, problem, self.run_id = trainer.strategy.broadcast(check, src=0)
+        if problem:
+            raise ValueError(problem)
         self._t0 = time.perf_counter()
+
+    def _check_identity(self, trainer, pl_module) -> tuple[dict, str | None, str]:
+        """(this run's identity, why the folder is refused to it or None, a new run id)."""
+        identity = run_identity(trainer, pl_module, self.LAYOUT)
+        problem = refusal(self.output_dir, read_manifest(self.output_dir), identity, len(self.existing))
+        return identity, problem, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """When no seed was left to sample Lightning skips the predict loop and its hooks: still refuse another
+        run's folder, then complete the manifest. Each rank checks for itself (no collectives after the loop)."""
+        super().teardown(trainer, pl_module, stage)
+        if stage != "predict" or self._started:
+            return
+        self.identity, problem, self.run_id = self._check_identity(trainer, pl_module)
+        if problem:
+            raise ValueError(problem)
+        self.written, self.nfe, self.info = [], None, {}
+        if trainer.is_global_zero:
+            self._write_manifest(trainer, total=0, nfe=None, wall=0.0)
 
     def _checked_images(self, prediction: dict[str, Any], n: int, what: str, non_finite: str) -> torch.Tensor:
         """The batch's images [n, C, H, W], refused whole if mis-shaped or non-finite; records NFE and info."""
@@ -170,13 +353,36 @@ class SampleWriter(BasePredictionWriter):
             shard = self.output_dir / "npz" / f"{todo[0][1]:06d}-{todo[-1][1]:06d}.npz"
             buf = io.BytesIO()
             np.savez(buf, seeds=np.array([s for _, s in todo], dtype=np.int64), samples=pixels)
-            self._write(shard, buf.getvalue(), seed=todo[0][1])
+            self._write(shard, buf.getvalue(), todo[0][1], trainer)
         for (_, seed), img in zip(todo, pixels):
-            self._write(sample_path(self.output_dir, seed), encode_png(img), seed)
+            self._write(sample_path(self.output_dir, seed), encode_png(img), seed, trainer)
             self.written.append(seed)
         self._show_rate(trainer)
 
-    def _write(self, path: Path, data: bytes, seed: int) -> None:
+    def _run_record(self, trainer, complete: bool) -> dict[str, Any]:
+        """This run's entry of the manifest (what the identity does not fix)."""
+        return {"run_id": self.run_id, "complete": complete,
+                "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                "world_size": trainer.world_size, "npz_shards": self.write_npz}
+
+    def _record_identity(self, trainer) -> None:
+        """Make sure the manifest names this run's identity before a file is written: create it (one process
+        wins a race) or find it equal; a concurrent run of another identity got there first otherwise."""
+        path = self.output_dir / MANIFEST
+        manifest = {**self.identity, **self._run_record(trainer, complete=False)}
+        try:
+            created = write_new(path, (json.dumps(manifest, indent=2) + "\n").encode(), fsync=self.fsync)
+        except OSError as err:
+            raise SampleWriteError(None, path, err, self.written) from err
+        if not created:
+            problem = refusal(self.output_dir, read_manifest(self.output_dir), self.identity, 0)
+            if problem:
+                raise ValueError(problem)
+        self._recorded = True
+
+    def _write(self, path: Path, data: bytes, seed: int, trainer) -> None:
+        if not self._recorded:
+            self._record_identity(trainer)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data, fsync=self.fsync)
@@ -198,27 +404,28 @@ class SampleWriter(BasePredictionWriter):
         total = int(trainer.strategy.reduce(torch.tensor(float(len(self.written)), device=device), reduce_op="sum"))
         nfe = int(trainer.strategy.reduce(torch.tensor(float(self.nfe or 0), device=device), reduce_op="max"))
         wall = time.perf_counter() - self._t0
-        if not trainer.is_global_zero:
-            return
-        sampler = getattr(pl_module, "sampler", None)
+        if trainer.is_global_zero:
+            self._write_manifest(trainer, total, nfe, wall)
+
+    def _write_manifest(self, trainer, total: int, nfe: int | None, wall: float) -> None:
+        """The folder's manifest at the end of a run: identity, this run, and the runs before it."""
+        path = self.output_dir / MANIFEST
         manifest = {
-            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-            "settings": dataclasses.asdict(sampler) if dataclasses.is_dataclass(sampler) else None,
+            **self.identity,
+            **self._run_record(trainer, complete=True),
             "nfe_per_sample": nfe,
-            "image_shape": list(getattr(pl_module, "image_shape", [])),
-            "world_size": trainer.world_size,
             "num_written": total,
             "num_skipped_existing": len(self.existing),
             "num_on_disk": len(self._scan(remove_stale_tmp=False)),
             "wall_time_s": round(wall, 3),
             "samples_per_s": round(total / wall, 3) if wall > 0 else None,
-            "layout": self.LAYOUT,
-            "npz_shards": self.write_npz,
             "resolved": self.info,
-            # class-conditional predict: data.classes, cycled over data.seeds in order (ImageDataModule)
-            "classes": getattr(getattr(trainer, "datamodule", None), "classes", None),
+            "earlier_runs": earlier_runs(read_manifest(self.output_dir), self.run_id),
         }
-        write_atomic(self.output_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        try:
+            write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode(), fsync=self.fsync)
+        except OSError as err:
+            raise SampleWriteError(None, path, err, self.written) from err
 
     def _scan(self, remove_stale_tmp: bool = True) -> list:
         """What is on disk already (seeds here)."""
@@ -232,7 +439,7 @@ def task_path(output_dir: str | os.PathLike, index: int, seed: int) -> Path:
 
 
 def scan_written_pairs(output_dir: str | os.PathLike, remove_stale_tmp: bool = True) -> list[tuple[int, int]]:
-    """(index, seed) pairs whose PNG is present under `output_dir` (sorted); stale temp files are removed."""
+    """(index, seed) pairs whose PNG is present under `output_dir` (sorted); dead writers' temps are removed."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -240,11 +447,10 @@ def scan_written_pairs(output_dir: str | os.PathLike, remove_stale_tmp: bool = T
     for sub in root.iterdir():
         if not (sub.is_dir() and sub.name.isdigit() and len(sub.name) == 6):
             continue
+        if remove_stale_tmp:
+            remove_stale_temps(sub)
         for f in sub.iterdir():
-            if f.name.endswith(TMP_SUFFIX) and f.name.startswith("."):
-                if remove_stale_tmp:
-                    f.unlink(missing_ok=True)
-            elif f.suffix == ".png" and f.stem.isdigit():
+            if f.suffix == ".png" and f.stem.isdigit():
                 pairs.append((int(sub.name), int(f.stem)))
     return sorted(pairs)
 
@@ -266,10 +472,9 @@ class TaskWriter(SampleWriter):
         BasePredictionWriter.setup(self, trainer, pl_module, stage)
         if stage != "predict":
             return
-        problem = check_writable(self.output_dir)
-        if not trainer.strategy.reduce_boolean_decision(problem is None, all=True):
-            raise PermissionError(problem or "another process could not write to output_dir; see its error")
-        done = self._scan() if trainer.is_global_zero else None
+        self._started = False
+        self._check_writable(trainer)
+        done = self._scan_and_clean(trainer)
         self.existing_pairs = {tuple(p) for p in trainer.strategy.broadcast(done, src=0)}
         self.existing = set(range(len(self.existing_pairs)))  # counted in the manifest
         dm = trainer.datamodule
@@ -287,7 +492,7 @@ class TaskWriter(SampleWriter):
         todo = [(k, p) for k, p in enumerate(pairs) if p not in self.existing_pairs]
         pixels = to_uint8(images[[k for k, _ in todo]]) if todo else []
         for ((index, seed)), img in zip([p for _, p in todo], pixels):
-            self._write(task_path(self.output_dir, index, seed), encode_png(img), seed)
+            self._write(task_path(self.output_dir, index, seed), encode_png(img), seed, trainer)
             self.written.append(seed)
         self._show_rate(trainer)
 

@@ -4,6 +4,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 - `clean_env`: the environment of a child process, without the launcher variables of an outer run.
 - `fork_cli`, `kill_and_wait`: a CLI run in a forked child (one import for many runs) and its SIGKILL.
 - `disk_full_on_write`: an `os.write` that fails with ENOSPC half-way through the n-th PNG (or any write).
+- `dead_pid`: the pid of a process that has exited (the writer of a stale temp file).
 - `frechet_reference`, `kid_reference`: FID and KID written out from their definitions.
 - `make_datamodule`, `save_png`, `all_train`: image folders and data modules for the data and CLI tests.
 - `TinyFeatures`: a fixed random conv + pool feature net standing in for Inception (FID/KID tests).
@@ -19,6 +20,7 @@ import math
 import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -101,6 +103,13 @@ def kill_and_wait(pid: int) -> int | None:
         pass
     _, status = os.waitpid(pid, 0)
     return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+def dead_pid() -> int:
+    """The pid of a process that has just exited and been reaped: what a killed writer leaves in temp names."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 PNG_SIGNATURE = b"\x89PNG"

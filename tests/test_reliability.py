@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pds_lightning.fileio import this_host
 from pds_lightning.writer import scan_written_seeds
 from pds_lightning.cli import main
-from helpers import clean_env, disk_full_on_write, save_png
+from helpers import clean_env, dead_pid, disk_full_on_write, save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -46,6 +48,10 @@ def cli_error(capsys, *args) -> tuple[int, str]:
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def contents(path: Path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in files_under(path)}
 
 
 @pytest.fixture(scope="module")
@@ -300,8 +306,119 @@ def test_disk_full_midway_reports_written_seeds_and_resume_completes(ckpt, tmp_p
     monkeypatch.chdir(tmp_path)
     assert status == 1 and "writing seed 2" in line and "No space left" in line, line
     assert "had written 2 seeds before (0-1)" in line and "free disk space" in line
-    assert files_under(out) == ["000/000000.png", "000/000001.png"]  # no partial file, no manifest
+    assert files_under(out) == ["000/000000.png", "000/000001.png", "manifest.json"]  # no partial file
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
     main([str(a) for a in predict_args(ckpt, out)])
     assert scan_written_seeds(out) == [0, 1, 2, 3]
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["num_written"], manifest["num_skipped_existing"]) == (2, 2)
+
+
+def test_disk_full_while_writing_the_manifest_names_it_and_resume_completes(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    manifest = out / "manifest.json"
+    # The manifest is written twice: before the first PNG (what made the samples) and at the end.
+    monkeypatch.setattr(os, "write", disk_full_on_write(1, starting_with=b"{"))
+    status, line = cli_error(capsys, *predict_args(ckpt, out))
+    assert status == 1 and f"writing {manifest} failed: No space left on device" in line, line
+    assert "had written 0 seeds before (none)" in line and "free disk space" in line
+    assert files_under(out) == []  # no PNG without its record, no partial manifest
+    monkeypatch.setattr(os, "write", disk_full_on_write(2, starting_with=b"{"))
+    status, line = cli_error(capsys, *predict_args(ckpt, out))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert status == 1 and f"writing {manifest} failed: No space left on device" in line, line
+    assert "had written 4 seeds before (0-3)" in line and "rerun the same command" in line
+    assert files_under(out) == ["000/000000.png", "000/000001.png", "000/000002.png", "000/000003.png",
+                                "manifest.json"]
+    assert json.loads(manifest.read_text())["complete"] is False  # the first record, whole
+    main([str(a) for a in predict_args(ckpt, out)])
+    record = json.loads(manifest.read_text())
+    assert record["complete"] and (record["num_written"], record["num_skipped_existing"]) == (0, 4)
+    assert [r["complete"] for r in record["earlier_runs"]] == [False]
+
+
+# ---- 8. one output folder, one run --------------------------------------------------------------------------------
+def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_the_record(ckpt, tmp_path, capsys,
+                                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    main([str(a) for a in predict_args(ckpt, out)])  # seeds 0-3 at 10 steps, alpha 5
+    before = contents(out)
+    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.n_steps", "2",
+                                                   "--model.sampler.alpha", "3"))
+    assert status == 1 and "holds the samples of another run" in line, line
+    assert "settings.n_steps: 10 there -> 2 now" in line and "settings.alpha: 5.0 there -> 3.0 now" in line
+    assert "predict into a new output_dir" in line
+    # Another checkpoint of the same config and step (one EMA weight nudged): same hyper-parameters, new weights.
+    state = torch.load(ckpt, weights_only=True)
+    name = next(k for k in state["state_dict"] if k.startswith("ema_net.") and k.endswith(".weight"))
+    state["state_dict"][name] = state["state_dict"][name] * 1.001
+    torch.save(state, tmp_path / "other.ckpt")
+    status, line = cli_error(capsys, *predict_args(tmp_path / "other.ckpt", out, "--data.seeds", "0-7"))
+    assert status == 1 and "model.fingerprint:" in line and "settings." not in line, line
+    assert contents(out) == before  # nothing written, the manifest untouched
+    # The same model and settings resume: only the new seeds are sampled; the earlier run's record is kept.
+    main([str(a) for a in predict_args(ckpt, out, "--data.seeds", "0-5")])
+    record = json.loads((out / "manifest.json").read_text())
+    assert scan_written_seeds(out) == list(range(6)) and (record["num_written"], record["num_skipped_existing"]) == (2, 4)
+    first = json.loads(before["manifest.json"])
+    assert record["earlier_runs"] == [{k: v for k, v in first.items() if k != "earlier_runs" and k not in (
+        "settings", "model", "image_shape", "classes", "class_seeds", "task", "layout")}]
+    assert record["model"] == first["model"] and record["model"]["fingerprint"].startswith("sha256:")
+    assert all((out / n).read_bytes() == b for n, b in before.items() if n.endswith(".png"))
+
+
+def test_concurrent_predicts_into_one_folder_keep_each_others_files(ckpt, tmp_path, monkeypatch):
+    """Two real processes: the first is caught mid-write (its temp file complete, not yet renamed) while the
+    second runs from start to end in the same folder; a dead writer's temp is cleaned up, the live one is not."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, str(SCRIPTS / "paused_predict.py"), str(tmp_path),
+                              *map(str, predict_args(ckpt, out, "--data.seeds", "0-1"))],
+                             cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "paused").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "paused").exists(), first.stderr.read() if first.poll() is not None else "timeout"
+        live = Path((tmp_path / "paused").read_text())
+        stale = out / "000" / f".000002.png.{dead_pid()}@{this_host()}.0123abcd.tmp"
+        stale.write_bytes(b"a killed writer's partial file")
+        main([str(a) for a in predict_args(ckpt, out)])  # the second process: this one, seeds 0-3
+        assert live.exists() and not stale.exists()
+        second = contents(out)
+        (tmp_path / "go").write_text("")
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert files_under(out) == ["000/000000.png", "000/000001.png", "000/000002.png", "000/000003.png",
+                                "manifest.json"]  # no temp file left
+    assert {n: b for n, b in contents(out).items() if n.endswith(".png")} == {
+        n: b for n, b in second.items() if n.endswith(".png")}  # the first's late rename wrote the same bytes
+    record = json.loads((out / "manifest.json").read_text())
+    assert record["complete"] and record["num_on_disk"] == 4 and record["world_size"] == 1
+    assert [r["complete"] for r in record["earlier_runs"]] == [True]  # the second run's record
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=lambda u: f"umask{u:03o}")
+def test_predict_and_convert_write_files_the_umask_allows(ckpt, tmp_path, monkeypatch, umask):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    old = os.umask(umask)
+    try:
+        main([str(a) for a in predict_args(ckpt, out, "--data.seeds", "0-1")])
+        main(["convert-score-sde", str(SCORE_SDE_CKPT), "--config", str(SCORE_SDE_CONFIG),
+              "--output", str(tmp_path / "c.ckpt")])
+    except SystemExit as err:
+        assert err.code in (0, None)
+    finally:
+        os.umask(old)
+    modes = {name: (out / name).stat().st_mode & 0o777 for name in files_under(out)}
+    modes["c.ckpt"] = (tmp_path / "c.ckpt").stat().st_mode & 0o777
+    assert modes == {"000/000000.png": 0o666 & ~umask, "000/000001.png": 0o666 & ~umask,
+                     "manifest.json": 0o666 & ~umask, "c.ckpt": 0o666 & ~umask}
+    assert (out / "000").stat().st_mode & 0o777 == 0o777 & ~umask

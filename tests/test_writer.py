@@ -1,5 +1,6 @@
 """`pds_lightning.writer.SampleWriter` in real Lightning predict runs, with the real sampler on an exact
-Gaussian score: every seed once with the sampled pixels, resume, disk full, bad output, progress bar."""
+Gaussian score: every seed once with the sampled pixels, resume, disk full, bad output, progress bar, and
+a folder refused to a run of other settings or weights."""
 
 import json
 import os
@@ -12,8 +13,10 @@ from PIL import Image
 from pds_lightning.callbacks import SampleWriter
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
-from pds_lightning.writer import SampleWriteError, sample_path, scan_written_seeds
-from helpers import GaussianModule, cpu_trainer, disk_full_on_write
+from pds_lightning.fileio import this_host
+from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.writer import SampleWriteError, model_fingerprint, sample_path, scan_written_seeds
+from helpers import GaussianModule, cpu_trainer, dead_pid, disk_full_on_write
 
 
 def predict(tmp_path, out, seeds="0-9", batch=4, model=None, **writer_kw):
@@ -63,16 +66,19 @@ def test_writer_resumes_by_skipping_written_seeds(tmp_path):
     reference = {s: sample_path(out, s).read_bytes() for s in range(10)}
     for s in (3, 4, 9):
         sample_path(out, s).unlink()
-    stale = out / "000" / ".000005.png.abc.tmp"  # what a kill during a write leaves behind
+    stale = out / "000" / f".000005.png.{dead_pid()}@{this_host()}.0123abcd.tmp"  # a killed writer's
     stale.write_bytes(b"partial")
+    live = out / "000" / f".000003.png.{os.getpid()}@{this_host()}.0123abcd.tmp"  # a running writer's
+    live.write_bytes(b"in progress")
     kept = {s: sample_path(out, s).stat().st_mtime_ns for s in (0, 5)}
     model, _ = predict(tmp_path, out, batch=2)
     assert model.predicted_seeds == [3, 4, 9]
-    assert not stale.exists()
+    assert not stale.exists() and live.read_bytes() == b"in progress"
     assert {s: sample_path(out, s).stat().st_mtime_ns for s in (0, 5)} == kept
     assert {s: sample_path(out, s).read_bytes() for s in range(10)} == reference  # byte-identical, any batch
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["num_written"], manifest["num_skipped_existing"], manifest["num_on_disk"]) == (3, 7, 10)
+    assert manifest["complete"] and [r["num_written"] for r in manifest["earlier_runs"]] == [10]
 
 
 def test_enospc_midway_leaves_no_partial_file_and_reports_written_seeds(tmp_path, monkeypatch):
@@ -85,7 +91,9 @@ def test_enospc_midway_leaves_no_partial_file_and_reports_written_seeds(tmp_path
     assert "seed 5" in message and "No space left" in message and "0-4" in message and "free disk space" in message
     assert info.value.written == [0, 1, 2, 3, 4]
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert files == [f"{s:06d}.png" for s in range(5)]  # no temp file, no manifest
+    assert files == [f"{s:06d}.png" for s in range(5)] + ["manifest.json"]  # no temp file
+    started = json.loads((out / "manifest.json").read_text())  # written before the first PNG, not completed
+    assert started["complete"] is False and started["settings"]["speed_up"] == 4.0
     # Resuming completes the set with the pixels of an uninterrupted run.
     model, _ = predict(tmp_path, out, batch=3)
     assert model.predicted_seeds == list(range(5, 10))
@@ -122,3 +130,31 @@ def test_progress_bar_shows_seeds_done_and_rate(tmp_path):
         GaussianModule(), datamodule=dm, return_predictions=False)
     postfix = bar.predict_progress_bar.postfix
     assert "seeds=6" in postfix and "seeds/s=" in postfix
+
+
+def test_folder_of_other_settings_or_weights_is_refused_before_writing(tmp_path):
+    out = tmp_path / "samples"
+    predict(tmp_path, out, seeds="0-3")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    fast = GaussianModule(SamplerSettings(name="pds", preconditioner="both", speed_up=10.0))
+    with pytest.raises(ValueError, match=r"holds the samples of another run \(settings.speed_up: 4.0 there -> "
+                                         r"10.0 now\).*predict into a new output_dir"):
+        predict(tmp_path, out, seeds="0-5", model=fast)
+    retrained = GaussianModule()
+    with torch.no_grad():
+        retrained.w.fill_(0.5)  # same settings, other weights: another checkpoint of one config
+    assert model_fingerprint(retrained) != model_fingerprint(GaussianModule())
+    with pytest.raises(ValueError, match=r"model.fingerprint: \"sha256:.*there -> \"sha256:.* now"):
+        predict(tmp_path, out, seeds="0-5", model=retrained)
+    with pytest.raises(ValueError, match="settings.speed_up: 4.0 there -> 10.0 now"):
+        predict(tmp_path, out, seeds="0-3", model=fast)  # nothing left to sample: Lightning skips the loop
+    assert fast.predicted_seeds == retrained.predicted_seeds == []  # refused before sampling
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old manifest kept
+
+
+def test_samples_without_a_manifest_are_not_resumed(tmp_path):
+    out = tmp_path / "samples"
+    predict(tmp_path, out, seeds="0-1")
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="holds 2 samples but no manifest.json recording the model"):
+        predict(tmp_path, out, seeds="0-3")
