@@ -5,8 +5,8 @@ Layers, bottom first (a module may import only from layers below its own; the sa
 import and fails too, so a cycle cannot form):
 
  0. fileio, images, distributed, classpath, -- plain helpers: atomic files, pixel ranges and PNG bytes,
-    resources                                  rank/world, class-path loading, the shipped files (data,
-                                               configs, weights); no project imports
+    resources, yamlfile                        rank/world, class-path loading, the shipped files (data,
+                                               configs, weights), untrusted YAML; no project imports
  1. sde, preconditioner, statistics         -- the maths: SDE schedules, the PDS filters C and S,
                                                image statistics (mean, power spectrum)
  2. models                                  -- score networks and the analytic Gaussian score (use sde,
@@ -36,7 +36,7 @@ PACKAGE = "pds_lightning"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS = [
-    ("fileio", "images", "distributed", "classpath", "resources"),
+    ("fileio", "images", "distributed", "classpath", "resources", "yamlfile"),
     ("sde", "preconditioner", "statistics"),
     ("models",),
     ("sampling", "losses"),
