@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
 from pds_lightning.resources import config_path, shipped_configs
+from pds_lightning.yamlfile import check_file, check_text
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -148,6 +149,23 @@ def with_shipped_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a `--config` that is not YAML or whose aliases expand without bound (yamlfile), before jsonargparse
+    reads it: jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred bytes would
+    take minutes and gigabytes there (ConfigFileError, a ValueError: one line)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--config", "-c"):
+            continue
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if value is None:
+            continue
+        if os.path.isfile(value):
+            check_file(value)
+        else:  # jsonargparse also takes the YAML itself as the value
+            check_text(value, "given inline")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
@@ -183,6 +201,7 @@ def _main(argv: list[str] | None = None) -> None:
         extra = "\n".join(f"  {name:<20} {help}" for name, (_, help) in {**EXTRA_COMMANDS, **ALIASES}.items())
         print(f"pds-lightning extra commands:\n{extra}\n")
     argv = with_shipped_configs(argv)
+    check_config_files(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
         sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)
