@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 from typing import Any
 
@@ -73,9 +74,21 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_safely(path, map_location=map_location or "cpu")
 
 
+def worker_error(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker, whose text torch replaces by
+    "Caught X in DataLoader worker process N. Original Traceback ..."; `text` itself otherwise."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]  # frame and source lines are indented
+    message = "\n".join(lines[frames[-1] + 1:] if frames else lines[-1:]).strip()
+    return re.sub(r"^[A-Za-z_][\w.]*: ", "", message)  # "ValueError: ", as the 0-worker message has no prefix
+
+
 def error_line(err: BaseException) -> str:
-    """A one-line message for an error the user can fix (config, data, checkpoint, numerics, disk)."""
-    text = str(err).strip()
+    """A one-line message for an error the user can fix (config, data, checkpoint, numerics, disk); for an
+    error of a loader worker, the worker's own message (as with 0 workers)."""
+    text = worker_error(str(err).strip())
     if text.startswith("Does not validate against any of the Union subtypes"):
         # jsonargparse wraps the real reason of an Optional[...] argument in a list of per-type errors.
         reasons = [line.strip()[2:] for line in text.splitlines()
