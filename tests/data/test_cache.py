@@ -193,3 +193,22 @@ def test_a_statistics_cache_that_does_not_validate_is_named_and_recomputed(tmp_p
         assert torch.equal(getattr(again, name), getattr(fresh, name))
     assert ImageStatistics.load(path).count == 6  # the rewritten cache validates
     assert torch.equal(ImageStatistics.load(path).power_mean, fresh.power_mean)
+
+
+def test_validate_recomputes_a_statistics_cache_of_another_shape_through_the_cli(tmp_path, monkeypatch):
+    """Where the user met it: the module was told the data statistics do not fit `data.image_size`."""
+    from pds_lightning.cli import main
+    from pds_lightning.statistics import ImageStatistics
+
+    monkeypatch.chdir(tmp_path)
+    args = ["validate", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
+            "--data.stats_cache_dir", str(tmp_path / "stats"), "--trainer.default_root_dir", str(tmp_path)]
+    main(args)
+    (path,) = (tmp_path / "stats").iterdir()
+    fresh = ImageStatistics.load(path)
+    ImageStatistics((3, 16, 16)).update(torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))).save(path)
+    with pytest.warns(UserWarning, match=rf"statistics cache {re.escape(str(path))} holds statistics of images "
+                                         r"\(3, 16, 16\), not \(1, 16, 16\); recomputing it"):
+        main(args)
+    again = ImageStatistics.load(path)
+    assert again.shape == (1, 16, 16) and torch.equal(again.power_mean, fresh.power_mean)
