@@ -163,19 +163,20 @@ def with_shipped_configs(argv: list[str]) -> list[str]:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Refuse a `--config` that is not YAML or whose aliases expand without bound (yamlfile), before jsonargparse
-    reads it: jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred bytes would
-    take minutes and gigabytes there (ConfigFileError, a ValueError: one line)."""
+    """Refuse a `--config` (or any option value naming a .yaml / .yml file, which jsonargparse reads as a nested
+    config, e.g. `--data data.yaml`) that is not YAML or whose aliases expand without bound (yamlfile), before
+    jsonargparse reads it: jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred
+    bytes would take minutes and gigabytes there (ConfigFileError, a ValueError: one line)."""
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
-        if flag not in ("--config", "-c"):
+        if not flag.startswith("-"):
             continue
         value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
         if value is None:
             continue
-        if os.path.isfile(value):
+        if os.path.isfile(value) and (flag in ("--config", "-c") or value.endswith((".yaml", ".yml"))):
             check_file(value)
-        else:  # jsonargparse also takes the YAML itself as the value
+        elif flag in ("--config", "-c"):  # jsonargparse also takes the YAML itself as the value
             check_text(value, "given inline")
 
 

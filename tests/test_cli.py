@@ -155,6 +155,9 @@ def test_an_alias_bomb_config_is_refused_in_one_line_before_it_expands(tmp_path,
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1
     assert f"config {bomb} is refused: its aliases (*name) expand to more than 100,000 values" in err
+    with pytest.raises(SystemExit) as exit_info:  # a nested config file (jsonargparse reads it too)
+        main(["fit", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--data", str(bomb)])
+    assert exit_info.value.code == 1 and f"config {bomb} is refused" in capsys.readouterr().err
     # a config that shares a value through an alias, as configs do, is read as before
     shared = tmp_path / "shared.yaml"
     shared.write_text("trainer:\n  max_steps: &steps 2\n  val_check_interval: *steps\n")
