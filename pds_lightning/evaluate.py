@@ -85,6 +85,8 @@ def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int,
                             convert_channels=options.get("convert_channels", True),
                             allow_upscale=options.get("allow_upscale", False), crop_size=options.get("crop_size"))
     if num_reference is not None:
+        if num_reference < 1:
+            raise ValueError(f"num_reference must be at least 1 (reference images to use), got {num_reference}")
         images = Subset(images, range(min(num_reference, len(images))))
     return images
 
@@ -222,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in result.get("warnings", []):
         print(f"pds-lightning evaluate: warning: {warning}", file=sys.stderr)
-    text = json.dumps(result, indent=2, allow_nan=False)
+    try:
+        text = json.dumps(result, indent=2, allow_nan=False)
+    except ValueError as err:  # a non-finite number below the top level
+        print(f"pds-lightning evaluate: error: the result is not valid JSON ({err})", file=sys.stderr)
+        return 2
     print(text)
     if args.output:
         write_atomic(args.output, (text + "\n").encode())
