@@ -42,7 +42,16 @@ def instantiate(spec: Any, what: str = "class", base: type | tuple[type, ...] | 
     init_args = spec.get("init_args") or {}
     if not isinstance(init_args, dict):
         raise ValueError(f"{what} init_args must be a mapping, got {type(init_args).__name__}")
-    return import_class(spec["class_path"], what, base)(**init_args)
+    cls = import_class(spec["class_path"], what, base)
+    try:
+        inspect.signature(cls).bind(**init_args)
+    except TypeError as err:  # an unknown or missing argument: say which, and what the class takes
+        names = [n for n, p in inspect.signature(cls).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                                       p.KEYWORD_ONLY)]
+        raise ValueError(f"{what} init_args do not fit {spec['class_path']}: {err}; it takes {names}") from err
+    except ValueError:  # no introspectable signature (a builtin): the call itself will check
+        pass
+    return cls(**init_args)
 
 
 def spec_of(obj: Any, what: str = "component") -> dict[str, Any]:

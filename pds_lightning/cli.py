@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
 from pds_lightning.resources import config_path, shipped_configs
+from pds_lightning.yamlfile import check_file, check_text
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -74,9 +76,21 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_safely(path, map_location=map_location or "cpu")
 
 
+def worker_error(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker, whose text torch replaces by
+    "Caught X in DataLoader worker process N. Original Traceback ..."; `text` itself otherwise."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]  # frame and source lines are indented
+    message = "\n".join(lines[frames[-1] + 1:] if frames else lines[-1:]).strip()
+    return re.sub(r"^[A-Za-z_][\w.]*: ", "", message)  # "ValueError: ", as the 0-worker message has no prefix
+
+
 def error_line(err: BaseException) -> str:
-    """A one-line message for an error the user can fix (config, data, checkpoint, numerics, disk)."""
-    text = str(err).strip()
+    """A one-line message for an error the user can fix (config, data, checkpoint, numerics, disk); for an
+    error of a loader worker, the worker's own message (as with 0 workers)."""
+    text = worker_error(str(err).strip())
     if text.startswith("Does not validate against any of the Union subtypes"):
         # jsonargparse wraps the real reason of an Optional[...] argument in a list of per-type errors.
         reasons = [line.strip()[2:] for line in text.splitlines()
@@ -150,6 +164,24 @@ def with_shipped_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a `--config` (or any option value naming a .yaml / .yml file, which jsonargparse reads as a nested
+    config, e.g. `--data data.yaml`) that is not YAML or whose aliases expand without bound (yamlfile), before
+    jsonargparse reads it: jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred
+    bytes would take minutes and gigabytes there (ConfigFileError, a ValueError: one line)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if not flag.startswith("-"):
+            continue
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if value is None:
+            continue
+        if os.path.isfile(value) and (flag in ("--config", "-c") or value.endswith((".yaml", ".yml"))):
+            check_file(value)
+        elif flag in ("--config", "-c"):  # jsonargparse also takes the YAML itself as the value
+            check_text(value, "given inline")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
@@ -185,6 +217,7 @@ def _main(argv: list[str] | None = None) -> None:
         extra = "\n".join(f"  {name:<20} {help}" for name, (_, help) in {**EXTRA_COMMANDS, **ALIASES}.items())
         print(f"pds-lightning extra commands:\n{extra}\n")
     argv = with_shipped_configs(argv)
+    check_config_files(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
         sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)

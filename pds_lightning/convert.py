@@ -16,19 +16,20 @@ Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --outp
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from torch import nn
 
-from pds_lightning import classpath
+from pds_lightning import classpath, yamlfile
 from pds_lightning.fileio import atomic_path
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.module import ScoreModule
+from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
 from pds_lightning.safetensors_io import save_checkpoint_weights
 from pds_lightning.sde import SDE
@@ -63,14 +64,41 @@ def resolve_config(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """The ``model:`` mapping of a config (needs ``net`` with class_path and init_args)."""
+    """The ``model:`` mapping of a config (needs ``net`` and ``sde`` with class_path and init_args; every other
+    key must be a ScoreModule argument, as LightningCLI would require)."""
     path = resolve_config(name_or_path)
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh) or {}
+    try:
+        cfg = yamlfile.load_file(path)
+    except (yamlfile.ConfigFileError, UnicodeDecodeError) as err:
+        raise ConversionError(str(err)) from err
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"config {path} holds a YAML {type(cfg).__name__}, not a mapping with a 'model:' "
+                              "section; see configs/score_sde/*.yaml")
     model = cfg.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("net"), dict) or "class_path" not in model["net"]:
-        raise ConversionError(f"{path} has no 'model: net: class_path:' section; see configs/score_sde/*.yaml")
+    for name in ("net", "sde"):
+        if not isinstance(model, dict) or not isinstance(model.get(name), dict) or "class_path" not in model[name]:
+            raise ConversionError(f"config {path} has no 'model: {name}: class_path:' section (the checkpoint "
+                                  "records how to rebuild the network and the SDE); see configs/score_sde/*.yaml")
+    unknown = sorted(set(model) - set(score_module_arguments()))
+    if unknown:
+        raise ConversionError(f"config {path}: model: has unknown keys {unknown}; ScoreModule takes "
+                              f"{sorted(score_module_arguments())}")
     return model
+
+
+def score_module_arguments() -> list[str]:
+    """Names ScoreModule's constructor takes (the keys of a config's ``model:`` section)."""
+    return [k for k in inspect.signature(ScoreModule.__init__).parameters if k != "self"]
+
+
+def check_output(output_path: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse an output that is one of the inputs (also through another path or a link): it would replace it."""
+    if not os.path.exists(output_path):
+        return
+    for path in inputs:
+        if path is not None and os.path.exists(path) and os.path.samefile(output_path, path):
+            raise ConversionError(f"--output {output_path} is the input file {path}; writing it would replace the "
+                                  "input: give another output path")
 
 
 def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tuple[type, ...] = (nn.Module, SDE)) -> Any:
@@ -85,8 +113,8 @@ def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tup
 def hyper_parameters(model_cfg: dict[str, Any], shape: tuple[int, int, int], centered: bool) -> dict[str, Any]:
     """ScoreModule's hyper-parameters from the config's ``model:`` section (plain data, as fit saves them),
     so the converted checkpoint loads with ``ScoreModule.load_from_checkpoint`` alone."""
-    names = inspect.signature(ScoreModule.__init__).parameters
-    hparams = {k: v for k, v in model_cfg.items() if k in names and k != "self"}
+    names = score_module_arguments()
+    hparams = {k: copy.deepcopy(v) for k, v in model_cfg.items() if k in names}
     hparams.update(num_channels=shape[0], image_size=shape[1], centered=bool(model_cfg.get("centered", centered)))
     return hparams
 
@@ -187,6 +215,26 @@ def statistics_buffers(shape: tuple[int, int, int], freq_stat: str | os.PathLike
     return buffers
 
 
+def check_loadable(hparams: dict[str, Any], state_dict: dict[str, torch.Tensor], config: Any) -> None:
+    """Build ScoreModule from exactly the hyper-parameters and state the checkpoint will hold, and the PDS
+    preconditioner from its statistics, so a bad setting (sampler method, all-zero statistic) is refused now
+    rather than when the checkpoint is first used."""
+    try:
+        module = ScoreModule.from_hyper_parameters(**copy.deepcopy(hparams))
+        module.load_state_dict(state_dict, strict=True)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConversionError(f"config {config}: the model: settings are refused ({err}); fix them, a checkpoint "
+                              "with them would not load") from err
+    stats = module.data_statistics
+    if stats is None:
+        return
+    alpha = module.sampler.alpha if isinstance(module.sampler.alpha, (int, float)) else 5.0
+    try:
+        Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), alpha)
+    except ValueError as err:
+        raise ConversionError(f"--freq-stat / --space-stat cannot give the PDS preconditioner: {err}") from err
+
+
 def fit_loop_state(step: int) -> dict[str, Any]:
     """Lightning's fit-loop progress after ``step`` optimizer steps, so a resumed run continues the
     step count (schedules, logging) instead of restarting it at 0."""
@@ -207,10 +255,10 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
     """Convert a score_sde checkpoint with the network of ``config``; returns the output path. With
     `safetensors`, the weights also go to OUTPUT.safetensors (plain tensors + JSON, `safetensors_io`)."""
     model_cfg = load_model_config(config)
+    check_output(output_path, checkpoint_path, resolve_config(config), freq_stat, space_stat)
     ckpt = read_checkpoint(checkpoint_path)
     net = instantiate(model_cfg["net"], "model.net", nn.Module)
-    if "sde" in model_cfg:  # checked now (the checkpoint stores it), so a bad sde fails here and not at load
-        instantiate(model_cfg["sde"], "model.sde", SDE)
+    instantiate(model_cfg["sde"], "model.sde", SDE)  # a bad sde fails here, not when the checkpoint is loaded
     expected = net.state_dict()
     raw = strip_prefix(ckpt["model"])
     check_state_dict(expected, raw, str(config))
@@ -227,8 +275,10 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
 
     optimizer = adam_state(ckpt.get("optimizer"), net)
     step = int(ckpt.get("step", 0))
+    hparams = hyper_parameters(model_cfg, shape, getattr(net, "centered", False))
+    check_loadable(hparams, state_dict, config)
     out = lightning_checkpoint(
-        state_dict, hyper_parameters(model_cfg, shape, getattr(net, "centered", False)), step=step,
+        state_dict, hparams, step=step,
         optimizer=optimizer,
         extra={"score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))}})
     if safetensors:
@@ -277,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = convert_score_sde(args.checkpoint, args.config, args.output, args.freq_stat, args.space_stat,
                                  safetensors=args.safetensors)
-    except ConversionError as err:
-        parser.exit(2, f"error: {err}\n")
+    except (ValueError, OSError) as err:  # ConversionError, and the readers' errors on a statistics file
+        parser.exit(2, f"error: {' '.join(str(err).split())}\n")
     print(f"wrote {path}")
     return 0

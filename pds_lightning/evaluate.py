@@ -1,7 +1,8 @@
 """Score a folder of samples (e.g. a `pds-lightning predict` run) against the data.
 
-    pds-lightning evaluate SAMPLES_DIR --reference REF [--fid-reference STATS.npz]
-                           [--inception-weights FILE | --feature-extractor MOD:CLASS] [--fid auto|on|off]
+    pds-lightning evaluate SAMPLES_DIR --reference REF [--fid-reference STATS.npz] [--fid auto|on|off]
+                           [--inception-weights FILE | --feature-extractor digits
+                            | --feature-extractor MOD:CLASS --allow-custom-features]
     pds-lightning evaluate --write-reference-stats OUT.npz --reference SOURCE [--image-size N --num-channels C]
 
 REF is a statistics cache file (`*.pt`, written by `ImageStatistics.save`; spectral error only) or a
@@ -11,13 +12,16 @@ REF is given; FID (and KID) against reference images or, as papers report it, ag
 `--fid-reference` statistics (the EDM / ADM `.npz` layout: 'mu', 'sigma'). The features are the configured
 extractor, else the standard Inception when its weights are available (`--fid auto`: only when already
 cached; `--fid on`, `--fid-reference` and `--write-reference-stats`: downloaded once if need be).
-Prints JSON; every FID comes with `fid_num_samples`, and fewer than 10k samples add a warning.
+Prints JSON (strict: a non-finite number is an error, not `Infinity`); every FID comes with `fid_num_samples`,
+and fewer than 10k samples add a warning. `--feature-extractor` takes a name of FEATURE_EXTRACTORS; the
+class path of a user's own nn.Module is imported only with `--allow-custom-features`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,6 +40,10 @@ from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_war
 from pds_lightning.statistics import ImageStatistics
 
 REFERENCE_OPTIONS = ("source", "root", "crop_size", "allow_upscale", "convert_channels")
+
+#: The project's feature extractors for `--feature-extractor` (short name: class path); nothing else is imported
+#: unless the user opts in with --allow-custom-features.
+FEATURE_EXTRACTORS = {"digits": "pds_lightning.features:DigitFeatures"}
 
 
 class _Uniform:
@@ -77,6 +85,8 @@ def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int,
                             convert_channels=options.get("convert_channels", True),
                             allow_upscale=options.get("allow_upscale", False), crop_size=options.get("crop_size"))
     if num_reference is not None:
+        if num_reference < 1:
+            raise ValueError(f"num_reference must be at least 1 (reference images to use), got {num_reference}")
         images = Subset(images, range(min(num_reference, len(images))))
     return images
 
@@ -136,6 +146,10 @@ def evaluate_folder(samples_dir: str | os.PathLike,
             if features is not None and fid_reference is None:
                 features.update(x, real=True)
     result: dict[str, Any] = {"samples_dir": str(samples_dir), "num_samples": sample_stats.count}
+    if ref_stats is not None and ref_stats.count == 0:
+        raise ValueError(f"the reference {reference if isinstance(reference, (str, os.PathLike)) else 'statistics'} "
+                         "holds no images (count 0), so there is no spectrum to compare with; use statistics "
+                         "computed from data (ImageStatistics.update) or a data source")
     if ref_stats is not None:
         if tuple(ref_stats.shape) != shape:
             raise ValueError(f"reference statistics are for images {ref_stats.shape} but the samples are {shape}; "
@@ -186,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-channels", type=int, default=None, help="with --write-reference-stats: channels")
     parser.add_argument("--root", default=None, help="root folder of torchvision data sets")
     parser.add_argument("--inception-weights", default=None, help="TorchScript Inception file for FID / KID")
-    parser.add_argument("--feature-extractor", default=None, help="feature module 'package.module:Class' for FID / KID")
-    parser.add_argument("--num-reference", type=int, default=None, help="reference images to use (default all)")
+    parser.add_argument("--feature-extractor", default=None,
+                        help=f"features for a Frechet distance / KID: one of {sorted(FEATURE_EXTRACTORS)}, or with "
+                             "--allow-custom-features the class path 'package.module:Class' of your own nn.Module")
+    parser.add_argument("--allow-custom-features", action="store_true",
+                        help="let --feature-extractor import a class path outside the project's list")
+    parser.add_argument("--num-reference", type=_positive_int, default=None,
+                        help="reference images to use (default all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
@@ -197,13 +216,41 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
         print(f"pds-lightning evaluate: error: {err}", file=sys.stderr)
         return 2
+    non_finite = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
+    if non_finite:
+        print(f"pds-lightning evaluate: error: {', '.join(f'{k} = {result[k]}' for k in non_finite)}: not a "
+              "number JSON can hold; the samples or the reference are degenerate (e.g. constant images)",
+              file=sys.stderr)
+        return 2
     for warning in result.get("warnings", []):
         print(f"pds-lightning evaluate: warning: {warning}", file=sys.stderr)
-    text = json.dumps(result, indent=2)
+    try:
+        text = json.dumps(result, indent=2, allow_nan=False)
+    except ValueError as err:  # a non-finite number below the top level
+        print(f"pds-lightning evaluate: error: the result is not valid JSON ({err})", file=sys.stderr)
+        return 2
     print(text)
     if args.output:
         write_atomic(args.output, (text + "\n").encode())
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (reference images to use), got {value}")
+    return value
+
+
+def feature_module(name: str, allow_custom: bool = False) -> nn.Module:
+    """The feature extractor `name` names: a key or class path of FEATURE_EXTRACTORS, or (only with `allow_custom`)
+    the class path of an nn.Module subclass, built with no arguments. A command-line value is not trusted to name
+    a callable: anything else is refused before it is imported, and a non-module class before it is called."""
+    path = FEATURE_EXTRACTORS.get(name, name)
+    if path not in FEATURE_EXTRACTORS.values() and not allow_custom:
+        raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)}, or pass "
+                         "--allow-custom-features to import your own nn.Module class 'package.module:Class'")
+    return import_class(path, "feature extractor", nn.Module)()
 
 
 def _run(args) -> dict[str, Any]:
@@ -225,7 +272,7 @@ def _run(args) -> dict[str, Any]:
         standard = "required"
     else:
         standard = "if_cached" if has_images else "never"
-    module = import_class(args.feature_extractor, "feature extractor")() if args.feature_extractor else None
+    module = feature_module(args.feature_extractor, args.allow_custom_features) if args.feature_extractor else None
     extractor = None if args.fid == "off" else make_feature_extractor(module, args.inception_weights, standard)
     reference: Any = args.reference
     if args.root and has_images:

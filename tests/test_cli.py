@@ -132,3 +132,40 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     assert choice["method"] == "pilot" and choice["criterion"] == "pilot_spectral_error"
     assert len(choice["table"]) == len(PILOT_CANDIDATES) and choice["value"] == min(choice["table"].values())
     assert choice["nfe"] == len(PILOT_CANDIDATES) * 2 * 20  # 10 PC steps = 20 NFE per pilot sample
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """A "billion laughs" config: each level a list of `width` aliases to the level above (width**levels values)."""
+    lines = ["trainer:", "  l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_config_is_refused_in_one_line_before_it_expands(tmp_path, capsys):
+    """Issue 23 item 15: jsonargparse copies every expanded value (a million here: ~10 s; ten million: 216 s and
+    1.6 GB), so the config is measured on PyYAML's shared node graph first."""
+    import time
+
+    from pds_lightning.cli import main
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(levels=6))
+    assert bomb.stat().st_size < 500
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--config", str(bomb)])
+    assert time.perf_counter() - start < 2.0
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert f"config {bomb} is refused: its aliases (*name) expand to more than 100,000 values" in err
+    with pytest.raises(SystemExit) as exit_info:  # a nested config file (jsonargparse reads it too)
+        main(["fit", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--data", str(bomb)])
+    assert exit_info.value.code == 1 and f"config {bomb} is refused" in capsys.readouterr().err
+    # a config that shares a value through an alias, as configs do, is read as before
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("trainer:\n  max_steps: &steps 2\n  val_check_interval: *steps\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--config", str(shared), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "max_steps: 2\n" in out and "val_check_interval: 2\n" in out

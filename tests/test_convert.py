@@ -1,5 +1,8 @@
 """Import of score_sde checkpoints: reference scores, strictness and clear errors."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import yaml
 from pds_lightning.convert import ConversionError, convert_score_sde, main, resolve_config
 from pds_lightning.models import NCSNpp, ScoreModel
 from pds_lightning.sde import VESDE
+
+from helpers import clean_env
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CHECKPOINT = FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth"
@@ -58,8 +63,8 @@ def test_checkpoint_layout_for_score_module(converted):
 
 
 def test_official_statistics_fill_the_buffers(tmp_path):
-    freq = np.random.default_rng(0).uniform(0, 3, (3, 16, 16)).astype(np.float32)
-    space = np.random.default_rng(1).uniform(0, 1, (3, 16, 16)).astype(np.float32)
+    # the official pair (a spectrum peaked at DC and Hermitian-symmetric, as the preconditioner requires)
+    freq, space = np.load(FIXTURES / "pds_freq_stat.npy"), np.load(FIXTURES / "pds_space_stat.npy")
     np.save(tmp_path / "freq.npy", freq)
     np.save(tmp_path / "space.npy", space)
     out = convert_score_sde(CHECKPOINT, CONFIG, tmp_path / "s.ckpt", tmp_path / "freq.npy", tmp_path / "space.npy")
@@ -243,3 +248,103 @@ def test_resume_from_converted_checkpoint_continues_schedule_and_adam(tmp_path, 
         step = -rate * (m / (1 - b1 ** 8)) / ((v / (1 - b2 ** 8)).sqrt() + eps)
         ulp = torch.finfo(torch.float32).eps * rec.params[i].abs().max().item()  # rounding of p + step
         torch.testing.assert_close(rec.new_params[i] - rec.params[i], step, rtol=1e-3, atol=2 * ulp)
+
+
+# ---- untrusted input through the command (issue 23 item 8) -------------------------------------------------------
+def convert_command(capsys, *args) -> tuple[int, str]:
+    """Exit status and stderr of `pds-lightning convert-score-sde ARGS` (the entry point `python -m pds_lightning`
+    runs, in this process)."""
+    from pds_lightning.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["convert-score-sde", *map(str, args)])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+BAD_CONFIGS = {
+    "syntax": ("model: [\n", r"config .*bad\.yaml is not valid YAML: .*\(line 2, column 1\)"),
+    "top_list": ("- model\n- net\n", r"config .*bad\.yaml holds a YAML list, not a mapping with a 'model:' section"),
+    "python_tag": ("model: !!python/object/apply:os.system ['touch pwned']\n",
+                   r"YAML tag that is not plain data: .*python/object/apply:os\.system.*\(line 1, column 8\)"),
+    "alias_bomb": ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+                   + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcde", "bcdef")),
+                   r"aliases \(\*name\) expand to more than 100,000 values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_a_bad_config_file_is_one_line(tmp_path, capsys, monkeypatch, case):
+    text, message = BAD_CONFIGS[case]
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    code, err = convert_command(capsys, CHECKPOINT, "--config", tmp_path / "bad.yaml", "--output", "out.ckpt")
+    assert code == 2 and re.search(message, err), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written, no tag ran
+
+
+def config_with(tmp_path, edit) -> Path:
+    cfg = yaml.safe_load(CONFIG.read_text())
+    edit(cfg["model"])
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+BAD_SETTINGS = {
+    "unknown_init_arg": (lambda m: m["net"]["init_args"].update(nfx=8),
+                         r"model\.net init_args do not fit pds_lightning\.models\.NCSNpp: .*'nfx'; it takes \['nf', "),
+    "unknown_model_key": (lambda m: m.update(ema_decayy=0.9), r"model: has unknown keys \['ema_decayy'\]"),
+    "sampler_method": (lambda m: m.update(sampler={"method": "pds_fast"}),
+                       r"model: settings are refused \(unknown sampling method 'pds_fast'; choose one of "),
+    "no_sde": (lambda m: m.pop("sde"), r"has no 'model: sde: class_path:' section"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_a_setting_that_would_not_load_is_refused_at_conversion(tmp_path, capsys, case):
+    edit, message = BAD_SETTINGS[case]
+    out = tmp_path / "out.ckpt"
+    code, err = convert_command(capsys, CHECKPOINT, "--config", config_with(tmp_path, edit), "--output", out)
+    assert code == 2 and re.search(message, err), err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["zero", "nan"])
+def test_a_statistic_without_a_preconditioner_is_refused_at_conversion(tmp_path, capsys, case):
+    freq = np.zeros((3, 16, 16), np.float32)
+    if case == "nan":
+        freq = np.random.default_rng(0).uniform(0, 3, (3, 16, 16)).astype(np.float32)
+        freq[1, 2, 3] = np.nan
+    np.save(tmp_path / "freq.npy", freq)
+    np.save(tmp_path / "space.npy", np.full((3, 16, 16), 0.25, np.float32))
+    out = tmp_path / "out.ckpt"
+    code, err = convert_command(capsys, CHECKPOINT, "--config", CONFIG, "--output", out, "--freq-stat",
+                                tmp_path / "freq.npy", "--space-stat", tmp_path / "space.npy")
+    expected = "statistic is zero everywhere" if case == "zero" else r"freq\.npy contains non-finite values"
+    assert code == 2 and re.search(expected, err), err
+    assert not out.exists()
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, capsys, monkeypatch):
+    source = tmp_path / "model.pth"
+    source.write_bytes(CHECKPOINT.read_bytes())
+    (tmp_path / "link.pth").symlink_to(source)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for output in (source, "../model.pth", tmp_path / "link.pth"):
+        code, err = convert_command(capsys, "../link.pth", "--config", CONFIG, "--output", output)
+        assert code == 2 and f"--output {output} is the input file ../link.pth" in err, err
+    assert source.read_bytes() == CHECKPOINT.read_bytes()
+    code, err = convert_command(capsys, source, "--config", CONFIG, "--output", tmp_path / "sub" / "new.ckpt")
+    assert code == 0 and (tmp_path / "sub" / "new.ckpt").is_file()
+
+
+def test_python_m_reports_a_bad_config_in_one_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    proc = subprocess.run([sys.executable, "-m", "pds_lightning", "convert-score-sde", str(CHECKPOINT), "--config",
+                           "bad.yaml", "--output", "out.ckpt"], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: config bad.yaml holds a YAML list, not a mapping with a 'model:' section; " \
+                          "see configs/score_sde/*.yaml\n"

@@ -109,7 +109,7 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path, capsys):
     write_samples(tmp_path / "s", gaussian(4, seed=7))
     ImageStatistics((3, SIZE, SIZE)).update(gaussian(4, seed=8)).save(tmp_path / "stats.pt")
     assert main([str(tmp_path / "s"), "--reference", str(tmp_path / "stats.pt"),
-                 "--feature-extractor", "test_evaluate:TinyFeatures"]) == 2
+                 "--feature-extractor", "test_evaluate:TinyFeatures", "--allow-custom-features"]) == 2
     assert "need reference images" in capsys.readouterr().err
     ImageStatistics((1, SIZE, SIZE)).update(gaussian(4, seed=8)[:, :1]).save(tmp_path / "grey.pt")
     assert main([str(tmp_path / "s"), "--reference", str(tmp_path / "grey.pt")]) == 2
@@ -122,3 +122,67 @@ def test_samples_of_mixed_shapes_are_refused(tmp_path):
     write_atomic(sample_path(tmp_path / "s", 2), encode_png(odd))
     with pytest.raises(ValueError, match="evaluate one run's samples at a time"):
         evaluate_folder(tmp_path / "s", ImageStatistics((3, SIZE, SIZE)).update(gaussian(2, seed=1)))
+
+
+# ---- untrusted options (issue 23 item 9) ------------------------------------------------------------------------
+def evaluate_command(capsys, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `pds-lightning evaluate ARGS` (the command's entry point, in this process)."""
+    from pds_lightning.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["evaluate", *map(str, args)])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_feature_extractor_is_resolved_against_the_project_list(tmp_path, capsys):
+    samples = tmp_path / "s"
+    write_samples(samples, gaussian(4, seed=7))
+    ref_path, _ = reference_npz(tmp_path, gaussian(4, seed=8))
+    for name in ("os:abort", "os.system", "subprocess:Popen", "test_evaluate:TinyFeatures"):
+        code, out, err = evaluate_command(capsys, samples, "--reference", ref_path, "--feature-extractor", name)
+        assert code == 2 and out == "", err
+        assert f"unknown feature extractor {name!r}; choose one of ['digits'], or pass --allow-custom-features" in err
+    # opted in, a class path must still name an nn.Module subclass: os.abort is refused before it is called
+    code, out, err = evaluate_command(capsys, samples, "--reference", ref_path, "--feature-extractor", "os:abort",
+                                      "--allow-custom-features")
+    assert code == 2 and "refused feature extractor 'os:abort': it is not a subclass of torch.nn.modules" in err
+    code, out, err = evaluate_command(capsys, samples, "--reference", ref_path, "--feature-extractor",
+                                      "test_evaluate:TinyFeatures", "--allow-custom-features")
+    assert code == 0, err
+    result = json.loads(out)
+    expected = evaluate_folder(samples, str(ref_path), feature_extractor=TinyFeatures().eval())
+    assert result["fid"] == pytest.approx(expected["fid"], rel=1e-9)
+
+
+def test_digits_name_the_project_features():
+    from pds_lightning.evaluate import feature_module
+    from pds_lightning.features import DigitFeatures
+
+    assert type(feature_module("digits")) is DigitFeatures
+    assert type(feature_module("pds_lightning.features:DigitFeatures")) is DigitFeatures
+
+
+def test_no_reference_images_is_an_error_not_infinity(tmp_path, capsys):
+    samples = tmp_path / "s"
+    write_samples(samples, gaussian(4, seed=7))
+    ref_path, _ = reference_npz(tmp_path, gaussian(4, seed=8))
+    code, out, err = evaluate_command(capsys, samples, "--reference", ref_path, "--num-reference", "0")
+    assert code == 2 and out == "" and "--num-reference: must be at least 1" in err
+    ImageStatistics((3, SIZE, SIZE)).save(tmp_path / "empty.pt")  # statistics of no images
+    code, out, err = evaluate_command(capsys, samples, "--reference", tmp_path / "empty.pt", "--output",
+                                      tmp_path / "r.json")
+    assert code == 2 and out == "" and not (tmp_path / "r.json").exists()
+    assert f"the reference {tmp_path / 'empty.pt'} holds no images (count 0)" in err
+
+
+def test_a_non_finite_result_is_refused_not_written_as_invalid_json(tmp_path, capsys):
+    """A reference whose spectrum is zero beyond DC (constant images) makes the spectral error infinite."""
+    samples = tmp_path / "s"
+    write_samples(samples, gaussian(4, seed=7))
+    stats = ImageStatistics((3, SIZE, SIZE)).update(torch.zeros(2, 3, SIZE, SIZE))
+    stats.save(tmp_path / "black.pt")
+    code, out, err = evaluate_command(capsys, samples, "--reference", tmp_path / "black.pt", "--output",
+                                      tmp_path / "r.json")
+    assert code == 2 and out == "" and not (tmp_path / "r.json").exists()
+    assert "spectral_error = " in err and "not a number JSON can hold" in err

@@ -121,9 +121,10 @@ def test_two_process_gloo_estimate_equals_one_process(tmp_path):
     assert single.count == 11
     expected = torch.from_numpy(np.load(data)["images"][dm.stats_indices().numpy()]).permute(0, 3, 1, 2) / 255.0
     torch.testing.assert_close(single.power_mean, (torch.fft.fft2(expected.double()).abs() ** 2).mean(0))
-    # A cache that only rank 0 reads first: marked values, so we can see both ranks end with them.
+    # A cache that only rank 0 reads first: marked values (valid for these settings: 11 images), so we can see
+    # both ranks end with them.
     cache = tmp_path / "cache"
-    marked = ImageStatistics.from_moments(7, single.power_mean, single.mean, single.sq_mean * 0 + 0.5)
+    marked = ImageStatistics.from_moments(11, single.power_mean, single.mean, single.sq_mean * 0 + 0.5)
     marked.save(ImageDataModule(source=str(data), image_size=8, val_size=2, stats_num_images=11,
                                 stats_cache_dir=str(cache)).setup_images().stats_cache_path())
 
@@ -140,4 +141,4 @@ def test_two_process_gloo_estimate_equals_one_process(tmp_path):
         for key in ("power_mean", "mean", "sq_mean"):
             torch.testing.assert_close(state[key], getattr(single, key), rtol=1e-12, atol=0)
         cached = torch.load(out / f"cached_rank{rank}.pt", weights_only=True)
-        assert int(cached["count"]) == 7 and torch.all(cached["sq_mean"] == 0.5)
+        assert int(cached["count"]) == 11 and torch.all(cached["sq_mean"] == 0.5)

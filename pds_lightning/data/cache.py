@@ -3,7 +3,8 @@
 The cache is one `.npy` array (N, C, H, W), uint8, written atomically (`pds_lightning.fileio`) and read as a
 memory map, so workers share the page cache and no decoded image is held in Python memory. Its file name
 carries a hash of the source's identity (for folders: every file's path, size and mtime) and of the
-preparation options, so a changed file or option selects another cache file and the stale one is unused.
+preparation options, so a changed file or option selects another cache file and the stale one is unused. A file
+that does not validate (truncated, foreign, another shape: `cache_problem`) is rebuilt by the data module.
 """
 
 from __future__ import annotations
@@ -34,9 +35,28 @@ def cache_path(folder: Path, source_name: str, images) -> Path:
     return Path(folder) / f"{slug}_{images.image_size}px_{images.num_channels}ch_{cache_key(images)}.npy"
 
 
+def cache_shape(images) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of the cache of `images` (a `PreparedImages`)."""
+    return (len(images), images.num_channels, images.image_size, images.image_size)
+
+
+def cache_problem(path: Path, shape: tuple[int, int, int, int]) -> str | None:
+    """Why the file at `path` cannot be the uint8 cache of shape `shape` (unreadable, truncated, another
+    shape or type), or None when it can. The pixels themselves are not checked (that would read them all)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        return f"is unreadable or truncated ({' '.join(str(err).split())})"
+    if not isinstance(array, np.ndarray):
+        return "is not a .npy array"
+    if array.dtype != np.uint8 or array.shape != tuple(shape):
+        return f"holds {array.dtype} {array.shape}, not uint8 {tuple(shape)}"
+    return None
+
+
 def build_cache(images, path: Path, num_workers: int = 0, batch_size: int = 64) -> Path:
     """Write every prepared image of `images` (a `PreparedImages`) to `path` as uint8; no partial file on error."""
-    shape = (len(images), images.num_channels, images.image_size, images.image_size)
+    shape = cache_shape(images)
     loader = DataLoader(_Indexed(images), batch_size=batch_size, num_workers=num_workers)
     with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -77,9 +97,9 @@ class CachedImages(Dataset):
         self.path, self.source = Path(path), prepared.source
         self.image_size, self.num_channels = prepared.image_size, prepared.num_channels
         self._array = None
-        shape = np.load(self.path, mmap_mode="r").shape
-        if shape != (len(prepared), self.num_channels, self.image_size, self.image_size):
-            raise ValueError(f"image cache {self.path} holds shape {shape}, not the source's; delete it to rebuild")
+        problem = cache_problem(self.path, cache_shape(prepared))
+        if problem:
+            raise ValueError(f"image cache {self.path} {problem}; delete it to rebuild")
 
     def __len__(self) -> int:
         return len(self.source)

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from pds_lightning.data.cache import CachedImages, build_cache, cache_path
+from pds_lightning.data.cache import CachedImages, build_cache, cache_path, cache_problem, cache_shape
 from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
 from pds_lightning.data.seeds import classes_for_seeds, parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
@@ -228,11 +230,16 @@ class ImageDataModule(L.LightningDataModule):
         return self
 
     def _cached(self, images: PreparedImages) -> CachedImages:
-        """The cache of `images`, built by rank 0 when no file matches its key; the other ranks wait for it."""
+        """The cache of `images`, built by rank 0 when no file matches its key or the file does not validate
+        (rebuilt with a warning naming it); the other ranks wait for it."""
         path = cache_path(Path(self.hparams.cache_dir).expanduser(), self.source, images)
         rank, world = rank_world()
-        if rank == 0 and not path.is_file():
-            build_cache(images, path, self.num_workers, min(self.batch_size, 64))
+        if rank == 0:
+            problem = cache_problem(path, cache_shape(images)) if path.is_file() else None
+            if problem:
+                warnings.warn(f"image cache {path} {problem}; rebuilding it", stacklevel=2)
+            if problem or not path.is_file():
+                build_cache(images, path, self.num_workers, min(self.batch_size, 64))
         if world > 1:
             dist.barrier()
         return CachedImages(path, images)
@@ -323,7 +330,7 @@ class ImageDataModule(L.LightningDataModule):
         # Rank 0 decides from its cache and tells the others, so that all ranks agree whether to reduce.
         cached = None
         if rank == 0 and path is not None and path.is_file():
-            cached = ImageStatistics.load(path).state_dict()
+            cached = self._cached_statistics(path)
         if world > 1:
             box = [cached]
             dist.broadcast_object_list(box, src=0)
@@ -341,6 +348,27 @@ class ImageDataModule(L.LightningDataModule):
         if rank == 0 and path is not None:
             stats.save(path)
         return stats
+
+    def _cached_statistics(self, path: Path) -> dict | None:
+        """The state of the statistics cache at `path`, or None with a warning naming the file when it does not
+        validate (unreadable, another image shape or count, non-finite): the caller recomputes and rewrites it."""
+        expected = len(self.stats_indices())
+        try:
+            stats = ImageStatistics.load(path)
+        except (ValueError, KeyError) as err:
+            problem = f"is unreadable ({' '.join(str(err).split())})"
+        else:
+            state = stats.state_dict()
+            if stats.shape != self.image_shape:
+                problem = f"holds statistics of images {stats.shape}, not {self.image_shape}"
+            elif stats.count != expected:
+                problem = f"holds statistics of {stats.count} images, not {expected}"
+            elif not all(math.isfinite(float(state[k].abs().sum())) for k in state):
+                problem = "holds non-finite values"
+            else:
+                return state
+        warnings.warn(f"statistics cache {path} {problem}; recomputing it", stacklevel=2)
+        return None
 
     # -- predict ----------------------------------------------------------------------------------------
     def predict_seeds(self) -> list[int]:

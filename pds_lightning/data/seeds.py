@@ -7,31 +7,49 @@ import re
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+#: Largest value: seeds travel as int64 tensors into torch.Generator.manual_seed (which takes up to 2**64 - 1).
+MAX_SEED = 2**63 - 1
+#: Most values one range may list (a list this long takes ~40 MB); larger ones are split over runs.
+MAX_SEEDS = 1_000_000
+
 
 def parse_seed_range(spec: str, what: str = "seed", unique: bool = True) -> list[int]:
     """'0-9,20,30-31' -> [0, ..., 9, 20, 30, 31]: comma-separated non-negative integers or a-b ranges (inclusive).
-    `what` names the list in errors; `unique` refuses repeats (seeds must be; a class list may repeat)."""
+    `what` names the list in errors; `unique` refuses repeats (seeds must be; a class list may repeat).
+    Values lie in [0, MAX_SEED] and at most MAX_SEEDS are listed (checked before the list is built)."""
     text = str(spec).strip()
     if not text:
         raise ValueError(f"empty {what} range; give e.g. '0-63' or '0-9,20'")
+    parts = [_bounds(part.strip(), spec, what) for part in text.split(",")]
+    total = sum(last - first + 1 for first, last in parts)
+    if total > MAX_SEEDS:
+        raise ValueError(f"{what} range {spec!r} lists {total:,} values, more than the {MAX_SEEDS:,} one run takes; "
+                         f"split it over several runs (e.g. '0-{MAX_SEEDS - 1}', then '{MAX_SEEDS}-{2 * MAX_SEEDS - 1}')")
     seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if match is None:
-            raise ValueError(
-                f"malformed {what} range part {part!r} in {spec!r}: use non-negative integers 'a' or 'a-b', "
-                "separated by commas, e.g. '0-9,20,30-31'"
-            )
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) is not None else first
-        if last < first:
-            raise ValueError(f"reversed {what} range {part!r} in {spec!r}: write it as '{last}-{first}'")
+    for first, last in parts:
         seeds.extend(range(first, last + 1))
     duplicates = len(seeds) - len(set(seeds))
     if duplicates and unique:
         raise ValueError(f"seed range {spec!r} lists {duplicates} seed(s) more than once")
     return seeds
+
+
+def _bounds(part: str, spec: str, what: str) -> tuple[int, int]:
+    """(first, last) of one part 'a' or 'a-b' of a range text, within [0, MAX_SEED]."""
+    match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+    if match is None:
+        raise ValueError(
+            f"malformed {what} range part {part!r} in {spec!r}: use non-negative integers 'a' or 'a-b', "
+            "separated by commas, e.g. '0-9,20,30-31'"
+        )
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise ValueError(f"reversed {what} range {part!r} in {spec!r}: write it as '{last}-{first}'")
+    if last > MAX_SEED:
+        raise ValueError(f"{what} {last} in {spec!r} is out of range: {what}s lie in [0, 2**63 - 1 = {MAX_SEED}] "
+                         "(torch generator seeds, carried as int64)")
+    return first, last
 
 
 def classes_for_seeds(seeds: list[int], classes: list[int]) -> dict[int, int]:

@@ -1,6 +1,7 @@
 """Issue 18: the pre-resized uint8 image cache (`cache_dir`) and the one-walk folder scan."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -137,3 +138,77 @@ def test_twenty_thousand_files_are_scanned_without_opening_them(tmp_path):
     assert len(source) == 20000 and source.files[0] == root / "00" / "00000.png"
     assert source.files[-1] == root / "19" / "00999.png"
     assert seconds < 30, seconds  # ~0.2 s here; opening 20k files for a decode would fail, not just be slow
+
+
+# ---- corrupt caches are named and rebuilt (issue 23 item 13) -----------------------------------------------------
+CORRUPTIONS = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "garbage": lambda data: b"\x93NUMPY not really" + bytes(range(256)) * 4,
+    "other_shape": None,  # a valid .npy of another image size
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_an_image_cache_that_does_not_validate_is_named_and_rebuilt(tmp_path, corruption):
+    folder = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    datamodule(folder, tmp_path, cache_dir=str(cache))
+    (name,) = cache_files(cache)
+    path = cache / name
+    good = path.read_bytes()
+    if corruption == "other_shape":
+        np.save(path, np.zeros((10, 3, 8, 8), np.uint8))
+    else:
+        path.write_bytes(CORRUPTIONS[corruption](good))
+    with pytest.warns(UserWarning, match=f"image cache {re.escape(str(path))} .*; rebuilding it"):
+        rebuilt = datamodule(folder, tmp_path, cache_dir=str(cache))
+    assert path.read_bytes() == good and cache_files(cache) == [name]
+    assert torch.equal(images(rebuilt), images(datamodule(folder, tmp_path)))
+
+
+def stats_run(folder, tmp_path, **kwargs):
+    return datamodule(folder, tmp_path, stats_num_images=6, stats_cache_dir=str(tmp_path / "stats"), **kwargs)
+
+
+@pytest.mark.parametrize("corruption", ["other_shape", "other_count", "garbage", "nan"])
+def test_a_statistics_cache_that_does_not_validate_is_named_and_recomputed(tmp_path, corruption):
+    from pds_lightning.statistics import ImageStatistics
+
+    folder = make_folder(tmp_path / "imgs")
+    fresh = stats_run(folder, tmp_path).statistics
+    (path,) = (tmp_path / "stats").iterdir()
+    good = path.read_bytes()
+    if corruption == "garbage":
+        path.write_bytes(good[:200])
+    else:
+        shape, count = ((1, 12, 12), 6) if corruption == "other_shape" else ((3, 12, 12), 5)
+        other = ImageStatistics(shape).update(torch.rand(count, *shape, generator=torch.Generator().manual_seed(0)))
+        if corruption == "nan":
+            other = ImageStatistics.from_moments(6, fresh.power_mean * float("nan"), fresh.mean, fresh.sq_mean)
+        other.save(path)
+    with pytest.warns(UserWarning, match=f"statistics cache {re.escape(str(path))} .*; recomputing it"):
+        again = stats_run(folder, tmp_path).statistics
+    assert again.count == fresh.count == 6 and again.shape == (3, 12, 12)
+    for name in ("power_mean", "mean", "sq_mean"):
+        assert torch.equal(getattr(again, name), getattr(fresh, name))
+    assert ImageStatistics.load(path).count == 6  # the rewritten cache validates
+    assert torch.equal(ImageStatistics.load(path).power_mean, fresh.power_mean)
+
+
+def test_validate_recomputes_a_statistics_cache_of_another_shape_through_the_cli(tmp_path, monkeypatch):
+    """Where the user met it: the module was told the data statistics do not fit `data.image_size`."""
+    from pds_lightning.cli import main
+    from pds_lightning.statistics import ImageStatistics
+
+    monkeypatch.chdir(tmp_path)
+    args = ["validate", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
+            "--data.stats_cache_dir", str(tmp_path / "stats"), "--trainer.default_root_dir", str(tmp_path)]
+    main(args)
+    (path,) = (tmp_path / "stats").iterdir()
+    fresh = ImageStatistics.load(path)
+    ImageStatistics((3, 16, 16)).update(torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))).save(path)
+    with pytest.warns(UserWarning, match=rf"statistics cache {re.escape(str(path))} holds statistics of images "
+                                         r"\(3, 16, 16\), not \(1, 16, 16\); recomputing it"):
+        main(args)
+    again = ImageStatistics.load(path)
+    assert again.shape == (1, 16, 16) and torch.equal(again.power_mean, fresh.power_mean)

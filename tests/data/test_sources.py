@@ -2,6 +2,7 @@
 and the errors for corrupt, missing and empty sources."""
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 
 from pds_lightning.data import ImageDataModule, embedded_data_dir
 from helpers import all_train, make_datamodule as make_dm, save_png
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 # -- embedded data ------------------------------------------------------------------------------------------
@@ -156,3 +159,28 @@ def test_missing_and_empty_sources(tmp_path):
         make_dm(tmp_path / "nowhere", tmp_path).setup("fit")
     with pytest.raises(ValueError, match="num_channels must be 1 or 3"):
         make_dm(tmp_path / "nowhere", tmp_path, num_channels=2)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["loader", "cache_build"])
+def test_a_bad_image_gives_the_same_line_with_loader_workers(tmp_path, capsys, monkeypatch, cache):
+    """Issue 23 item 11: torch re-raises a worker's error as "Caught ValueError in DataLoader worker process 0.
+    Original Traceback ..."; the command shows the worker's own message, the line of 0 workers."""
+    from pds_lightning.cli import main
+
+    for i in range(6):
+        save_png(tmp_path / f"imgs/{i}.png", np.full((16, 16, 3), 40 * i, np.uint8))
+    (tmp_path / "imgs/3.png").write_bytes(b"\x89PNG not really")
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    for workers in (0, 1):
+        args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"), "--data.num_channels", "3",
+                "--data.val_size", "0", "--data.stats_num_images", "6",
+                "--data.stats_cache_dir", "", "--data.num_workers", str(workers)]
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + (["--data.cache_dir", str(tmp_path / f"cache{workers}")] if cache else []))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1
+        lines.append(err[-1])
+    bad = tmp_path / "imgs/3.png"
+    assert lines[0] == lines[1] == (f"pds-lightning: error: cannot read image file {bad}: cannot identify image file "
+                                    f"'{bad}' (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
