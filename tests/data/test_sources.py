@@ -174,6 +174,7 @@ def test_a_bad_image_gives_the_same_line_with_loader_workers(tmp_path, capsys, m
     lines = []
     for workers in (0, 1):
         args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"), "--data.num_channels", "3",
+                "--model.net.init_args.num_channels", "3",
                 "--data.val_size", "0", "--data.stats_num_images", "6",
                 "--data.stats_cache_dir", "", "--data.num_workers", str(workers)]
         with pytest.raises(SystemExit) as exit_info:
