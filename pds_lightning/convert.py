@@ -34,6 +34,7 @@ from pds_lightning.sde import SDE
 
 SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
 PREFIX = "module."
+LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # the loops a Lightning checkpoint restores
 
 
 class ConversionError(ValueError):
@@ -186,18 +187,21 @@ def statistics_buffers(shape: tuple[int, int, int], freq_stat: str | os.PathLike
     return buffers
 
 
-def fit_loop_state(step: int) -> dict[str, Any]:
-    """Lightning's fit-loop progress after ``step`` optimizer steps, so a resumed run continues the
-    step count (schedules, logging) instead of restarting it at 0."""
+def loop_states(step: int) -> dict[str, Any]:
+    """Lightning's progress of all four loops (fit, validate, test, predict), as a checkpoint of `fit` holds
+    them: every entry point restores its own loop from the checkpoint, so one missing loop breaks that entry
+    point. The fit loop is set to ``step`` optimizer steps, so a resumed run continues the step count
+    (schedules, logging) instead of restarting it at 0."""
     import lightning
 
     trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, accelerator="cpu", devices=1)
-    state = trainer.fit_loop.state_dict()
-    total = state["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
+    states = {name: getattr(trainer, name).state_dict() for name in LOOPS}
+    fit = states["fit_loop"]
+    total = fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
     total["ready"] = total["completed"] = step
-    state["epoch_loop.state_dict"]["_batches_that_stepped"] = step
-    return state
+    fit["epoch_loop.state_dict"]["_batches_that_stepped"] = step
+    return states
 
 
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
@@ -245,7 +249,7 @@ def lightning_checkpoint(state_dict: dict[str, torch.Tensor], hparams: dict[str,
         "pytorch-lightning_version": lightning.__version__,
         "optimizer_states": [optimizer] if optimizer is not None else [],
         "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
-        "loops": {"fit_loop": fit_loop_state(step)},
+        "loops": loop_states(step),
         "hyper_parameters": hparams,
     }
     out.update(extra or {})
