@@ -75,9 +75,10 @@ def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tuple[type, ...] = (nn.Module, SDE)) -> Any:
     """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would; a config is untrusted,
-    so only subclasses of `base` (a network or an SDE) are built, anything else is refused before it runs."""
+    so only allowed names are imported (classpath.allow_list) and only subclasses of `base` (a network or an
+    SDE) are built, anything else is refused before it runs."""
     try:
-        return classpath.instantiate(spec, what, base)
+        return classpath.instantiate(spec, what, base, classpath.allow_list())
     except ValueError as err:
         raise ConversionError(str(err)) from err
 
