@@ -12,9 +12,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
+from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
@@ -159,6 +161,7 @@ class PDSLightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own IO plugin
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        trainer.callbacks.extend(sigterm_callbacks(trainer))  # stop promptly, keep a checkpoint (preemption.py)
         return trainer
 
     def instantiate_classes(self) -> None:
@@ -206,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
         _main(argv)
+    except SIGTERMException as stop:  # a SystemExit with status 0 in Lightning: a scheduler would see success
+        saved = getattr(stop, "checkpoint", None)
+        resume = (f"step {stop.global_step} saved to {saved}; rerun with --ckpt_path last (or that file) to resume"
+                  if saved else "complete outputs are kept; rerun the same command to finish")
+        print(f"pds-lightning: stopped by SIGTERM: {resume}", file=sys.stderr)
+        sys.exit(EXIT_STATUS)
     except (ValueError, OSError, RuntimeError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1" or not _user_error(err):
             raise

@@ -19,7 +19,7 @@ import and fails too, so a cycle cannot form):
                                                the sampler, scores with metrics); one resolve_alpha
  6. data                                    -- sources, seeds, the Lightning data module
  7. module                                  -- the LightningModule (training, sampling, alpha resolution)
- 8. writer, sampling_callback               -- the prediction writer and the validation sampling callback
+ 8. writer, sampling_callback, preemption  -- the prediction writer, the validation sampling callback, SIGTERM
  9. callbacks                               -- the class paths configs use, re-exporting layer 8
 10. cli, evaluate, convert, configs         -- entry points
 11. __main__                                -- `python -m pds_lightning` (runs cli)
@@ -44,7 +44,7 @@ LAYERS = [
     ("alpha",),
     ("data",),
     ("module",),
-    ("writer", "sampling_callback"),
+    ("writer", "sampling_callback", "preemption"),
     ("callbacks",),
     ("cli", "evaluate", "convert", "configs"),
     ("__main__",),
