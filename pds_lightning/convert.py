@@ -5,7 +5,8 @@ score_sde saves ``{'model': state_dict of nn.DataParallel(net) ('module.' prefix
 'optimizer': Adam state_dict, 'step': int}``. The output holds ``ScoreModule``'s state dict
 (``net.*`` raw weights, ``ema_net.*`` EMA weights used for sampling, ``ema_num_updates``, statistics
 buffers), the Adam state, and the hyper-parameters of the config's ``model:`` section (``net`` and ``sde`` as
-class_path / init_args), so ``predict``, ``fit --ckpt_path`` and ``ScoreModule.load_from_checkpoint`` accept it. A resumed fit continues
+class_path / init_args) and the state of all four Lightning loops, so every entry point (``fit --ckpt_path``,
+``validate``, ``test`` / ``likelihood``, ``predict``) and ``ScoreModule.load_from_checkpoint`` accept it. A resumed fit continues
 score_sde's step count, Adam moments and warm-up (the rate is a function of the global step, so no scheduler
 state is needed).
 

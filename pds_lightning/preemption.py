@@ -66,8 +66,10 @@ def checkpoint_dir(trainer) -> str:
 
 
 class InterruptOnSigterm(Callback):
-    """A Lightning callback raising SIGTERMException from the SIGTERM handler while validate / test / predict
-    run (after Lightning's own handler, which forwards the signal to DDP workers), so a long batch stops now."""
+    """Raises SIGTERMException from the SIGTERM handler (after the handler it replaces, e.g. Lightning's, which
+    forwards the signal to DDP workers), so a long batch stops now: from `setup` on in validate / test /
+    predict (also covering a long setup, such as an alpha pilot), and during fit's validation only (a training
+    step is never cut: fit stops at Lightning's next step boundary, with a consistent checkpoint)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,18 +80,35 @@ class InterruptOnSigterm(Callback):
             self._previous(signum, frame)
         raise SIGTERMException(EXIT_STATUS)
 
-    def _install(self, *_: Any) -> None:
-        if threading.current_thread() is threading.main_thread():
+    def _install(self, trainer) -> None:
+        if trainer.received_sigterm:  # it came before the handler: stop now
+            raise SIGTERMException(EXIT_STATUS)
+        if threading.current_thread() is threading.main_thread() and self._previous is None:
             self._previous = signal.getsignal(signal.SIGTERM)
             signal.signal(signal.SIGTERM, self._raise)
 
-    def _restore(self, *_: Any) -> None:
+    def _restore(self) -> None:
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
 
-    on_validation_start = on_test_start = on_predict_start = _install
-    on_validation_end = on_test_end = on_predict_end = on_exception = _restore
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            self._install(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._install(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
 
 
 def sigterm_callbacks(trainer) -> list[Callback]:
