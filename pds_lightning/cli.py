@@ -12,10 +12,12 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
+from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
 from pds_lightning.yamlfile import check_file, check_text
 
@@ -99,6 +101,60 @@ def error_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def record_name(stage: str, n: int = 0) -> str:
+    """The n-th free name of a run record: fit keeps Lightning's `config.yaml`, the other entry points write
+    `<stage>_config.yaml` (`likelihood` is `test`); a name taken by an earlier run gets `_1`, `_2`, ..."""
+    stem = "config" if stage == "fit" else f"{stage}_config"
+    return f"{stem}.yaml" if n == 0 else f"{stem}_{n}.yaml"
+
+
+def write_new_record(folder: str, stage: str, text: str) -> str:
+    """Write `text` to the first free record name in `folder`, atomically and never over an existing file.
+
+    The text goes to a temp file (the umask applies), which is then hard-linked to the first free name:
+    link creation fails on an existing name, so two runs sharing a folder cannot replace each other's record,
+    and a reader never sees a partial one. Returns the path written."""
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{record_name(stage)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        for n in range(10_000):
+            path = os.path.join(folder, record_name(stage, n))
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+        raise OSError(f"{folder} already holds 10000 {record_name(stage)} records; use a new log directory")
+    except OSError as err:
+        raise OSError(f"cannot write the run's config record in {folder}: {err}; free space (or raise the file-size "
+                      "limit) or choose another --trainer.default_root_dir") from err
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Records each run's full config in its log directory without ever replacing another run's record
+    (LightningCLI's callback writes one `config.yaml` in place: a predict with the fit's fixed log directory
+    overwrote the fit's, and a failed write left it truncated). See `write_new_record` for the names."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a collective call: every rank takes part
+        if trainer.is_global_zero:
+            stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+            self.path = write_new_record(log_dir, stage, self.parser.dump(self.config, skip_none=False))
+        self.already_saved = trainer.strategy.broadcast(True)
+
+
 class PDSLightningCLI(LightningCLI):
     """LightningCLI whose model and data agree on the image geometry by construction,
     and whose checkpoints are always loaded with `weights_only=True`."""
@@ -121,6 +177,7 @@ class PDSLightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own IO plugin
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        trainer.callbacks.extend(sigterm_callbacks(trainer))  # stop promptly, keep a checkpoint (preemption.py)
         return trainer
 
     def instantiate_classes(self) -> None:
@@ -141,7 +198,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PDSLightningCLI
     return PDSLightningCLI(
         ScoreModule,
         ImageDataModule,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigCallback,
         args=args,
         run=run,
     )
@@ -186,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
         _main(argv)
+    except SIGTERMException as stop:  # a SystemExit with status 0 in Lightning: a scheduler would see success
+        saved = getattr(stop, "checkpoint", None)
+        resume = (f"step {stop.global_step} saved to {saved}; rerun with --ckpt_path last (or that file) to resume"
+                  if saved else "complete outputs are kept; rerun the same command to finish")
+        print(f"pds-lightning: stopped by SIGTERM: {resume}", file=sys.stderr)
+        sys.exit(EXIT_STATUS)
     except (ValueError, OSError, RuntimeError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1" or not _user_error(err):
             raise

@@ -5,7 +5,8 @@ score_sde saves ``{'model': state_dict of nn.DataParallel(net) ('module.' prefix
 'optimizer': Adam state_dict, 'step': int}``. The output holds ``ScoreModule``'s state dict
 (``net.*`` raw weights, ``ema_net.*`` EMA weights used for sampling, ``ema_num_updates``, statistics
 buffers), the Adam state, and the hyper-parameters of the config's ``model:`` section (``net`` and ``sde`` as
-class_path / init_args), so ``predict``, ``fit --ckpt_path`` and ``ScoreModule.load_from_checkpoint`` accept it. A resumed fit continues
+class_path / init_args) and the state of all four Lightning loops, so every entry point (``fit --ckpt_path``,
+``validate``, ``test`` / ``likelihood``, ``predict``) and ``ScoreModule.load_from_checkpoint`` accept it. A resumed fit continues
 score_sde's step count, Adam moments and warm-up (the rate is a function of the global step, so no scheduler
 state is needed).
 
@@ -36,6 +37,7 @@ from pds_lightning.sde import SDE
 
 SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
 PREFIX = "module."
+LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # the loops a Lightning checkpoint restores
 
 
 class ConversionError(ValueError):
@@ -103,9 +105,10 @@ def check_output(output_path: str | os.PathLike, *inputs: str | os.PathLike | No
 
 def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tuple[type, ...] = (nn.Module, SDE)) -> Any:
     """Build ``{'class_path': 'pkg.mod.Class', 'init_args': {...}}`` as LightningCLI would; a config is untrusted,
-    so only subclasses of `base` (a network or an SDE) are built, anything else is refused before it runs."""
+    so only allowed names are imported (classpath.allow_list) and only subclasses of `base` (a network or an
+    SDE) are built, anything else is refused before it runs."""
     try:
-        return classpath.instantiate(spec, what, base)
+        return classpath.instantiate(spec, what, base, classpath.allow_list())
     except ValueError as err:
         raise ConversionError(str(err)) from err
 
@@ -235,18 +238,21 @@ def check_loadable(hparams: dict[str, Any], state_dict: dict[str, torch.Tensor],
         raise ConversionError(f"--freq-stat / --space-stat cannot give the PDS preconditioner: {err}") from err
 
 
-def fit_loop_state(step: int) -> dict[str, Any]:
-    """Lightning's fit-loop progress after ``step`` optimizer steps, so a resumed run continues the
-    step count (schedules, logging) instead of restarting it at 0."""
+def loop_states(step: int) -> dict[str, Any]:
+    """Lightning's progress of all four loops (fit, validate, test, predict), as a checkpoint of `fit` holds
+    them: every entry point restores its own loop from the checkpoint, so one missing loop breaks that entry
+    point. The fit loop is set to ``step`` optimizer steps, so a resumed run continues the step count
+    (schedules, logging) instead of restarting it at 0."""
     import lightning
 
     trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, accelerator="cpu", devices=1)
-    state = trainer.fit_loop.state_dict()
-    total = state["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
+    states = {name: getattr(trainer, name).state_dict() for name in LOOPS}
+    fit = states["fit_loop"]
+    total = fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
     total["ready"] = total["completed"] = step
-    state["epoch_loop.state_dict"]["_batches_that_stepped"] = step
-    return state
+    fit["epoch_loop.state_dict"]["_batches_that_stepped"] = step
+    return states
 
 
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
@@ -299,7 +305,7 @@ def lightning_checkpoint(state_dict: dict[str, torch.Tensor], hparams: dict[str,
         "pytorch-lightning_version": lightning.__version__,
         "optimizer_states": [optimizer] if optimizer is not None else [],
         "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
-        "loops": {"fit_loop": fit_loop_state(step)},
+        "loops": loop_states(step),
         "hyper_parameters": hparams,
     }
     out.update(extra or {})

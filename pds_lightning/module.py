@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
-from pds_lightning.classpath import instantiate, spec_of
+from pds_lightning.classpath import allow_list, instantiate, spec_of
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
@@ -137,10 +137,12 @@ class ScoreModule(L.LightningModule):
 
     @classmethod
     def from_hyper_parameters(cls, net: nn.Module | dict[str, Any] | None = None,
-                              sde: SDE | dict[str, Any] | None = None, **hparams: Any) -> "ScoreModule":
+                              sde: SDE | dict[str, Any] | None = None, *, allowed: Iterable[str] = (),
+                              **hparams: Any) -> "ScoreModule":
         """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
-        {'class_path', 'init_args'} (only subclasses of nn.Module / SDE are built: a checkpoint is untrusted)
-        or as instances; `sampler` as a mapping of SamplerSettings fields or an instance."""
+        {'class_path', 'init_args'} (a checkpoint is untrusted: only classes of pds_lightning, torch.nn and
+        `allowed` are imported, and only subclasses of nn.Module / SDE built; see classpath) or as instances;
+        `sampler` as a mapping of SamplerSettings fields or an instance."""
         specs = {}
         for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
             if value is None:
@@ -148,10 +150,11 @@ class ScoreModule(L.LightningModule):
                                  f"built in Python from instances); pass {name}=... to load_from_checkpoint")
             if isinstance(value, dict):
                 specs[name] = value
-        net = instantiate(net, "model.net", nn.Module) if isinstance(net, dict) else net
-        sde = instantiate(sde, "model.sde", SDE) if isinstance(sde, dict) else sde
+        trusted = allow_list(allowed)
+        net = instantiate(net, "model.net", nn.Module, trusted) if isinstance(net, dict) else net
+        sde = instantiate(sde, "model.sde", SDE, trusted) if isinstance(sde, dict) else sde
         if isinstance(hparams.get("loss"), dict):
-            hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss)
+            hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss, trusted)
         for key, settings_type in SETTINGS_HPARAMS.items():
             if isinstance(hparams.get(key), dict):
                 try:
@@ -164,13 +167,16 @@ class ScoreModule(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
-                             hparams_file: Any = None, strict: bool | None = None, **kwargs: Any) -> "ScoreModule":
+                             hparams_file: Any = None, strict: bool | None = None, allowed: Iterable[str] = (),
+                             **kwargs: Any) -> "ScoreModule":
         """The module a checkpoint of `fit` or `convert-*` holds (or its `.safetensors` export), in one call and
         with no config.
 
         The file is read with weights_only=True (no pickled objects run); net and sde are rebuilt from their
-        recorded class paths, refused unless they name subclasses of nn.Module / SDE. `kwargs` override the
-        saved hyper-parameters (e.g. sampler=SamplerSettings(...)), or supply net / sde when none is recorded.
+        recorded class paths, refused before import unless they name classes of pds_lightning or torch.nn, or
+        names in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or module prefixes you trust), and
+        refused before they run unless they are subclasses of nn.Module / SDE. `kwargs` override the saved
+        hyper-parameters (e.g. sampler=SamplerSettings(...)), or supply net / sde when none is recorded.
         """
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
@@ -190,7 +196,7 @@ class ScoreModule(L.LightningModule):
         saved = checkpoint.get("hyper_parameters") or {}
         hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
         hparams.update(kwargs)
-        model = cls.from_hyper_parameters(**hparams)
+        model = cls.from_hyper_parameters(allowed=allowed, **hparams)
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
         if isinstance(map_location, (str, torch.device)):

@@ -121,10 +121,99 @@ def test_a_checkpoint_naming_a_non_model_class_is_refused_before_it_runs(tmp_pat
     class_path, init_args = malicious_specs(marker)[which]
     checkpoint["hyper_parameters"][field] = {"class_path": class_path, "init_args": init_args}
     torch.save(checkpoint, out)
-    base = "torch.nn.modules.module.Module" if field == "net" else "pds_lightning.sde.SDE"
-    with pytest.raises(ValueError, match=f"refused model.{field} '{class_path}': it is not a subclass of {base}"):
+    with pytest.raises(ValueError, match=f"refused model.{field} '{class_path}' unimported: it is outside the allow"):
         ScoreModule.load_from_checkpoint(out)
     assert not marker.exists()
+
+
+# A module that announces its import by writing a file (what any code in an untrusted module could do).
+MARKING_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+from pds_lightning.models import NCSNpp
+
+
+class Net(NCSNpp):
+    \"\"\"A real network: outside the project, it loads only where the user allows it.\"\"\"
+"""
+
+
+@pytest.fixture
+def untrusted_net(tmp_path, monkeypatch):
+    """A converted checkpoint whose model.net names `module.Net` of an importable module next to it (on
+    sys.path and in the working directory, as a file shipped beside a download would be)."""
+    out = convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", FIXTURE_CONFIG, tmp_path / "tiny.ckpt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PDS_LIGHTNING_ALLOWED_CLASSES", raising=False)
+
+    def make(module: str, class_path: str | None = None) -> tuple[Path, Path]:
+        marker = tmp_path / f"{module}.imported"
+        (tmp_path / f"{module}.py").write_text(MARKING_MODULE.format(marker=str(marker)))
+        checkpoint = torch.load(out, weights_only=True)
+        checkpoint["hyper_parameters"]["net"]["class_path"] = class_path or f"{module}.Net"
+        torch.save(checkpoint, out)
+        return out, marker
+
+    yield make
+    for name in [n for n in sys.modules if n.startswith("evilmod") or n.startswith("outside_net")]:
+        del sys.modules[name]
+
+
+def test_a_module_next_to_the_checkpoint_is_refused_unimported(untrusted_net):
+    ckpt, marker = untrusted_net("evilmod")
+    with pytest.raises(ValueError, match="refused model.net 'evilmod.Net' unimported: it is outside the allow-list"
+                                         ".*allowed=\\['evilmod.Net'\\]"):
+        ScoreModule.load_from_checkpoint(ckpt)
+    assert not marker.exists() and "evilmod" not in sys.modules
+
+
+def test_this_is_refused_unimported(untrusted_net, capsys, monkeypatch):
+    ckpt, _ = untrusted_net("evilmod", "this.Foo")
+    monkeypatch.delitem(sys.modules, "this", raising=False)  # importing `this` prints the Zen of Python
+    with pytest.raises(ValueError, match="refused model.net 'this.Foo' unimported"):
+        ScoreModule.load_from_checkpoint(ckpt)
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+
+
+def test_a_network_outside_the_allow_list_loads_only_when_allowed(untrusted_net, monkeypatch):
+    ckpt, marker = untrusted_net("outside_net")
+    with pytest.raises(ValueError, match="refused model.net 'outside_net.Net' unimported"):
+        ScoreModule.load_from_checkpoint(ckpt)
+    assert not marker.exists()
+    reference = ScoreModule.load_from_checkpoint(ckpt, net={"class_path": "pds_lightning.models.NCSNpp",
+                                                            "init_args": torch.load(ckpt, weights_only=True)
+                                                            ["hyper_parameters"]["net"]["init_args"]})
+    model = ScoreModule.load_from_checkpoint(ckpt, allowed=["outside_net.Net"])
+    assert marker.exists() and type(model.net).__module__ == "outside_net"
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    monkeypatch.setenv("PDS_LIGHTNING_ALLOWED_CLASSES", "some.other, outside_net")  # a module prefix, by variable
+    assert type(ScoreModule.load_from_checkpoint(ckpt).net).__name__ == "Net"
+
+
+def test_a_project_name_re_exporting_a_foreign_class_is_refused():
+    with pytest.raises(ValueError, match="refused model.net 'pds_lightning.cli.LightningCLI' unimported: it is "
+                                         "defined in lightning.pytorch.cli"):
+        import_class("pds_lightning.cli.LightningCLI", "model.net", torch.nn.Module,
+                     ("pds_lightning", "torch.nn"))
+
+
+def test_convert_refuses_a_config_naming_a_module_next_to_it(tmp_path, monkeypatch, capsys):
+    from pds_lightning.cli import main
+
+    marker = tmp_path / "evilmod.imported"
+    (tmp_path / "evilmod.py").write_text(MARKING_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load(FIXTURE_CONFIG.read_text())
+    cfg["model"]["net"]["class_path"] = "evilmod.Net"
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert-score-sde", str(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth"), "--config", "evil.yaml",
+              "--output", "out.ckpt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "refused model.net 'evilmod.Net' unimported" in err[0]
+    assert not marker.exists() and "evilmod" not in sys.modules and not (tmp_path / "out.ckpt").exists()
 
 
 @pytest.mark.parametrize("field", ["net", "sde"])

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pds_lightning.classpath import instantiate
+from pds_lightning.classpath import allow_list, instantiate
 from pds_lightning.sde import per_sample
 
 
@@ -38,7 +38,8 @@ class EDMPrecond(nn.Module):
     def __init__(self, net: dict[str, Any] | nn.Module, sigma_data: float = 0.5):
         super().__init__()
         if isinstance(net, dict):
-            net = instantiate(net, "model.net.init_args.net", nn.Module)
+            # a nested spec may come from a checkpoint: the same allow-list as the outer one (env-extended)
+            net = instantiate(net, "model.net.init_args.net", nn.Module, allow_list())
         if not isinstance(net, nn.Module):
             raise ValueError(f"EDMPrecond's net wants {{class_path, init_args}} of a network, got {type(net).__name__}")
         if not sigma_data > 0:
