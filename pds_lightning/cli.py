@@ -15,6 +15,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pds_lightning.checkpoints import read_safetensors
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
@@ -57,6 +58,8 @@ def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
     """
     if not get_filesystem(path).exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path")
+    if str(path).endswith(".safetensors"):  # `export` / convert-* --safetensors: tensors + checked JSON, no pickle
+        return read_safetensors(path)
     try:
         return pl_load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pds_lightning import classpath, yamlfile
-from pds_lightning.fileio import atomic_path
+from pds_lightning.checkpoints import lightning_checkpoint, save_checkpoint
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.module import ScoreModule
 from pds_lightning.preconditioner import Preconditioner
@@ -37,7 +37,6 @@ from pds_lightning.sde import SDE
 
 SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
 PREFIX = "module."
-LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # the loops a Lightning checkpoint restores
 
 
 class ConversionError(ValueError):
@@ -238,23 +237,6 @@ def check_loadable(hparams: dict[str, Any], state_dict: dict[str, torch.Tensor],
         raise ConversionError(f"--freq-stat / --space-stat cannot give the PDS preconditioner: {err}") from err
 
 
-def loop_states(step: int) -> dict[str, Any]:
-    """Lightning's progress of all four loops (fit, validate, test, predict), as a checkpoint of `fit` holds
-    them: every entry point restores its own loop from the checkpoint, so one missing loop breaks that entry
-    point. The fit loop is set to ``step`` optimizer steps, so a resumed run continues the step count
-    (schedules, logging) instead of restarting it at 0."""
-    import lightning
-
-    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, accelerator="cpu", devices=1)
-    states = {name: getattr(trainer, name).state_dict() for name in LOOPS}
-    fit = states["fit_loop"]
-    total = fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]
-    total["ready"] = total["completed"] = step
-    fit["epoch_loop.state_dict"]["_batches_that_stepped"] = step
-    return states
-
-
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
                       output_path: str | os.PathLike, freq_stat: str | os.PathLike | None = None,
                       space_stat: str | os.PathLike | None = None, safetensors: bool = False) -> Path:
@@ -290,34 +272,6 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
     if safetensors:
         save_checkpoint_weights(out, Path(output_path).with_suffix(".safetensors"))
     return save_checkpoint(out, output_path)
-
-
-def lightning_checkpoint(state_dict: dict[str, torch.Tensor], hparams: dict[str, Any], *, step: int = 0,
-                         optimizer: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A Lightning checkpoint of ScoreModule (`state_dict`, plain-data `hparams`) after `step` optimizer steps;
-    the one layout every converter writes, so every entry point reads converted checkpoints alike."""
-    import lightning
-
-    out = {
-        "state_dict": state_dict,
-        "global_step": step,
-        "epoch": 0,
-        "pytorch-lightning_version": lightning.__version__,
-        "optimizer_states": [optimizer] if optimizer is not None else [],
-        "lr_schedulers": [],  # none: ScoreModule's warm-up is a function of global_step
-        "loops": loop_states(step),
-        "hyper_parameters": hparams,
-    }
-    out.update(extra or {})
-    return out
-
-
-def save_checkpoint(checkpoint: dict[str, Any], output_path: str | os.PathLike) -> Path:
-    """Write a converted checkpoint atomically; returns its path."""
-    output_path = Path(output_path)
-    with atomic_path(output_path) as tmp:
-        torch.save(checkpoint, tmp)
-    return output_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

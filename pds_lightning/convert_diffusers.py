@@ -38,7 +38,8 @@ import torch
 import yaml
 from torch import nn
 
-from pds_lightning.convert import ConversionError, hyper_parameters, lightning_checkpoint, save_checkpoint
+from pds_lightning.checkpoints import lightning_checkpoint, save_checkpoint
+from pds_lightning.convert import ConversionError, hyper_parameters
 from pds_lightning.convert import statistics_buffers as no_statistics
 from pds_lightning.fileio import write_atomic
 from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProjection

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pds_lightning.checkpoints import read_safetensors
 from pds_lightning.cli import main
 from pds_lightning.module import ScoreModule
 
@@ -37,6 +38,8 @@ class Kind:
     ckpt: Path
     args: list[str]
     step: int
+    has_writer: bool = False  # the config already names a SampleWriter (convert-diffusers writes one)
+    nfe_per_step: int = 2  # predictor + corrector steps per PC step of its sampler
 
 
 def run(*args) -> None:
@@ -70,7 +73,35 @@ def converted_checkpoint(tmp_path_factory) -> Kind:
     return Kind(work / "converted.ckpt", args, 7)
 
 
-KINDS = {"fit": "fit_checkpoint", "convert-score-sde": "converted_checkpoint"}
+@pytest.fixture(scope="module")
+def diffusers_checkpoint(tmp_path_factory) -> Kind:
+    """`convert-diffusers` of a tiny random-weight diffusers NCSN++ folder (3x16x16, no optimizer state, step 0)."""
+    from test_convert_diffusers import LAYOUTS, save_flat, unet, write_images
+
+    work = tmp_path_factory.mktemp("diffusers")
+    folder = save_flat(unet(*LAYOUTS["skip"]), work / "ncsnpp-tiny")
+    write_images(work / "images", 4)
+    run("convert-diffusers", folder, work / "converted.ckpt", "--statistics-from", work / "images")
+    args = ["--config", work / "converted.yaml", "--data.source", "patches", "--data.batch_size", 2,
+            "--data.val_size", 2, "--data.stats_num_images", 8, *CHEAP]
+    return Kind(work / "converted.ckpt", args, 0, has_writer=True, nfe_per_step=3)  # the scheduler: 2 corrector steps
+
+
+@pytest.fixture(scope="module")
+def safetensors_export(fit_checkpoint, tmp_path_factory) -> Kind:
+    """`export` of the fit checkpoint: tensors + JSON, no pickle (weights and statistics, step 0)."""
+    out = tmp_path_factory.mktemp("export") / "tiny.safetensors"
+    run("export", fit_checkpoint.ckpt, "--output", out)
+    return Kind(out, fit_checkpoint.args, 0)
+
+
+KINDS = {"fit": "fit_checkpoint", "convert-score-sde": "converted_checkpoint",
+         "convert-diffusers": "diffusers_checkpoint", "export (.safetensors)": "safetensors_export"}
+
+
+def saved(path: Path) -> dict:
+    """A checkpoint file as the entry points read it (a .safetensors export in the converters' layout)."""
+    return read_safetensors(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
 
 
 @pytest.fixture(params=KINDS, ids=str)
@@ -87,15 +118,15 @@ def metric(out: str, name: str) -> float:
 
 def test_fit_resumes(kind, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    saved = torch.load(kind.ckpt, weights_only=True)
+    before = saved(kind.ckpt)
     run("fit", *kind.args, "--ckpt_path", kind.ckpt, "--trainer.max_steps", kind.step + 2,
         "--trainer.limit_val_batches", 0, "--trainer.default_root_dir", tmp_path,
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", tmp_path / "c",
         "--trainer.callbacks.every_n_train_steps", 1)
     (last,) = (tmp_path / "c").glob("*.ckpt")
     resumed = torch.load(last, weights_only=True)
-    assert resumed["global_step"] == kind.step + 2 and saved["global_step"] == kind.step
-    state, before = resumed["state_dict"], saved["state_dict"]
+    assert resumed["global_step"] == kind.step + 2 and before["global_step"] == kind.step
+    state, before = resumed["state_dict"], before["state_dict"]
     assert int(state["ema_num_updates"]) == int(before["ema_num_updates"]) + 2
     assert any(not torch.equal(state[k], v) for k, v in before.items() if k.startswith("ema_net."))
 
@@ -112,17 +143,17 @@ def test_scores(kind, command, name, tmp_path, monkeypatch, capsys):
 def test_predict_writes_every_seed(kind, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "samples"
-    run("predict", *kind.args, "--ckpt_path", kind.ckpt, "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
-        "--trainer.callbacks.output_dir", out)
+    writer = [] if kind.has_writer else ["--trainer.callbacks+=pds_lightning.callbacks.SampleWriter"]
+    run("predict", *kind.args, "--ckpt_path", kind.ckpt, *writer, "--trainer.callbacks.output_dir", out)
     assert sorted(p.name for p in out.rglob("*.png")) == [f"{s:06d}.png" for s in range(SEEDS)]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["num_written"] == SEEDS and manifest["nfe_per_sample"] == 2 * 2  # 2 PC steps
+    assert manifest["num_written"] == SEEDS and manifest["nfe_per_sample"] == 2 * kind.nfe_per_step  # 2 PC steps
 
 
 def test_load_from_checkpoint_holds_the_ema_weights(kind):
-    saved = torch.load(kind.ckpt, weights_only=True)["state_dict"]
+    state = saved(kind.ckpt)["state_dict"]
     model = ScoreModule.load_from_checkpoint(kind.ckpt)
     loaded = model.state_dict()
-    ema = [k for k in saved if k.startswith("ema_net.")]
-    assert ema and all(torch.equal(loaded[k], saved[k]) for k in ema)
-    assert set(loaded) == set(saved)
+    ema = [k for k in state if k.startswith("ema_net.")]
+    assert ema and all(torch.equal(loaded[k], state[k]) for k in ema)
+    assert set(loaded) == set(state)
