@@ -21,13 +21,15 @@ from pds_lightning.metrics import radial_power_spectrum
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import filter_from_statistic
-from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
-from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
+from pds_lightning.legacy import sampler_from_hparam
+from pds_lightning.sampling import PC, Sampler, generate
+from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
 from pds_lightning.sde import SDE, per_sample
 from pds_lightning.statistics import ImageStatistics
 
-#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only).
-SETTINGS_HPARAMS = {"sampler": SamplerSettings, "likelihood": LikelihoodSettings}
+#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only);
+#: the sampler component is stored as {'class_path', 'init_args'} (Sampler.config()).
+SETTINGS_HPARAMS = {"likelihood": LikelihoodSettings}
 
 
 # score_sde draws training times in [TRAIN_EPS, T] for every SDE (get_sde_loss_fn's eps), not the sampling eps.
@@ -99,7 +101,7 @@ class ScoreModule(L.LightningModule):
         warmup: int = 5000,
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
-        sampler: SamplerSettings | None = None,
+        sampler: Sampler | None = None,
         compile: bool | dict[str, Any] = False,
         likelihood: LikelihoodSettings | None = None,
         label_dropout: float = 0.1,
@@ -120,19 +122,20 @@ class ScoreModule(L.LightningModule):
         for key, settings_type in SETTINGS_HPARAMS.items():
             if isinstance(self.hparams.get(key), settings_type):
                 self.hparams[key] = dataclasses.asdict(self.hparams[key])
+        self.sampler = PC() if sampler is None else sampler_from_hparam(sampler)
+        self.hparams["sampler"] = self.sampler.config()
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False)
         self.sde = sde
         self.continuous = continuous
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
-        self.sampler = sampler if sampler is not None else SamplerSettings()
         self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
         self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
-        self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
+        self.sampler.check(sde)  # a step budget the SDE cannot give fails now, not after training
         size = _net_image_size(net)
         if size is not None and size != image_size:
             raise ValueError(f"model.image_size={image_size} does not match the network's image_size={size}; "
@@ -156,7 +159,7 @@ class ScoreModule(L.LightningModule):
                               sde: SDE | dict[str, Any] | None = None, **hparams: Any) -> "ScoreModule":
         """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
         {'class_path', 'init_args'} (only subclasses of nn.Module / SDE are built: a checkpoint is untrusted)
-        or as instances; `sampler` as a mapping of SamplerSettings fields or an instance."""
+        or as instances; `sampler` as a component, its {'class_path', 'init_args'}, or an old flat dict."""
         specs = {}
         for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
             if value is None:
@@ -183,7 +186,7 @@ class ScoreModule(L.LightningModule):
 
         The file is read with weights_only=True (no pickled objects run); net and sde are rebuilt from their
         recorded class paths, refused unless they name subclasses of nn.Module / SDE. `kwargs` override the
-        saved hyper-parameters (e.g. sampler=SamplerSettings(...)), or supply net / sde when none is recorded.
+        saved hyper-parameters (e.g. sampler=PC(pc_steps=10)), or supply net / sde when none is recorded.
         """
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
@@ -362,7 +365,8 @@ class ScoreModule(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if stats is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
             return
-        alpha = self.sampler.alpha if isinstance(self.sampler.alpha, (int, float)) else 5.0
+        pds = self.sampler.pds
+        alpha = pds.alpha if pds is not None and not pds.chooses_alpha else 5.0
         freq = filter_from_statistic(stats.freq_statistic(), alpha)
         space = filter_from_statistic(stats.space_statistic(), alpha)
         # fftshift puts DC in the centre, the way spectra are usually read.
@@ -376,7 +380,7 @@ class ScoreModule(L.LightningModule):
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, settings: SamplerSettings, seeds: torch.Tensor, classes: torch.Tensor | None = None):
+    def sample(self, settings: Sampler, seeds: torch.Tensor, classes: torch.Tensor | None = None):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1].
         `classes` (one per seed) samples a class-conditional model guided by settings.guidance_scale."""
         self.ema_net.eval()
@@ -390,7 +394,7 @@ class ScoreModule(L.LightningModule):
         return result
 
     @torch.no_grad()
-    def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: SamplerSettings | None = None,
+    def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: Sampler | None = None,
                         batch_size: int | None = None, classes: Iterable[int] | torch.Tensor | None = None
                         ) -> torch.Tensor:
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
@@ -404,7 +408,7 @@ class ScoreModule(L.LightningModule):
             seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
         if seeds.dim() != 1 or seeds.numel() == 0:
             raise ValueError(f"seeds wants an int, a range or a 1-d sequence of ints, got shape {tuple(seeds.shape)}")
-        settings = self.sampler if sampler is None else sampler
+        settings = self.sampler if sampler is None else sampler_from_hparam(sampler)
         step = seeds.numel() if batch_size is None else int(batch_size)
         if step < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -417,11 +421,12 @@ class ScoreModule(L.LightningModule):
         return torch.cat(chunks)
 
     @torch.no_grad()
-    def resolved_settings(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
-        """`settings` with `alpha: auto` resolved by pds_lightning.alpha.resolve_alpha, once per settings and
+    def resolved_settings(self, settings: Sampler) -> tuple[Sampler, dict | None]:
+        """`settings` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per settings and
         training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
         (rank 0's choice), and logged; other settings come back unchanged with None."""
-        if settings.alpha != "auto":
+        settings = sampler_from_hparam(settings)
+        if settings.pds is None or not settings.pds.chooses_alpha:
             return settings, None
         key = (repr(settings), int(self.global_step))
         if key not in self._alpha_choices:
@@ -434,7 +439,7 @@ class ScoreModule(L.LightningModule):
             self._alpha_choices[key] = choice
             self._log_alpha_choice(settings.name, choice)
         choice = self._alpha_choices[key]
-        return with_alpha(settings, choice["alpha"]), choice
+        return settings.with_alpha(choice["alpha"]), choice
 
     def _log_alpha_choice(self, name: str, choice: dict) -> None:
         """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its criterion value."""
@@ -477,8 +482,10 @@ class ScoreModule(L.LightningModule):
                              "set data.image_size / data.num_channels to the model's")
         shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
         known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
-        result = generate_conditional(settings, self.score_fn(ema=True), self.sde, batch["seed"], known,
-                                      self.data_statistics, restrict=batch["restrict"])
+        if settings.pds is not None and batch.get("restrict", settings.pds.restrict) != settings.pds.restrict:
+            settings = settings.replace(pds=settings.pds.replace(restrict=batch["restrict"]))
+        result = generate(settings, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
+                          statistics=self.data_statistics)
         filled = to_unit_range(result.x, self.centered)
         filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
         if batch_idx == 0:

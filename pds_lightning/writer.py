@@ -7,7 +7,6 @@ atomically, skips seeds already on disk (a killed run resumes) and ends with a `
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import io
 import json
@@ -203,7 +202,7 @@ class SampleWriter(BasePredictionWriter):
         sampler = getattr(pl_module, "sampler", None)
         manifest = {
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-            "settings": dataclasses.asdict(sampler) if dataclasses.is_dataclass(sampler) else None,
+            "settings": sampler.config() if hasattr(sampler, "config") else None,  # {'class_path', 'init_args'}
             "nfe_per_sample": nfe,
             "image_shape": list(getattr(pl_module, "image_shape", [])),
             "world_size": trainer.world_size,

@@ -12,17 +12,19 @@ import and fails too, so a cycle cannot form):
  2. models                                  -- score networks and the analytic Gaussian score (use sde,
                                                preconditioner)
  3. sampling, losses                        -- predictors, correctors, samplers, solvers, settings
-                                               (take alpha as a number); training objectives
+                                               (take alpha as a number or a chooser
+                                               they do not run); training objectives
  4. metrics, features                       -- measures of samples (spectra, FID/KID features); they
                                                need no sampler, and the alpha pilot scores with them
  5. alpha                                   -- choosing alpha: surrogate (pure maths) and pilot (runs
                                                the sampler, scores with metrics); one resolve_alpha
- 6. data                                    -- sources, seeds, the Lightning data module
- 7. module                                  -- the LightningModule (training, sampling, alpha resolution)
- 8. writer, sampling_callback               -- the prediction writer and the validation sampling callback
- 9. callbacks                               -- the class paths configs use, re-exporting layer 8
-10. cli, evaluate, convert, configs         -- entry points
-11. __main__                                -- `python -m pds_lightning` (runs cli)
+ 6. legacy                                  -- old checkpoints' flat sampler dicts -> sampler components
+ 7. data                                    -- sources, seeds, the Lightning data module
+ 8. module                                  -- the LightningModule (training, sampling, alpha resolution)
+ 9. writer, sampling_callback               -- the prediction writer and the validation sampling callback
+10. callbacks                               -- the class paths configs use, re-exporting layer 8
+11. cli, evaluate, convert, configs         -- entry points
+12. __main__                                -- `python -m pds_lightning` (runs cli)
 
 Inside a package the submodules are ordered too (the package's __init__ sits above all of them).
 """
@@ -42,6 +44,7 @@ LAYERS = [
     ("sampling", "losses"),
     ("metrics", "features", "likelihood"),
     ("alpha",),
+    ("legacy",),
     ("data",),
     ("module",),
     ("writer", "sampling_callback"),
@@ -51,11 +54,12 @@ LAYERS = [
 ]
 
 SUBLAYERS = {
-    "sampling": [("noise", "step", "guidance"), ("predictors",), ("correctors",), ("samplers",), ("reference", "solvers"),
-                 ("settings",), ("conditional",)],
+    "sampling": [("noise", "step", "guidance", "base", "known"), ("pds",), ("predictors",), ("correctors",),
+                 ("samplers",), ("reference", "solvers"), ("schedules",), ("pc", "ode", "sigma"),
+                 ("edm_heun", "edm_stochastic", "dpmpp_2m", "euler"), ("generate", "conditional")],
     "models": [("layers", "checkpoint"), ("resampling",), ("resblocks",), ("ncsnpp", "gaussian", "score"),
                ("presets",)],
-    "alpha": [("surrogate",), ("pilot",)],
+    "alpha": [("choosers", "surrogate"), ("pilot",)],
     "data": [("seeds", "sources", "cache", "loading"), ("tasks",), ("datamodule",)],
 }
 
@@ -147,12 +151,12 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_every_import_points_down_and_none_is_circular():
     graph = package_graph()
-    assert "pds_lightning.sampling.settings" in graph and graph["pds_lightning.module"], "found no modules"
+    assert "pds_lightning.sampling.generate" in graph and graph["pds_lightning.module"], "found no modules"
     problems = violations(graph) + [f"cycle {c}" for c in cycles(graph)]
     assert not problems, "imports against the layers of tests/test_layers.py:\n" + "\n".join(problems)
 
 
-KNOWN = {"pds_lightning.sde", "pds_lightning.sampling", "pds_lightning.sampling.settings",
+KNOWN = {"pds_lightning.sde", "pds_lightning.sampling", "pds_lightning.sampling.generate",
          "pds_lightning.sampling.step", "pds_lightning.sampling.samplers", "pds_lightning.alpha"}
 
 
@@ -164,15 +168,15 @@ def test_checker_names_an_upward_import_hidden_in_a_function():
 
 
 def test_checker_resolves_relative_imports_and_submodule_order():
-    source = "from .settings import SamplerSettings\nfrom . import samplers\n"
+    source = "from .generate import generate\nfrom . import samplers\n"
     found = imported_modules(source, "pds_lightning.sampling.step", False, KNOWN)
-    assert found == {"pds_lightning.sampling.settings", "pds_lightning.sampling.samplers"}
+    assert found == {"pds_lightning.sampling.generate", "pds_lightning.sampling.samplers"}
     assert violations({"pds_lightning.sampling.step": found}) == [
-        "pds_lightning.sampling.step imports pds_lightning.sampling.samplers (not below it)",
-        "pds_lightning.sampling.step imports pds_lightning.sampling.settings (not below it)"]
+        "pds_lightning.sampling.step imports pds_lightning.sampling.generate (not below it)",
+        "pds_lightning.sampling.step imports pds_lightning.sampling.samplers (not below it)"]
     # the package's own __init__ is above its submodules; downward imports pass
-    assert violations({"pds_lightning.sampling.settings": {"pds_lightning.sampling"}}) != []
-    assert violations({"pds_lightning.sampling.settings": {"pds_lightning.sampling.step", "pds_lightning.sde"}}) == []
+    assert violations({"pds_lightning.sampling.generate": {"pds_lightning.sampling"}}) != []
+    assert violations({"pds_lightning.sampling.generate": {"pds_lightning.sampling.step", "pds_lightning.sde"}}) == []
 
 
 def test_checker_flags_sideways_imports_and_cycles():

@@ -72,3 +72,37 @@ class NoneCorrector(Corrector):
 
 
 CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinCorrector, "none": NoneCorrector}
+
+
+# ---- components (configured by class_path) ----------------------------------------------------------------
+from pds_lightning.sampling.base import Component, check_choice, check_number  # noqa: E402
+
+
+class CorrectorComponent(Component):
+    """A corrector as configured: `steps_per_level` MCMC steps at each noise level, step size set by `snr`."""
+
+    kind = ""
+
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1):
+        check_number(type(self).__name__, "snr", snr, low=0, low_open=True)
+        check_number(type(self).__name__, "steps_per_level", steps_per_level, low=1, integer=True,
+                     hint=" (no corrector: leave the corrector out)")
+        self.snr, self.steps_per_level = float(snr), int(steps_per_level)
+
+
+class Langevin(CorrectorComponent):
+    """Langevin MCMC, step 2 a_t (snr ||M z|| / ||M M^T score||)^2 with norms per sample ('sample') or
+    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t."""
+
+    kind = "langevin"
+
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample"):
+        super().__init__(snr, steps_per_level)
+        check_choice("Langevin", "step_size", step_size, STEP_SIZE_MODES)
+        self.step_size = step_size
+
+
+class ALD(CorrectorComponent):
+    """NCSN's annealed Langevin dynamics, step 2 a_t (snr std_t)^2."""
+
+    kind = "ald"

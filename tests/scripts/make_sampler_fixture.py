@@ -11,7 +11,7 @@ extra settings covering every method, predictor and corrector, for seeds 0-2. Se
 verbatim; speed_up is relative to the SDE, so on the tiny SDE (num_scales 100) speed_up 10/12/30 give 10/8/3
 steps, and n_steps 100/40 are the tiny SDE's full and a partial grid. Stored per setting: the flat settings,
 the float32 images of `generate_images` (x in [0, 1]), their uint8 quantisation (the PNG pixels predict
-writes) and the NFE.
+writes) and the NFE. One CPU thread, as the tests (the float sums of a convolution depend on the thread count).
 """
 
 import shutil
@@ -79,6 +79,7 @@ def conditional_model(model):
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as the tests run (tests/conftest.py): float sums depend on the thread count
     from pds_lightning.images import to_uint8
     from pds_lightning.module import ScoreModule
     from pds_lightning.sampling.settings import SamplerSettings
