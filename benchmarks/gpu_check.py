@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 

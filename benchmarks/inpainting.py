@@ -26,7 +26,7 @@ from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.metrics import log_spectral_distance
 from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.statistics import ImageStatistics
 
 METHODS = {"vanilla": ("none", "project"), "pds_project": ("both", "project"), "pds_subspace": ("both", "subspace")}

@@ -26,7 +26,8 @@ from torch import nn
 from pds_lightning.data import ImageDataModule
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling.settings import SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

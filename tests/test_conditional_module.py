@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 
 

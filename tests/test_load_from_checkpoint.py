@@ -14,7 +14,7 @@ from pds_lightning.classpath import import_class, instantiate
 from pds_lightning.convert import ConversionError, convert_score_sde
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import SDE, VESDE
 
 ROOT = Path(__file__).resolve().parents[1]

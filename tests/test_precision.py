@@ -15,7 +15,7 @@ from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.correctors import LangevinCorrector
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.predictors import ReverseDiffusionPredictor
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

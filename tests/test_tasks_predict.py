@@ -16,7 +16,7 @@ from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 from pds_lightning.writer import TaskWriter, scan_written_pairs, task_path

@@ -6,7 +6,8 @@ import torch
 from pds_lightning.alpha import GaussianSurrogate, choose_alpha, predict_w2, resolve_alpha
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sampling.samplers import pc_sampler
-from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
+from pds_lightning.legacy import SamplerSettings, with_alpha
+from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

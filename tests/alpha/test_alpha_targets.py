@@ -10,7 +10,8 @@ from pds_lightning.alpha import GaussianSurrogate, Modes, choose_alpha, pc_outpu
 from pds_lightning.convert import statistics_buffers
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import frequency_mirror
-from pds_lightning.sampling import SamplerSettings, generate, pc_sampler, with_alpha
+from pds_lightning.legacy import SamplerSettings, with_alpha
+from pds_lightning.sampling import generate, pc_sampler
 from pds_lightning.sde import SubVPSDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 

@@ -14,7 +14,7 @@ from helpers import GaussianModule
 from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis,
                                                 conditional_pc_sampler, generate_conditional, known_part_for)
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sde import VESDE, VPSDE

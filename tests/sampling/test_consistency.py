@@ -12,7 +12,8 @@ import torch
 
 from pds_lightning.alpha.surrogate import GaussianSurrogate, Modes, pc_output_moments
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import SamplerSettings, SeededNoise, generate, pc_sampler
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import SeededNoise, generate, pc_sampler
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

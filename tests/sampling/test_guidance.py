@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianMixtureScore
-from pds_lightning.sampling import SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import generate
 from pds_lightning.sampling.guidance import guided_score
 from pds_lightning.sde import VESDE
 

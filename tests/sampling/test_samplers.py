@@ -7,8 +7,8 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling import (NonFiniteSampleError, RecordedNoise, SamplerSettings, SeededNoise, generate,
-                                    ode_sampler, pc_sampler)
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import NonFiniteSampleError, RecordedNoise, SeededNoise, generate, ode_sampler, pc_sampler
 from pds_lightning.sampling.correctors import CORRECTORS
 from pds_lightning.sampling.predictors import PREDICTORS
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE

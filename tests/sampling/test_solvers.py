@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import RecordedNoise, generate
 from pds_lightning.sampling.solvers import SOLVERS, noise_levels, solver_nfe
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 

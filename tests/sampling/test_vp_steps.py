@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import SamplerSettings, SeededNoise, generate, pc_sampler
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import SeededNoise, generate, pc_sampler
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 LAM = power_law_spectrum(8, 8, variance=0.05)

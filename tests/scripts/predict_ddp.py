@@ -23,7 +23,7 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
