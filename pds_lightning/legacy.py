@@ -142,7 +142,7 @@ def sampler_from_flat(flat: dict) -> Sampler:
     for key in DEFAULTS:
         if key not in used and s[key] != DEFAULTS[key] and not _same_number(s[key], DEFAULTS[key]):
             raise ValueError(f"flat sampler settings: {key}={s[key]!r} does not apply to method {method!r} with these "
-                             f"settings (it would be ignored); remove it")
+                             f"settings (it would be ignored){_why(key, s)}; remove it")
     pds = _pds(s)
     common = dict(name=s["name"], guidance_scale=s["guidance_scale"], check_finite_every=s["check_finite_every"])
     budget = dict(speed_up=s["speed_up"], eps=s["eps"])
@@ -168,6 +168,19 @@ def sampler_from_flat(flat: dict) -> Sampler:
                            **extra, **common)
 
 
+def _why(key: str, s: dict) -> str:
+    """Where a refused field does apply."""
+    if key in ("alpha", "auto_method", "pilot_samples", "pds_predictor") and s["preconditioner"] == "none":
+        return ": it needs a preconditioner ('freq', 'space' or 'both')"
+    if key in ("S_churn", "S_tmin", "S_tmax", "S_noise"):
+        return ": it belongs to method 'edm_stochastic'"
+    if key in ("schedule", "rho", "sigma_min", "sigma_max", "ode_corrector"):
+        return f": it belongs to the sigma-space methods {sorted(SOLVERS)}"
+    if key in ("predictor", "corrector") or (key == "denoise" and s["method"] in SOLVERS):
+        return ": it belongs to method 'pc'" + (" (and denoise to 'ode')" if key == "denoise" else "")
+    return ""
+
+
 def _same_number(a, b) -> bool:
     return isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and a == b
 
@@ -191,9 +204,10 @@ def _pds(s: dict) -> PDS | None:
 
 def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
     """Flat `settings` at a fixed alpha; None means vanilla (preconditioner 'none')."""
+    fixed = dict(auto_method=DEFAULTS["auto_method"], pilot_samples=DEFAULTS["pilot_samples"])
     if alpha is None:
-        return replace(settings, preconditioner="none", alpha=5.0, pds_predictor="official")
-    return replace(settings, alpha=float(alpha))
+        return replace(settings, preconditioner="none", alpha=5.0, pds_predictor="official", **fixed)
+    return replace(settings, alpha=float(alpha), **fixed)
 
 
 def sampler_from_hparam(value) -> Sampler:

@@ -245,3 +245,19 @@ class BatchNoise:
 
     def noise(self, like):
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+
+
+def preconditioner_of(settings, statistics):
+    """The PDS preconditioner M of (flat or component) sampler settings, None without PDS."""
+    from pds_lightning.legacy import sampler_from_hparam
+
+    pds = sampler_from_hparam(settings).pds
+    return None if pds is None else pds.preconditioner(statistics)
+
+
+def run_sampler(settings, score_fn, sde, shape, noise, statistics=None):
+    """The sampler of (flat or component) settings run with a given noise source (moment and parity tests)."""
+    from pds_lightning.legacy import sampler_from_hparam
+
+    return sampler_from_hparam(settings)(score_fn, sde, shape, noise=noise,
+                                         preconditioner=preconditioner_of(settings, statistics))

@@ -27,6 +27,7 @@ def resolve_alpha(sampler: Sampler, sde: SDE, statistics, *, centered: bool = Fa
     chooser picks alpha: Pilot samples the model and needs score_fn and the image shape [C, H, W] (on
     `device`); Surrogate needs neither. `centered`: the model samples in [-1, 1].
     """
+    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler  # a flat SamplerSettings
     pds = sampler.pds
     if pds is None or not pds.chooses_alpha:
         return sampler, None
