@@ -11,7 +11,7 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.module import ScoreModule
@@ -83,9 +83,24 @@ def error_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+class OneLineErrorParser(LightningArgumentParser):
+    """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
+    is not accepted" for a field of another sampler) over an indented list of Union subtypes."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        lines = [line.strip().lstrip("- ") for line in str(message).splitlines()]
+        keep = [line for line in lines if line and not line.startswith(("Subtypes:", "Given value", "Errors:",
+                                                                        "Expected a <class 'NoneType'>"))]
+        return super().error(" ".join(keep), ex)
+
+
 class PDSLightningCLI(LightningCLI):
     """LightningCLI whose model and data agree on the image geometry by construction,
     and whose checkpoints are always loaded with `weights_only=True`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", OneLineErrorParser)
+        super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Check `--ckpt_path` up front (one-line errors), but keep the config the user gave.
