@@ -26,7 +26,7 @@ from torch import nn
 from pds_lightning.data import ImageDataModule
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.legacy import SamplerSettings, sampler_from_hparam
 from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -157,7 +157,7 @@ class GaussianModule(L.LightningModule):
         self.target = GaussianScore(MEAN, lam, self.sde)
         self.image_shape = (CHANNELS, SIZE, SIZE)
         self.centered = False
-        self.sampler = sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0)
+        self.sampler = sampler_from_hparam(sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0))
         self.w = nn.Parameter(torch.zeros(1))
         self.predicted_seeds: list[int] = []
         power = SIZE * SIZE * lam.clone()
