@@ -52,3 +52,31 @@ def test_component_config_round_trips_to_the_same_bytes(models):
     assert config["init_args"]["corrector"]["init_args"] == {"snr": 0.17, "steps_per_level": 1, "step_size": "sample"}
     images = models["plain"].generate_images(RECORD["seeds"], sampler=config)
     assert torch.equal(images, entry["images"])
+
+
+@pytest.mark.parametrize("key,flags", [
+    ("configs/score_sde/ve_cifar10_ncsnpp_continuous.yaml:model.sampler",
+     ["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "10"]),
+])
+def test_predict_writes_the_recorded_png_bytes_from_the_old_checkpoint(key, flags, tmp_path):
+    """`pds-lightning predict` on the old checkpoint with the shipped setting (tiny.yaml's PC with PDS both,
+    alpha 5, at speed_up 10: ve_cifar10's sampler) writes PNGs whose bytes are those of the recorded pixels."""
+    import subprocess
+    import sys
+
+    from helpers import clean_env
+    from pds_lightning.images import encode_png
+    from pds_lightning.writer import sample_path
+
+    root = FIXTURES.parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pds_lightning.cli", "predict", "--config", root / "tests/configs/tiny.yaml",
+         "--ckpt_path", FIXTURES / RECORD["checkpoint"], "--trainer.logger", "false", "--data.seeds", "0-2",
+         "--data.predict_batch_size", "3", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+         "--trainer.callbacks.output_dir", out, *flags],
+        cwd=tmp_path, env=clean_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = SAMPLES[key]["uint8"].numpy()
+    for i, seed in enumerate(RECORD["seeds"]):
+        assert sample_path(out, seed).read_bytes() == encode_png(expected[i]), seed
