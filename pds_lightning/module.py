@@ -482,8 +482,6 @@ class ScoreModule(L.LightningModule):
                              "set data.image_size / data.num_channels to the model's")
         shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
         known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
-        if settings.pds is not None and batch.get("restrict", settings.pds.restrict) != settings.pds.restrict:
-            settings = settings.replace(pds=settings.pds.replace(restrict=batch["restrict"]))
         result = generate(settings, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
                           statistics=self.data_statistics)
         filled = to_unit_range(result.x, self.centered)

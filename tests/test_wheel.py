@@ -76,9 +76,8 @@ def test_the_installed_wheel_runs_its_shipped_configs_from_an_empty_folder(insta
     # the checkpoint loads in one call in the installed package and samples the same seeds byte for byte
     same = run("-c", "import sys, torch; from pds_lightning.module import ScoreModule; "
                "from pds_lightning.images import encode_png, to_uint8; from pds_lightning.writer import sample_path; "
-               "from pds_lightning.legacy import SamplerSettings; "
                "m = ScoreModule.load_from_checkpoint('ckpt/last.ckpt'); "
-               "m.sampler = SamplerSettings(**{**m.hparams.sampler, 'n_steps': 4}); "
+               "m.sampler = m.sampler.replace(pc_steps=4); "
                "x = m.generate_images(range(3)); "
                "print(all(sample_path('samples', s).read_bytes() == encode_png(i) for s, i in enumerate(to_uint8(x))))",
                cwd=work, env=env)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from pds_lightning.sampling.known import KnownPart, RestrictedPreconditioner, color_basis
-from pds_lightning.sampling.samplers import RESTRICT_CHOICES
+from pds_lightning.sampling.pds import RESTRICT_CHOICES
 
 #: The conditional tasks and the channel count each needs (None: any).
 TASKS = {"inpaint": None, "colorize": 3}

@@ -15,10 +15,9 @@ from pds_lightning.sampling.correctors import CORRECTORS
 from pds_lightning.sampling.known import KnownPart, RestrictedPreconditioner
 from pds_lightning.sampling.predictors import predictor_class
 from pds_lightning.sampling.base import SampleResult
+from pds_lightning.sampling.pds import RESTRICT_CHOICES
 from pds_lightning.sde import SDE
 
-#: Ways the PDS preconditioner is kept off the known part of a task (sampling/known.py).
-RESTRICT_CHOICES = ("project", "subspace")
 
 
 class NonFiniteSampleError(RuntimeError):
