@@ -26,7 +26,8 @@ SOLVERS = {"edm_heun": EDMHeun, "edm_stochastic": EDMStochastic, "dpmpp_2m": DPM
 
 @dataclass
 class SamplerSettings:
-    """One sampling configuration. Defaults: the official PDS PC sampler (reverse diffusion + Langevin,
+    """The flat form of older versions (checkpoints, configs, scripts): constructing one translates it
+    (`to_sampler`), so a field that does not apply is refused at once. What the fields meant, defaults: the official PDS PC sampler (reverse diffusion + Langevin,
     snr 0.16, alpha 5) at the model's full step count, with per-sample Langevin step sizes.
 
     Steps: `n_steps`, or `speed_up` (N = int(num_scales / speed_up), eps = default_eps * speed_up);

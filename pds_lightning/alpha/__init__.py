@@ -1,8 +1,9 @@
-"""Choosing the preconditioner strength alpha for the step budget (`alpha: auto`), above the samplers.
+"""Choosing the preconditioner strength alpha for the step budget (`PDS(alpha=Surrogate() | Pilot())`), above
+the samplers.
 
-`resolve_alpha` is the one path from settings with `alpha: auto` to settings the samplers run (a number,
-or vanilla): predict, validation (both through ScoreModule.sample) and the benchmarks use it.
-`surrogate` predicts from the data statistics (pure maths); `pilot` measures on samples of the model.
+`resolve_alpha` is the one path from a sampler whose PDS holds an alpha chooser to a sampler the samplers run
+(a number, or vanilla): predict, validation (both through ScoreModule.sample) and the benchmarks use it.
+`Surrogate` predicts from the data statistics (pure maths); `Pilot` measures on samples of the model.
 """
 
 from __future__ import annotations

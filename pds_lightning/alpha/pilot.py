@@ -1,4 +1,4 @@
-"""Measured choice of alpha (`auto_method: pilot`): a few pilot samples of the model per candidate.
+"""Measured choice of alpha (the `Pilot` chooser): a few pilot samples of the model per candidate.
 
 Each candidate's pilot samples are scored by their spectral error against the data statistics. It costs
 network evaluations but sees what the surrogate cannot: the trained network's own errors (docs/alpha_auto.md).

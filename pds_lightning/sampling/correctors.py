@@ -3,7 +3,7 @@
 `update(x, t) -> (x, x_mean)`. The Langevin step size follows the official rule
 step = 2 a_t (snr ||xi|| / ||g||)^2 with a_t = `sde.ddpm_alpha`, g = M M^T score and xi = M z; the norms
 are taken per sample ('sample', the default: a sample depends only on its own noise) or averaged over the
-batch ('batch', the official rule). Settings are checked by SamplerSettings.
+batch ('batch', the official rule). Each component checks its own fields.
 Sub-VP has no DDPM chain of its own: its Langevin and ALD a_t are the VP's 1 - beta_i at t's level (the
 official score_sde code crashes there instead). The preconditioned corrector keeps the target p_t.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling.base import Component, check_choice, check_number
 from pds_lightning.sampling.step import Step
 from pds_lightning.sde import SDE, per_sample
 
@@ -75,7 +76,6 @@ CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinCorrector, "
 
 
 # ---- components (configured by class_path) ----------------------------------------------------------------
-from pds_lightning.sampling.base import Component, check_choice, check_number  # noqa: E402
 
 
 class CorrectorComponent(Component):

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from pds_lightning.sampling.base import Component
 from pds_lightning.sampling.step import Step
 from pds_lightning.sde import VESDE, VPSDE, SubVPSDE, per_sample
 
@@ -125,7 +126,6 @@ def predictor_class(predictor: str, pds_predictor: str = "official") -> type[Pre
 
 
 # ---- components (configured by class_path; PC takes one, or none for corrector-only sampling) ----------------
-from pds_lightning.sampling.base import Component  # noqa: E402  (components below the update rules they name)
 
 
 class PredictorComponent(Component):
