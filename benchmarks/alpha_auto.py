@@ -19,7 +19,7 @@ import yaml
 from pds_lightning.alpha import choose_alpha
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_atomic
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 
 ROOT = Path(__file__).resolve().parents[1]

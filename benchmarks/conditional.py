@@ -21,7 +21,7 @@ import torch
 from benchmarks.common import ROOT, image_stack, load_model
 from pds_lightning.features import load_digit_classifier
 from pds_lightning.fileio import write_atomic
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 
 CONFIG = "configs/demo_conditional.yaml"
 METHODS = {"vanilla": "none", "pds": "both"}

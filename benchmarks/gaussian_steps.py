@@ -38,7 +38,7 @@ from pds_lightning.alpha import predict_w2
 from pds_lightning.fileio import write_atomic
 from pds_lightning.models.gaussian import power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner, filter_from_statistic
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

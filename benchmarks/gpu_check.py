@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -82,7 +82,7 @@ class CpuWatch(TorchFunctionMode):
 def check_placement(device: torch.device, steps: int) -> dict:
     module = build(32, device)
     off = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.device.type != device.type]
-    pre = settings(steps).preconditioner_from(module.data_statistics).to(device)
+    pre = settings(steps).to_sampler().pds.preconditioner(module.data_statistics).to(device)
     off += [f"preconditioner.{n}" for n, t in pre.named_buffers() if t.device.type != device.type]
     watch = CpuWatch()
     with watch:

@@ -25,8 +25,9 @@ from pds_lightning.data.tasks import builtin_mask
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.metrics import log_spectral_distance
-from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.sampling import generate
+from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.statistics import ImageStatistics
 
 METHODS = {"vanilla": ("none", "project"), "pds_project": ("both", "project"), "pds_subspace": ("both", "subspace")}
@@ -130,10 +131,12 @@ def main(argv=None) -> None:
     for n in args.steps:
         vanilla_mse = None
         for name, (preconditioner, restrict) in METHODS.items():
-            settings = SamplerSettings(name=name, n_steps=n, preconditioner=preconditioner, alpha=args.alpha)
+            sampler = SamplerSettings(name=name, n_steps=n, preconditioner=preconditioner, alpha=args.alpha).to_sampler()
+            if sampler.pds is not None:
+                sampler = sampler.replace(pds=sampler.pds.replace(restrict=restrict))
             t0 = time.perf_counter()
-            result = generate_conditional(settings, model.score_fn(ema=True), model.sde, seeds, task.known,
-                                          model.data_statistics, restrict=restrict)
+            result = generate(sampler, model.score_fn(ema=True), model.sde, seeds, None, model.data_statistics,
+                              known=task.known)
             filled = task.output(result.x)
             row = {"method": name, "n_steps": n, "nfe": result.nfe, "seconds": round(time.perf_counter() - t0, 1),
                    **task.score(filled, vanilla_mse)}

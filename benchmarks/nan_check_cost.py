@@ -15,7 +15,8 @@ import torch
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.score import ScoreModel
-from pds_lightning.sampling import SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 

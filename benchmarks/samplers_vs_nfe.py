@@ -42,8 +42,9 @@ from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, mar
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
-from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate
-from pds_lightning.sampling.settings import METHODS
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import RecordedNoise, generate
+from pds_lightning.legacy import METHODS
 from pds_lightning.sampling.solvers import solver_nfe
 
 NFE = (10, 20, 40, 80, 132, 200)

@@ -38,7 +38,7 @@ import torch
 from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure, save_grid
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 
 STEPS = (20, 40, 66, 100, 200, 500, 1000)
 # The grids kept in results/grids (README and the report link them); --grids writes one per (model, sampler, steps).

@@ -12,7 +12,7 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pds_lightning.checkpoints import read_safetensors
@@ -156,11 +156,24 @@ class RunConfigCallback(SaveConfigCallback):
             stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
             self.path = write_new_record(log_dir, stage, self.parser.dump(self.config, skip_none=False))
         self.already_saved = trainer.strategy.broadcast(True)
+class OneLineErrorParser(LightningArgumentParser):
+    """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
+    is not accepted" for a field of another sampler) over an indented list of Union subtypes."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        lines = [line.strip().lstrip("- ") for line in str(message).splitlines()]
+        keep = [line for line in lines if line and not line.startswith(("Subtypes:", "Given value", "Errors:",
+                                                                        "Expected a <class 'NoneType'>"))]
+        return super().error(" ".join(keep), ex)
 
 
 class PDSLightningCLI(LightningCLI):
     """LightningCLI whose model and data agree on the image geometry by construction,
     and whose checkpoints are always loaded with `weights_only=True`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", OneLineErrorParser)
+        super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Check `--ckpt_path` up front (one-line errors), but keep the config the user gave.

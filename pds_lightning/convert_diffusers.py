@@ -15,7 +15,7 @@ configuration whose diffusers forward the project's network would not compute ex
   1e-6 and a ``mid_block_scale_factor`` other than sqrt(2) (score_sde's skip_rescale).
 
 The SDE is the VE SDE of the ``ScoreSdeVeScheduler`` config (sigma_min, sigma_max, num_train_timesteps -> N);
-its predictor-corrector settings (snr, correct_steps, sampling_eps) become the sampler's snr, n_corrector_steps
+its predictor-corrector settings (snr, correct_steps, sampling_eps) become the PC sampler's Langevin snr, steps_per_level
 and eps. Data are in [0, 1] (diffusers' ScoreSdeVePipeline clamps its samples there); the network centres its
 input (2x - 1) only where the config says ``center_input_sample``. PDS needs data statistics:
 ``statistics_from`` computes them from a folder of images, as ``fit`` does (``ImageDataModule``).
@@ -45,6 +45,7 @@ from pds_lightning.fileio import write_atomic
 from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProjection
 from pds_lightning.models.ncsnpp import NCSNpp
 from pds_lightning.models.resblocks import ResnetBlockBigGAN
+from pds_lightning.sampling import PC, PDS, Langevin
 from pds_lightning.sde import VESDE
 
 NET_CLASS = "pds_lightning.models.NCSNpp"
@@ -269,8 +270,9 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
     # ScoreSdeVeScheduler's defaults for absent fields
     sde = VESDE(float(scheduler.get("sigma_min", 0.01)), float(scheduler.get("sigma_max", 1348.0)),
                 int(scheduler.get("num_train_timesteps", 2000)))
-    sampler = {"snr": float(scheduler.get("snr", 0.15)), "n_corrector_steps": int(scheduler.get("correct_steps", 1)),
-               "eps": float(scheduler.get("sampling_eps", 1e-5))}
+    sampler = PC(name="pds", eps=float(scheduler.get("sampling_eps", 1e-5)), pds=PDS(filters="both", alpha=5.0),
+                 corrector=Langevin(snr=float(scheduler.get("snr", 0.15)),
+                                    steps_per_level=int(scheduler.get("correct_steps", 1))))
     return sde, sampler
 
 
@@ -422,13 +424,13 @@ def statistics_buffers(shape: tuple[int, int, int], statistics_from: str | os.Pa
 
 
 # ---- the converter -------------------------------------------------------------------------------------
-def model_config(net_args: dict[str, Any], sde: VESDE, sampler: dict[str, Any]) -> dict[str, Any]:
+def model_config(net_args: dict[str, Any], sde: VESDE, sampler: PC) -> dict[str, Any]:
     """The config's ``model:`` section: NCSNpp and VESDE as class specs, PDS with the scheduler's PC settings."""
     return {"net": {"class_path": NET_CLASS, "init_args": net_args},
             "sde": {"class_path": SDE_CLASS,
                     "init_args": {"sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max, "num_scales": sde.N}},
             "continuous": True, "centered": False,
-            "sampler": {"name": "pds", **sampler, "preconditioner": "both", "alpha": 5.0}}
+            "sampler": sampler.config()}
 
 
 def predict_config(model_cfg: dict[str, Any], output: Path) -> dict[str, Any]:

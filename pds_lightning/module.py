@@ -19,15 +19,17 @@ from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
 from pds_lightning.models.checkpoint import state_dict_mismatch
+from pds_lightning.legacy import sampler_from_hparam
 from pds_lightning.models.score import LabelledScore, ScoreModel
 from pds_lightning.safetensors_io import load_weights
-from pds_lightning.sampling.conditional import clip_keeping_gray, generate_conditional, known_part_for
-from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
+from pds_lightning.sampling import PC, Sampler, generate
+from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
 from pds_lightning.sde import SDE, VESDE
 from pds_lightning.statistics import ImageStatistics
 
-#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only).
-SETTINGS_HPARAMS = {"sampler": SamplerSettings, "likelihood": LikelihoodSettings}
+#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only);
+#: the sampler component is stored as {'class_path', 'init_args'} (Sampler.config()).
+SETTINGS_HPARAMS = {"likelihood": LikelihoodSettings}
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -80,7 +82,7 @@ class ScoreModule(L.LightningModule):
         warmup: int = 5000,
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
-        sampler: SamplerSettings | None = None,
+        sampler: Sampler | None = None,
         compile: bool | dict[str, Any] = False,
         likelihood: LikelihoodSettings | None = None,
         label_dropout: float = 0.1,
@@ -108,19 +110,20 @@ class ScoreModule(L.LightningModule):
         for key, settings_type in SETTINGS_HPARAMS.items():
             if isinstance(self.hparams.get(key), settings_type):
                 self.hparams[key] = dataclasses.asdict(self.hparams[key])
+        self.sampler = PC() if sampler is None else sampler_from_hparam(sampler)
+        self.hparams["sampler"] = self.sampler.config()
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False)
         self.sde = sde
         self.continuous = continuous
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
-        self.sampler = sampler if sampler is not None else SamplerSettings()
         self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
         self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
-        self.sampler.steps_for(sde)  # a step budget the SDE cannot give fails now, not after training
+        self.sampler.check(sde)  # a step budget the SDE cannot give fails now, not after training
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
         for name in ("stat_power_mean", "stat_mean", "stat_sq_mean"):
@@ -142,7 +145,7 @@ class ScoreModule(L.LightningModule):
         """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
         {'class_path', 'init_args'} (a checkpoint is untrusted: only classes of pds_lightning, torch.nn and
         `allowed` are imported, and only subclasses of nn.Module / SDE built; see classpath) or as instances;
-        `sampler` as a mapping of SamplerSettings fields or an instance."""
+        `sampler` as a component, its {'class_path', 'init_args'}, or an old flat dict."""
         specs = {}
         for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
             if value is None:
@@ -176,7 +179,7 @@ class ScoreModule(L.LightningModule):
         recorded class paths, refused before import unless they name classes of pds_lightning or torch.nn, or
         names in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or module prefixes you trust), and
         refused before they run unless they are subclasses of nn.Module / SDE. `kwargs` override the saved
-        hyper-parameters (e.g. sampler=SamplerSettings(...)), or supply net / sde when none is recorded.
+        hyper-parameters (e.g. sampler=PC(pc_steps=10)), or supply net / sde when none is recorded.
         """
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
@@ -344,7 +347,7 @@ class ScoreModule(L.LightningModule):
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, settings: SamplerSettings, seeds: torch.Tensor, classes: torch.Tensor | None = None):
+    def sample(self, settings: Sampler, seeds: torch.Tensor, classes: torch.Tensor | None = None):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1].
         `classes` (one per seed) samples a class-conditional model guided by settings.guidance_scale."""
         self.ema_net.eval()
@@ -358,7 +361,7 @@ class ScoreModule(L.LightningModule):
         return result
 
     @torch.no_grad()
-    def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: SamplerSettings | None = None,
+    def generate_images(self, seeds: int | Iterable[int] | torch.Tensor, sampler: Sampler | None = None,
                         batch_size: int | None = None, classes: Iterable[int] | torch.Tensor | None = None
                         ) -> torch.Tensor:
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
@@ -372,7 +375,7 @@ class ScoreModule(L.LightningModule):
             seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
         if seeds.dim() != 1 or seeds.numel() == 0:
             raise ValueError(f"seeds wants an int, a range or a 1-d sequence of ints, got shape {tuple(seeds.shape)}")
-        settings = self.sampler if sampler is None else sampler
+        settings = self.sampler if sampler is None else sampler_from_hparam(sampler)
         step = seeds.numel() if batch_size is None else int(batch_size)
         if step < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -385,11 +388,12 @@ class ScoreModule(L.LightningModule):
         return torch.cat(chunks)
 
     @torch.no_grad()
-    def resolved_settings(self, settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
-        """`settings` with `alpha: auto` resolved by pds_lightning.alpha.resolve_alpha, once per settings and
+    def resolved_settings(self, settings: Sampler) -> tuple[Sampler, dict | None]:
+        """`settings` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per settings and
         training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
         (rank 0's choice), and logged; other settings come back unchanged with None."""
-        if settings.alpha != "auto":
+        settings = sampler_from_hparam(settings)
+        if settings.pds is None or not settings.pds.chooses_alpha:
             return settings, None
         key = (repr(settings), int(self.global_step))
         if key not in self._alpha_choices:
@@ -402,7 +406,7 @@ class ScoreModule(L.LightningModule):
             self._alpha_choices[key] = choice
             self._log_alpha_choice(settings.name, choice)
         choice = self._alpha_choices[key]
-        return with_alpha(settings, choice["alpha"]), choice
+        return settings.with_alpha(choice["alpha"]), choice
 
     def _log_alpha_choice(self, name: str, choice: dict) -> None:
         """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its criterion value."""
@@ -442,8 +446,8 @@ class ScoreModule(L.LightningModule):
                              "set data.image_size / data.num_channels to the model's")
         shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
         known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
-        result = generate_conditional(settings, self.score_fn(ema=True), self.sde, batch["seed"], known,
-                                      self.data_statistics, restrict=batch["restrict"])
+        result = generate(settings, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
+                          statistics=self.data_statistics)
         filled = to_unit_range(result.x, self.centered)
         filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
         if batch_idx == 0:

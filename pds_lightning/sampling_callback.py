@@ -17,11 +17,12 @@ from torch import nn
 from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_warning, make_feature_extractor,
                                    metric_name, spectral_error)
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import sampler_from_hparam
+from pds_lightning.sampling import Sampler
 
 
 class SamplingCallback(Callback):
-    """Sample fixed seeds with each sampler setting at the end of validation and log grids and metrics.
+    """Sample fixed seeds with each sampler (a component; its name tags the logs) at the end of validation and log grids and metrics.
 
     Seed k of `seed_offset + range(num_samples)` goes to rank k % world_size, so each sample is drawn once
     whatever the world size; images are gathered (padded to equal length, padding dropped) for the grids
@@ -36,19 +37,20 @@ class SamplingCallback(Callback):
     shows every class once).
     """
 
-    def __init__(self, settings: Sequence[SamplerSettings], num_samples: int = 64, seed_offset: int = 0,
+    def __init__(self, samplers: Sequence[Sampler], num_samples: int = 64, seed_offset: int = 0,
                  every_n_epochs: int = 1, grid_nrow: int = 8, fid_feature_extractor: nn.Module | None = None,
                  inception_weights: str | None = None, num_reference: int | None = None,
                  fid_reference_stats: str | None = None, fid: bool = False):
-        if not settings:
-            raise ValueError("SamplingCallback needs at least one sampler setting")
-        names = [s.name for s in settings]
+        if not samplers:
+            raise ValueError("SamplingCallback needs at least one sampler")
+        samplers = [sampler_from_hparam(s) for s in samplers]
+        names = [s.name for s in samplers]
         if len(set(names)) != len(names):
             raise ValueError(f"sampler setting names must be unique (they name the logged metrics), got {names}")
         if num_samples < 1 or seed_offset < 0 or every_n_epochs < 1 or grid_nrow < 1:
             raise ValueError("num_samples, every_n_epochs and grid_nrow must be >= 1 and seed_offset >= 0, got "
                              f"{num_samples}, {every_n_epochs}, {grid_nrow}, {seed_offset}")
-        self.settings = list(settings)
+        self.settings = samplers
         self.num_samples = num_samples
         self.seed_offset = seed_offset
         self.every_n_epochs = every_n_epochs

@@ -109,6 +109,8 @@ class SampleWriteError(RuntimeError):
 MANIFEST = "manifest.json"
 # The manifest keys that say how the samples were made; a folder's samples share them.
 IDENTITY_KEYS = ("settings", "model", "image_shape", "classes", "class_seeds", "task", "layout")
+#: The module hyper-parameters that decide a sample besides the weights and the sampler settings.
+SAMPLING_HPARAMS = ("net", "sde", "continuous", "centered", "image_size", "num_channels")
 
 
 def plain(value: Any) -> Any:
@@ -119,10 +121,8 @@ def plain(value: Any) -> Any:
 def settings_dict(module) -> dict | None:
     """The module's sampler settings as a plain dict, compared whole (their format is theirs to change)."""
     sampler = getattr(module, "sampler", None)
-    if callable(getattr(sampler, "to_dict", None)):
-        return plain(sampler.to_dict())
-    if dataclasses.is_dataclass(sampler):
-        return plain(dataclasses.asdict(sampler))
+    if callable(getattr(sampler, "config", None)):  # a sampler component: {'class_path', 'init_args'}
+        return plain(sampler.config())
     return plain(dict(getattr(module, "hparams", {})).get("sampler"))
 
 
@@ -151,7 +151,8 @@ def run_identity(trainer, module, layout: str) -> dict[str, Any]:
     dm = getattr(trainer, "datamodule", None)
     classes = getattr(dm, "classes", None)
     task = getattr(dm, "task", None)
-    hparams = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if k != "sampler"}
+    # Only what changes the images beside the weights: training settings (lr, loss, compile, ...) do not.
+    hparams = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if k in SAMPLING_HPARAMS}
     return plain({
         "settings": settings_dict(module),
         "model": {"fingerprint": model_fingerprint(module), "hparams": hparams},

@@ -33,8 +33,9 @@ from pds_lightning.data import ImageDataModule
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
+from pds_lightning.legacy import SamplerSettings, sampler_from_hparam
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings, generate
+from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -171,7 +172,7 @@ class GaussianModule(L.LightningModule):
         self.target = GaussianScore(MEAN, lam, self.sde)
         self.image_shape = (CHANNELS, SIZE, SIZE)
         self.centered = False
-        self.sampler = sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0)
+        self.sampler = sampler_from_hparam(sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0))
         self.w = nn.Parameter(torch.zeros(1))
         self.predicted_seeds: list[int] = []
         power = SIZE * SIZE * lam.clone()
@@ -319,3 +320,17 @@ def score_sde_loss(score_fn, kind, x, t, z, reduce_mean, likelihood_weighting):
     per_pixel = per_pixel.reshape(x.shape[0], -1)
     losses = per_pixel.mean(-1) if reduce_mean else 0.5 * per_pixel.sum(-1)
     return (losses * g2 if likelihood_weighting else losses).mean()
+def preconditioner_of(settings, statistics):
+    """The PDS preconditioner M of (flat or component) sampler settings, None without PDS."""
+    from pds_lightning.legacy import sampler_from_hparam
+
+    pds = sampler_from_hparam(settings).pds
+    return None if pds is None else pds.preconditioner(statistics)
+
+
+def run_sampler(settings, score_fn, sde, shape, noise, statistics=None):
+    """The sampler of (flat or component) settings run with a given noise source (moment and parity tests)."""
+    from pds_lightning.legacy import sampler_from_hparam
+
+    return sampler_from_hparam(settings)(score_fn, sde, shape, noise=noise,
+                                         preconditioner=preconditioner_of(settings, statistics))

@@ -112,12 +112,12 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
     out = tmp_path / "auto"
     run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--model.sampler.alpha", "auto", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+            "--model.sampler.pds.alpha", "pds_lightning.alpha.Surrogate", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     choice = manifest["resolved"]["alpha_auto"]
     assert choice["n_steps"] == 10 and choice["value"] == min(choice["table"].values())
-    assert manifest["settings"]["alpha"] == "auto"
+    assert manifest["settings"]["init_args"]["pds"]["init_args"]["alpha"]["class_path"].endswith(".Surrogate")
     assert choice["method"] == "surrogate" and choice["nfe"] == 0
 
     # The measured (pilot) choice from the same checkpoint: one spectral error per pilot candidate.
@@ -125,8 +125,8 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
 
     out = tmp_path / "pilot"
     run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--model.sampler.alpha", "auto", "--model.sampler.auto_method", "pilot",
-            "--model.sampler.pilot_samples", "2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+            "--model.sampler.pds.alpha", "pds_lightning.alpha.Pilot",
+            "--model.sampler.pds.alpha.samples", "2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     choice = json.loads((out / "manifest.json").read_text())["resolved"]["alpha_auto"]
     assert choice["method"] == "pilot" and choice["criterion"] == "pilot_spectral_error"

@@ -34,7 +34,7 @@ CLI = [sys.executable, "-m", "pds_lightning.cli"]
 
 def predict_args(ckpt, out, seeds=f"0-{len(SEEDS) - 1}", *extra) -> list[str]:
     return ["predict", "--config", str(TINY), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
-            "--model.sampler.n_steps", "4", "--data.seeds", seeds, "--data.predict_batch_size", "2",
+            "--model.sampler.pc_steps", "4", "--data.seeds", seeds, "--data.predict_batch_size", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out),
             *extra]
 

@@ -11,7 +11,7 @@ from helpers import image_loader, tiny_net
 from pds_lightning.losses import DSMLoss, Loss
 from pds_lightning.models.score import LabelledScore
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 
 

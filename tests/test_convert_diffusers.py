@@ -21,7 +21,7 @@ from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 from pds_lightning import convert_diffusers as cd
 from pds_lightning.convert import ConversionError
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.sampling import PC, Langevin
 from pds_lightning.statistics import ImageStatistics
 
 SIZE = 16
@@ -98,8 +98,8 @@ def test_converted_sde_and_sampler_are_the_schedulers(converted):
                                rtol=1e-6, atol=0)
     torch.testing.assert_close(sde.discrete_sigmas, scheduler.discrete_sigmas.float(), rtol=1e-6, atol=0)
     s = module.sampler
-    assert (s.snr, s.n_corrector_steps, s.eps) == (0.17, 2, 1e-3)
-    assert (s.preconditioner, s.alpha) == ("both", 5.0)
+    assert (s.corrector.snr, s.corrector.steps_per_level, s.eps) == (0.17, 2, 1e-3)
+    assert (s.pds.filters, s.pds.alpha) == ("both", 5.0)
 
 
 def test_both_weight_formats_and_the_old_attention_names_give_the_same_checkpoint(tmp_path):
@@ -280,7 +280,7 @@ def test_python_sampling_from_the_converted_checkpoint_uses_the_statistics(tmp_p
     module = ScoreModule.load_from_checkpoint(cd.convert_diffusers(folder, tmp_path / "m.ckpt",
                                                                    statistics_from=tmp_path / "images"))
     pds = module.generate_images([0, 1])
-    plain = module.generate_images([0, 1], sampler=SamplerSettings(snr=0.17, n_corrector_steps=2, eps=1e-3))
+    plain = module.generate_images([0, 1], sampler=PC(corrector=Langevin(snr=0.17, steps_per_level=2), eps=1e-3))
     assert pds.shape == (2, 3, SIZE, SIZE) and torch.isfinite(pds).all()
     assert 0.0 <= float(pds.min()) and float(pds.max()) <= 1.0
     assert not torch.equal(pds, plain)  # the preconditioner changes the trajectory

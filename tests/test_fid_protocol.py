@@ -18,7 +18,7 @@ from pds_lightning.evaluate import main, write_reference_statistics
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import (FID_MIN_SAMPLES, FIDStatistics, InceptionUnavailableError, TorchScriptFeatures,
                                    make_feature_extractor)
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from helpers import CHANNELS, SIZE, GaussianModule, clean_env, cpu_trainer
 from test_evaluate import gaussian, reference_npz, write_samples
 

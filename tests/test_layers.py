@@ -140,12 +140,12 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_every_import_points_down_and_none_is_circular():
     graph = package_graph()
-    assert "pds_lightning.sampling.settings" in graph and graph["pds_lightning.module"], "found no modules"
+    assert "pds_lightning.sampling.generate" in graph and graph["pds_lightning.module"], "found no modules"
     problems = violations(graph) + [f"cycle {c}" for c in cycles(graph)]
     assert not problems, "imports against the layers of tests/test_layers.py:\n" + "\n".join(problems)
 
 
-KNOWN = {"pds_lightning.sde", "pds_lightning.sampling", "pds_lightning.sampling.settings",
+KNOWN = {"pds_lightning.sde", "pds_lightning.sampling", "pds_lightning.sampling.generate",
          "pds_lightning.sampling.step", "pds_lightning.sampling.samplers", "pds_lightning.alpha"}
 
 
@@ -157,15 +157,15 @@ def test_checker_names_an_upward_import_hidden_in_a_function():
 
 
 def test_checker_resolves_relative_imports_and_submodule_order():
-    source = "from .settings import SamplerSettings\nfrom . import samplers\n"
+    source = "from .generate import generate\nfrom . import samplers\n"
     found = imported_modules(source, "pds_lightning.sampling.step", False, KNOWN)
-    assert found == {"pds_lightning.sampling.settings", "pds_lightning.sampling.samplers"}
+    assert found == {"pds_lightning.sampling.generate", "pds_lightning.sampling.samplers"}
     assert violations({"pds_lightning.sampling.step": found}) == [
-        "pds_lightning.sampling.step imports pds_lightning.sampling.samplers (not below it)",
-        "pds_lightning.sampling.step imports pds_lightning.sampling.settings (not below it)"]
+        "pds_lightning.sampling.step imports pds_lightning.sampling.generate (not below it)",
+        "pds_lightning.sampling.step imports pds_lightning.sampling.samplers (not below it)"]
     # the package's own __init__ is above its submodules; downward imports pass
-    assert violations({"pds_lightning.sampling.settings": {"pds_lightning.sampling"}}) != []
-    assert violations({"pds_lightning.sampling.settings": {"pds_lightning.sampling.step", "pds_lightning.sde"}}) == []
+    assert violations({"pds_lightning.sampling.generate": {"pds_lightning.sampling"}}) != []
+    assert violations({"pds_lightning.sampling.generate": {"pds_lightning.sampling.step", "pds_lightning.sde"}}) == []
 
 
 def test_checker_flags_sideways_imports_and_cycles():

@@ -14,7 +14,7 @@ from pds_lightning.classpath import import_class, instantiate
 from pds_lightning.convert import ConversionError, convert_score_sde
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import SDE, VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def module_from_config(config: Path, state_dict) -> ScoreModule:
     data = yaml.safe_load(config.read_text()).get("data", {})
     geometry = {k: data.get(k, cfg.get(k)) for k in ("image_size", "num_channels") if data.get(k, cfg.get(k))}
     extra = {k: cfg[k] for k in ("continuous", "centered") if k in cfg}
-    sampler = SamplerSettings(**cfg["sampler"]) if "sampler" in cfg else None
+    sampler = cfg.get("sampler")  # {'class_path', 'init_args'}
     module = ScoreModule(net=instantiate(cfg["net"]), sde=instantiate(cfg["sde"]), sampler=sampler, **geometry, **extra)
     module.load_state_dict(state_dict, strict=True)
     return module
@@ -55,7 +55,7 @@ def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
     assert model.hparams.net == yaml.safe_load(TINY_CONFIG.read_text())["model"]["net"] | {
         "init_args": model.hparams.net["init_args"]}
     assert isinstance(model.net, NCSNpp) and isinstance(model.sde, VESDE) and model.sde.N == 100
-    assert model.image_shape == (1, 16, 16) and model.sampler.n_steps == 10 and model.sampler.alpha == 5.0
+    assert model.image_shape == (1, 16, 16) and model.sampler.pc_steps == 10 and model.sampler.pds.alpha == 5.0
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert float(model.stat_count) == 32  # the statistics travel in the checkpoint
@@ -88,7 +88,7 @@ def test_converted_checkpoint_loads_in_one_call(tmp_path):
     torch.testing.assert_close(model.generate_images(range(2), sampler=settings),
                                reference.sample(settings, torch.arange(2)).x, rtol=0, atol=0)
     # overrides win over the saved hyper-parameters
-    assert ScoreModule.load_from_checkpoint(out, sampler=settings).sampler == settings
+    assert ScoreModule.load_from_checkpoint(out, sampler=settings).sampler == settings.to_sampler()
 
 
 def test_a_module_built_from_instances_asks_for_its_network(tmp_path):

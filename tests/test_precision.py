@@ -7,6 +7,7 @@ identity kernel), so autocast really runs part of it in bf16 and the samples hav
 import lightning as L
 import pytest
 import torch
+from helpers import preconditioner_of
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
@@ -15,7 +16,7 @@ from pds_lightning.module import ScoreModule
 from pds_lightning.sampling.correctors import LangevinCorrector
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.predictors import ReverseDiffusionPredictor
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -126,7 +127,7 @@ def test_one_pds_pc_step_under_autocast_keeps_x_ffts_and_step_sizes_float32():
     score_fn = module.score_fn(ema=False)
     sde = module.sde
     settings = SamplerSettings(name="pds", preconditioner="both", alpha=2.0)
-    preconditioner = settings.preconditioner_from(module.data_statistics)
+    preconditioner = preconditioner_of(settings, module.data_statistics)
     noise = SeededNoise([0, 1, 2])
     corrector = LangevinCorrector(sde, score_fn, preconditioner, noise, snr=0.16, n_steps=1)
     predictor = ReverseDiffusionPredictor(sde, score_fn, preconditioner, noise)

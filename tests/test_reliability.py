@@ -125,12 +125,16 @@ CONFIG_ERRORS = {
                                                               "data.image_size=8; give both the same value"),
     "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
                                                                           "model.sde sigma_max=20"),
-    "alpha <= 1": (["--model.sampler.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
-    "speed_up < 1 step": (["--model.sampler.n_steps", "null", "--model.sampler.speed_up", "200"], 1,
+    "alpha <= 1": (["--model.sampler.pds.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
+    "speed_up < 1 step": (["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "200"], 1,
                           "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
     "seed range": (["--data.seeds", "3-x"], 1, "malformed seed range part '3-x'"),
-    "predictor": (["--model.sampler.predictor", "heun"], 1, "unknown predictor 'heun'; choose one of"),
-    "corrector": (["--model.sampler.corrector", "ula"], 1, "unknown corrector 'ula'; choose one of"),
+    "predictor": (["--model.sampler.predictor", "heun"], 2, "model.sampler"),
+    "corrector": (["--model.sampler.corrector", "ula"], 2, "model.sampler"),
+    # issue 24: a field of another sampler is a parse error naming it; issue 23 item 12: snr nan / inf refused
+    "foreign sampler key": (["--model.sampler.init_args.S_churn", "40"], 2, "Option 'S_churn' is not accepted"),
+    "snr nan": (["--model.sampler.corrector.snr", ".nan"], 1, "snr must be a finite number > 0, got nan"),
+    "snr inf": (["--model.sampler.corrector.snr", ".inf"], 1, "snr must be a finite number > 0, got inf"),
 }
 
 
@@ -147,12 +151,13 @@ def test_config_error_is_one_line_and_writes_nothing(case, tmp_path, capsys, mon
 @pytest.mark.slow
 def test_the_command_exits_non_zero_with_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", "fit", "--config", str(TINY),
-                           "--model.sampler.alpha", "0.5"], cwd=tmp_path, env=clean_env(), capture_output=True,
+                           "--model.sampler.pds.alpha", "0.5"], cwd=tmp_path, env=clean_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["pds-lightning: error: alpha must be a finite number > 1 (official default 5; larger is "
-                      "closer to vanilla), got 0.5 (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"]
+    assert len(errors) == 1 and errors[0].startswith("pds-lightning: error: ")
+    assert "PDS: alpha must be a finite number > 1 (official default 5; larger is closer to vanilla)" in errors[0]
+    assert errors[0].endswith("got 0.5 (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
     assert "Traceback" not in proc.stderr and files_under(tmp_path) == []
 
 
@@ -346,8 +351,8 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     out = tmp_path / "out"
     main([str(a) for a in predict_args(ckpt, out)])  # seeds 0-3 at 10 steps, alpha 5
     before = contents(out)
-    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.n_steps", "2",
-                                                   "--model.sampler.alpha", "3"))
+    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.pc_steps", "2",
+                                                   "--model.sampler.pds.alpha", "3"))
     assert status == 1 and "holds the samples of another run" in line, line
     assert "settings.n_steps: 10 there -> 2 now" in line and "settings.alpha: 5.0 there -> 3.0 now" in line
     assert "predict into a new output_dir" in line

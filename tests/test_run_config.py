@@ -29,7 +29,7 @@ def test_predict_keeps_the_fit_record_and_writes_its_own(tmp_path, monkeypatch):
     log_dir = tmp_path / "runs" / "tiny"
     fit_record = (log_dir / "config.yaml").read_bytes()
     (ckpt,) = log_dir.rglob("*.ckpt")
-    predict = ["predict", "--config", TINY, "--ckpt_path", ckpt, "--model.sampler.n_steps", 2]
+    predict = ["predict", "--config", TINY, "--ckpt_path", ckpt, "--model.sampler.pc_steps", 2]
     run(*predict, "--data.seeds", "0-1")
     run(*predict, "--data.seeds", "2-3")
     assert (log_dir / "config.yaml").read_bytes() == fit_record

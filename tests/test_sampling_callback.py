@@ -13,7 +13,7 @@ from pds_lightning.callbacks import SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import spectral_error
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from helpers import SIZE, CHANNELS, GaussianModule, TinyFeatures, cpu_trainer, frechet_reference, kid_reference
 
 

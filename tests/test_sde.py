@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE, resolve_steps
 
 

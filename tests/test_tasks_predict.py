@@ -16,7 +16,8 @@ from pds_lightning.data.tasks import TaskSettings, builtin_mask
 from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 from pds_lightning.writer import TaskWriter, scan_written_pairs, task_path
@@ -77,9 +78,10 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
     images = write_npz(tmp_path / "rgb.npz", 3)
     sde = VESDE(0.01, 16.0, 100)
     target = GaussianScore(0.5, power_law_spectrum(8, 8, variance=0.05, channels=3), sde)
-    module = GaussianScoreModule(target, size=8, channels=3, sampler=SamplerSettings(n_steps=20, preconditioner="both"))
+    module = GaussianScoreModule(target, size=8, channels=3,
+                                 sampler=PC(pc_steps=20, pds=PDS(filters="both", restrict="subspace")))
     module.set_statistics(ImageStatistics((3, 8, 8)).update(target.sample(64).clamp(0, 1)))
-    task = TaskSettings(kind="colorize", source=str(tmp_path / "rgb.npz"), indices="0-1", restrict="subspace")
+    task = TaskSettings(kind="colorize", source=str(tmp_path / "rgb.npz"), indices="0-1")
     dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, seeds="0", num_channels=3, task=task)
     out = tmp_path / "out"
     cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)

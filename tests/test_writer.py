@@ -14,7 +14,7 @@ from pds_lightning.callbacks import SampleWriter
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
 from pds_lightning.fileio import this_host
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.writer import SampleWriteError, model_fingerprint, sample_path, scan_written_seeds
 from helpers import GaussianModule, cpu_trainer, dead_pid, disk_full_on_write
 
@@ -55,7 +55,8 @@ def test_writer_writes_every_seed_once_with_the_sampled_pixels_and_a_manifest(tm
     nfe = model.sample(model.sampler, torch.tensor([0])).nfe
     assert manifest["num_written"] == 12 and manifest["num_on_disk"] == 12
     assert manifest["nfe_per_sample"] == nfe == 2 * 25  # speed_up 4 of 100 scales, corrector + predictor
-    assert manifest["settings"]["preconditioner"] == "both" and manifest["settings"]["speed_up"] == 4.0
+    settings = manifest["settings"]["init_args"]
+    assert settings["pds"]["init_args"]["filters"] == "both" and settings["speed_up"] == 4.0
     assert manifest["samples_per_s"] > 0 and manifest["world_size"] == 1
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 

@@ -1,8 +1,9 @@
-"""Choosing the preconditioner strength alpha for the step budget (`alpha: auto`), above the samplers.
+"""Choosing the preconditioner strength alpha for the step budget (`PDS(alpha=Surrogate() | Pilot())`), above
+the samplers.
 
-`resolve_alpha` is the one path from settings with `alpha: auto` to settings the samplers run (a number,
-or vanilla): predict, validation (both through ScoreModule.sample) and the benchmarks use it.
-`surrogate` predicts from the data statistics (pure maths); `pilot` measures on samples of the model.
+`resolve_alpha` is the one path from a sampler whose PDS holds an alpha chooser to a sampler the samplers run
+(a number, or vanilla): predict, validation (both through ScoreModule.sample) and the benchmarks use it.
+`Surrogate` predicts from the data statistics (pure maths); `Pilot` measures on samples of the model.
 """
 
 from __future__ import annotations
@@ -10,33 +11,37 @@ from __future__ import annotations
 from pds_lightning.alpha.pilot import PILOT_CANDIDATES, PILOT_SEED, pilot_alpha
 from pds_lightning.alpha.surrogate import (DEFAULT_CANDIDATES, AlphaChoice, GaussianSurrogate, Modes, choose_alpha,
                                            pc_output_moments, predict_w2, predicted_w2)
-from pds_lightning.sampling.settings import SamplerSettings, with_alpha
+from pds_lightning.alpha.choosers import Pilot, Surrogate
+from pds_lightning.sampling import PC, Sampler
 from pds_lightning.sde import SDE
 from pds_lightning.statistics import ImageStatistics
 
-__all__ = ["resolve_alpha", "choose_alpha", "pilot_alpha", "predict_w2", "predicted_w2", "pc_output_moments",
+__all__ = ["resolve_alpha", "Surrogate", "Pilot", "choose_alpha", "pilot_alpha", "predict_w2", "predicted_w2", "pc_output_moments",
            "AlphaChoice", "GaussianSurrogate", "Modes", "DEFAULT_CANDIDATES", "PILOT_CANDIDATES", "PILOT_SEED"]
 
 
-def resolve_alpha(settings: SamplerSettings, sde: SDE, statistics, *, centered: bool = False, score_fn=None,
-                  shape=None, device="cpu") -> tuple[SamplerSettings, dict | None]:
-    """(settings with a numeric alpha, the choice as a dict for logs and manifests, or None).
+def resolve_alpha(sampler: Sampler, sde: SDE, statistics, *, centered: bool = False, score_fn=None,
+                  shape=None, device="cpu") -> tuple[Sampler, dict | None]:
+    """(the sampler with a numeric PDS alpha, or vanilla; the choice as a dict for logs and manifests, or None).
 
-    Settings without `alpha: auto` come back unchanged with None. Otherwise alpha is chosen by
-    `settings.auto_method` (a vanilla choice becomes preconditioner 'none'): 'pilot' samples the model and
-    needs score_fn and the image shape [C, H, W] (on `device`); 'surrogate' needs neither. `centered`: the
-    model samples in [-1, 1].
+    A sampler whose PDS alpha is a number (or that has no PDS) comes back unchanged with None. Otherwise the
+    chooser picks alpha: Pilot samples the model and needs score_fn and the image shape [C, H, W] (on
+    `device`); Surrogate needs neither. `centered`: the model samples in [-1, 1].
     """
-    if settings.alpha != "auto":
-        return settings, None
+    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler  # a flat SamplerSettings
+    pds = sampler.pds
+    if pds is None or not pds.chooses_alpha:
+        return sampler, None
+    if not isinstance(sampler, PC):
+        raise ValueError(f"sampler {sampler.name!r}: alpha choosers model the PC sampler; give PDS alpha a number")
     if statistics is None:
-        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
-    if settings.auto_method == "pilot":
+        raise ValueError(f"sampler {sampler.name!r} chooses alpha but no data statistics are available")
+    if isinstance(pds.alpha, Pilot):
         if score_fn is None or shape is None:
-            raise ValueError("auto_method: pilot samples the model; pass score_fn and shape")
-        choice = pilot_alpha(settings, score_fn, sde, shape, statistics, centered=centered, device=device)
-        return with_alpha(settings, choice.alpha), choice.to_dict()
+            raise ValueError("the Pilot alpha chooser samples the model; pass score_fn and shape")
+        choice = pilot_alpha(sampler, score_fn, sde, shape, statistics, centered=centered, device=device)
+        return sampler.with_alpha(choice.alpha), choice.to_dict()
     # The surrogate is a small float64 CPU computation, whatever device the model runs on.
     cpu = [getattr(statistics, k).detach().cpu() for k in ("power_mean", "mean", "sq_mean")]
-    choice = choose_alpha(ImageStatistics.from_moments(statistics.count, *cpu), sde, settings, centered=centered)
-    return with_alpha(settings, choice.alpha), choice.to_dict()
+    choice = choose_alpha(ImageStatistics.from_moments(statistics.count, *cpu), sde, sampler, centered=centered)
+    return sampler.with_alpha(choice.alpha), choice.to_dict()

@@ -1,4 +1,4 @@
-"""Measured choice of alpha (`auto_method: pilot`): a few pilot samples of the model per candidate.
+"""Measured choice of alpha (the `Pilot` chooser): a few pilot samples of the model per candidate.
 
 Each candidate's pilot samples are scored by their spectral error against the data statistics. It costs
 network evaluations but sees what the surrogate cannot: the trained network's own errors (docs/alpha_auto.md).
@@ -14,7 +14,7 @@ import torch
 from pds_lightning.alpha.surrogate import AlphaChoice, candidates_with_vanilla
 from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import spectral_error
-from pds_lightning.sampling import NonFiniteSampleError, generate, with_alpha
+from pds_lightning.sampling import NonFiniteSampleError, generate
 from pds_lightning.sde import SDE
 
 
@@ -24,24 +24,25 @@ PILOT_CANDIDATES: tuple[float | None, ...] = (None, 2.0, 3.0, 5.0, 8.0, 12.0, 20
 PILOT_SEED = 2 ** 40
 
 
-def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool = False,
+def pilot_alpha(sampler, score_fn, sde: SDE, shape, statistics, centered: bool = False,
                 device: torch.device | str = "cpu",
                 candidates: Sequence[float | None] = PILOT_CANDIDATES) -> AlphaChoice:
-    """Measured choice: `settings.pilot_samples` images per candidate (same pilot seeds, the model's own
+    """Measured choice: the Pilot chooser's `samples` images per candidate (same pilot seeds, the model's own
     score) and the candidate whose spectral error against the data statistics is lowest.
 
     Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
     samples at the step budget. `centered`: the model samples in [-1, 1].
     """
+    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler  # a flat SamplerSettings
     if statistics is None or getattr(statistics, "count", 0) <= 0:
-        raise ValueError(f"sampler {settings.name!r} has alpha: auto but no data statistics are available")
-    seeds = torch.arange(settings.pilot_samples, device=device) + PILOT_SEED
+        raise ValueError(f"sampler {sampler.name!r} chooses alpha but no data statistics are available")
+    seeds = torch.arange(sampler.pds.alpha.samples, device=device) + PILOT_SEED
     candidates = candidates_with_vanilla(candidates)
     table, nfe = {}, 0
     for alpha in candidates:
         key = "vanilla" if alpha is None else alpha
         try:
-            result = generate(with_alpha(settings, alpha), score_fn, sde, seeds, shape, statistics=statistics)
+            result = generate(sampler.with_alpha(alpha), score_fn, sde, seeds, shape, statistics=statistics)
         except NonFiniteSampleError:  # a candidate that diverges at this budget simply loses
             table[key] = math.inf
             continue
@@ -50,6 +51,6 @@ def pilot_alpha(settings, score_fn, sde: SDE, shape, statistics, centered: bool 
         table[key] = error if math.isfinite(error) else math.inf
         nfe += result.nfe * len(seeds)
     best = min(table, key=table.get)
-    N, _ = settings.steps_for(sde)
+    N, _ = sampler.steps(sde)
     return AlphaChoice(None if best == "vanilla" else best, table[best], table, N, method="pilot",
                        criterion="pilot_spectral_error", nfe=nfe)

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.sampling.pc import PC
 from pds_lightning.sde import SDE
 
 #: Default candidates: None is vanilla (no preconditioning); the official default 5 is included.
@@ -184,6 +186,25 @@ class Modes:
         return torch.stack(rows)
 
 
+def pc_view(sampler) -> SimpleNamespace:
+    """The fields of a PC sampler the Gaussian model reads (predictor / corrector kinds, snr, steps per level,
+    the step budget, denoise, PDS filters and predictor form); a flat SamplerSettings is translated first."""
+    if isinstance(sampler, SimpleNamespace):
+        return sampler
+    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler
+    if not isinstance(sampler, PC):
+        raise ValueError(f"alpha choosers model the PC sampler; sampler {getattr(sampler, 'name', sampler)!r} is "
+                         f"{type(sampler).__name__}: give PDS alpha a number")
+    c, pds = sampler.corrector, sampler.pds
+    return SimpleNamespace(
+        name=sampler.name, predictor="none" if sampler.predictor is None else sampler.predictor.kind,
+        corrector="none" if c is None else c.kind, snr=0.16 if c is None else c.snr,
+        n_corrector_steps=0 if c is None else c.steps_per_level, n_steps=sampler.pc_steps,
+        speed_up=sampler.speed_up, eps=sampler.eps, denoise=sampler.denoise,
+        preconditioner="none" if pds is None else pds.filters,
+        pds_predictor="official" if pds is None else pds.predictor, steps_for=sampler.steps)
+
+
 def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
     """Per-step scalars of the sampler, float64 [N], read off the SDE with a unit input (as the sampler's
     float32 grid): a_t, s_t of the marginal, predictor (phi, G^2) with f = phi x, corrector a_t."""
@@ -212,6 +233,7 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
       predictor: x_mean = (1 - gain (phi + G^2 d)) x + gain G^2 d a_t mu, x = x_mean + G M z;
       consistent predictor: gain phi -> phi and gain G^2 -> G^2 (1 + gain) / 2 in the drift.
     """
+    settings = pc_view(settings)
     if settings.predictor not in SURROGATE_PREDICTORS:
         raise ValueError(f"alpha: auto models the predictors {SURROGATE_PREDICTORS}, not {settings.predictor!r}; "
                          "give alpha a number")
@@ -264,6 +286,7 @@ def predict_w2(statistics, sde: SDE, settings, candidates: Sequence[float | None
                max_modes: int = 2048) -> Tensor:
     """Predicted output W2 per pixel ([0, 1] units) of the PC sampler `settings` on the Gaussian surrogate of
     `statistics`, for each candidate alpha (None: vanilla), [A] float64."""
+    settings = pc_view(settings)
     surrogate = GaussianSurrogate.from_statistics(statistics, centered=centered)
     modes = Modes.from_surrogate(surrogate, statistics.freq_statistic(torch.float64), max_modes=max_modes)
     space_stat = statistics.space_statistic(torch.float64) if settings.preconditioner in ("space", "both") else None
@@ -279,8 +302,7 @@ def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | No
     `settings`: a SamplerSettings (predictor, corrector, snr, n_corrector_steps, steps, eps, denoise,
     preconditioner); `statistics`: ImageStatistics of the data in [0, 1] (CPU); `centered`: the model's space.
     """
-    if getattr(settings, "method", "pc") != "pc":
-        raise ValueError("alpha: auto applies to the PC sampler (method: pc) only")
+    settings = pc_view(settings)
     if settings.preconditioner == "none":
         raise ValueError("alpha: auto chooses the strength of a PDS preconditioner; set preconditioner to "
                          "'freq', 'space' or 'both'")

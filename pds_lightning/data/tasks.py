@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from pds_lightning.data.seeds import parse_seed_range
-from pds_lightning.sampling.conditional import RESTRICT_CHOICES, TASKS
+from pds_lightning.sampling.conditional import TASKS
 #: Built-in inpainting masks: which region is unknown.
 BUILTIN_MASKS = ("center", "left", "right", "top", "bottom")
 
@@ -22,15 +22,14 @@ BUILTIN_MASKS = ("center", "left", "right", "top", "bottom")
 @dataclass
 class TaskSettings:
     """`data.task`: what predict completes. `source`: the images (folder, .npz or embedded name); `masks`:
-    one mask per image (inpainting), else the built-in `mask`; `indices`: which inputs ('0-31'; None = all);
-    `restrict`: how PDS is kept off the known part ('project' or 'subspace')."""
+    one mask per image (inpainting), else the built-in `mask`; `indices`: which inputs ('0-31'; None = all).
+    How PDS is kept off the known part is the sampler's: `model.sampler.pds.restrict`."""
 
     kind: str = "inpaint"
     source: str = ""
     masks: str | None = None
     mask: str = "center"
     indices: str | None = None
-    restrict: str = "project"
 
     def __post_init__(self):
         if self.kind not in TASKS:
@@ -39,8 +38,6 @@ class TaskSettings:
             raise ValueError("data.task.source is empty; give the images to complete (a folder, an .npz or 'mnist')")
         if self.mask not in BUILTIN_MASKS:
             raise ValueError(f"unknown built-in mask {self.mask!r}; choose one of {BUILTIN_MASKS} or give masks")
-        if self.restrict not in RESTRICT_CHOICES:
-            raise ValueError(f"unknown restrict {self.restrict!r}; choose one of {RESTRICT_CHOICES}")
         if self.kind == "colorize" and self.masks is not None:
             raise ValueError("colorization takes no masks (the gray axis is the known part); remove data.task.masks")
         if self.indices is not None:
@@ -85,12 +82,12 @@ class TaskInputs(Dataset):
 
 
 def task_loader(inputs: TaskInputs, batch_size: int) -> DataLoader:
-    """Batches of TaskInputs items, each also naming its task kind and PDS restriction."""
+    """Batches of TaskInputs items, each also naming its task kind."""
     settings = inputs.settings
 
     def collate(items):
         batch = default_collate(items)
-        batch.update(kind=settings.kind, restrict=settings.restrict)
+        batch.update(kind=settings.kind)
         return batch
 
     return DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=collate)

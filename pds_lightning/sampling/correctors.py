@@ -3,7 +3,7 @@
 `update(x, t) -> (x, x_mean)`. The Langevin step size follows the official rule
 step = 2 a_t (snr ||xi|| / ||g||)^2 with a_t = `sde.ddpm_alpha`, g = M M^T score and xi = M z; the norms
 are taken per sample ('sample', the default: a sample depends only on its own noise) or averaged over the
-batch ('batch', the official rule). Settings are checked by SamplerSettings.
+batch ('batch', the official rule). Each component checks its own fields.
 Sub-VP has no DDPM chain of its own: its Langevin and ALD a_t are the VP's 1 - beta_i at t's level (the
 official score_sde code crashes there instead). The preconditioned corrector keeps the target p_t.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling.base import Component, check_choice, check_number
 from pds_lightning.sampling.step import Step
 from pds_lightning.sde import SDE, per_sample
 
@@ -72,3 +73,36 @@ class NoneCorrector(Corrector):
 
 
 CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinCorrector, "none": NoneCorrector}
+
+
+# ---- components (configured by class_path) ----------------------------------------------------------------
+
+
+class CorrectorComponent(Component):
+    """A corrector as configured: `steps_per_level` MCMC steps at each noise level, step size set by `snr`."""
+
+    kind = ""
+
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1):
+        check_number(type(self).__name__, "snr", snr, low=0, low_open=True)
+        check_number(type(self).__name__, "steps_per_level", steps_per_level, low=1, integer=True,
+                     hint=" (no corrector: leave the corrector out)")
+        self.snr, self.steps_per_level = float(snr), int(steps_per_level)
+
+
+class Langevin(CorrectorComponent):
+    """Langevin MCMC, step 2 a_t (snr ||M z|| / ||M M^T score||)^2 with norms per sample ('sample') or
+    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t."""
+
+    kind = "langevin"
+
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample"):
+        super().__init__(snr, steps_per_level)
+        check_choice("Langevin", "step_size", step_size, STEP_SIZE_MODES)
+        self.step_size = step_size
+
+
+class ALD(CorrectorComponent):
+    """NCSN's annealed Langevin dynamics, step 2 a_t (snr std_t)^2."""
+
+    kind = "ald"

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from pds_lightning.sampling.base import Component
 from pds_lightning.sampling.step import Step
 from pds_lightning.sde import VESDE, VPSDE, SubVPSDE, per_sample
 
@@ -122,3 +123,35 @@ def predictor_class(predictor: str, pds_predictor: str = "official") -> type[Pre
                          f"{predictor!r}; use predictor reverse_diffusion or euler_maruyama, or pds_predictor "
                          "'official'")
     return table[predictor]
+
+
+# ---- components (configured by class_path; PC takes one, or none for corrector-only sampling) ----------------
+
+
+class PredictorComponent(Component):
+    """A PC predictor as configured; `kind` names its update rule in the tables above."""
+
+    kind = ""
+    consistent_form = True
+
+    def __init__(self):
+        pass
+
+
+class ReverseDiffusion(PredictorComponent):
+    """score_sde's reverse-diffusion predictor (the discretised reverse SDE); PDS official or consistent."""
+
+    kind = "reverse_diffusion"
+
+
+class EulerMaruyama(PredictorComponent):
+    """Euler-Maruyama on the reverse SDE with dt = -1/N; PDS official or consistent."""
+
+    kind = "euler_maruyama"
+
+
+class AncestralSampling(PredictorComponent):
+    """Ancestral sampling of the SMLD (VE) / DDPM (VP) chain; PDS official form only."""
+
+    kind = "ancestral_sampling"
+    consistent_form = False

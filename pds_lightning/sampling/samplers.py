@@ -7,23 +7,17 @@ number of score evaluations actually made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.correctors import CORRECTORS
+from pds_lightning.sampling.known import KnownPart, RestrictedPreconditioner
 from pds_lightning.sampling.predictors import predictor_class
+from pds_lightning.sampling.base import SampleResult
+from pds_lightning.sampling.pds import RESTRICT_CHOICES
 from pds_lightning.sde import SDE
 
-
-@dataclass
-class SampleResult:
-    x: Tensor
-    nfe: int
-    # How settings were resolved for this run, e.g. {"alpha_auto": AlphaChoice.to_dict()}.
-    info: dict = field(default_factory=dict)
 
 
 class NonFiniteSampleError(RuntimeError):
@@ -74,24 +68,41 @@ def pc_sampler(score_fn, sde: SDE, shape, *, noise, preconditioner=None, predict
                corrector: str = "langevin", snr: float = 0.16, n_corrector_steps: int = 1,
                n_steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                denoise: bool = True, step_size: str = "sample", check_finite_every: int = 0,
-               pds_predictor: str = "official", dtype: torch.dtype = torch.float32) -> SampleResult:
+               pds_predictor: str = "official", dtype: torch.dtype = torch.float32,
+               known: KnownPart | None = None, restrict: str = "project") -> SampleResult:
     """Predictor-corrector sampling: per step t_i of linspace(T, eps, N), corrector then predictor.
 
     `pds_predictor`: 'official' (M M^T on the whole drift; does not keep p_t) or 'consistent' (keeps p_t).
+    `known` (inpainting / colorization): x_T carries the clean known part, which every update then gets back
+    diffused to t (`KnownPart.after_update`); `restrict` 'subspace' keeps M off it (M' = P M), 'project'
+    lets M act on the whole image. The result carries the known part exactly. `shape` is then known's.
     """
     sde, N, eps = sde.discretised(n_steps, speed_up, eps)
     counted = _CountingScore(score_fn)
-    preconditioner = identity_if_none(preconditioner)
+    base = identity_if_none(preconditioner)
+    preconditioner = base
+    if known is not None:
+        if restrict not in RESTRICT_CHOICES:
+            raise ValueError(f"unknown restrict {restrict!r}; choose 'project' (M on the whole image, known part "
+                             "re-imposed after each update) or 'subspace' (M' = P M on the unknown part only)")
+        shape, dtype = tuple(known.y.shape), known.y.dtype
+        if restrict == "subspace" and not base.is_identity:
+            preconditioner = RestrictedPreconditioner(base, known)
     predict = predictor_class(predictor, pds_predictor)(sde, counted, preconditioner, noise)
     correct = CORRECTORS[corrector](sde, counted, preconditioner, noise, snr, n_corrector_steps, step_size)
-    x = initial_sample(sde, shape, preconditioner, noise, dtype)
+    x = initial_sample(sde, shape, base, noise, dtype)
+    if known is not None:
+        x = known.impose(x, known.y)  # score_sde: the clean known part at T, replaced after the first update
     x_mean = x
     for i, t in enumerate(sde.time_grid(N, eps, device=x.device)):
         vec_t = torch.full((shape[0],), float(t), device=x.device)
-        x, x_mean = correct.update(x, vec_t)
-        x, x_mean = predict.update(x, vec_t)
+        for update in (correct.update, predict.update):
+            x, x_mean = update(x, vec_t)
+            if known is not None:
+                x, x_mean = known.after_update(sde, vec_t, noise, x, x_mean)
         _check_finite(x, i, N, check_finite_every)
-    return SampleResult(x_mean if denoise else x, counted.calls)
+    x = x_mean if denoise else x
+    return SampleResult(x if known is None else known.impose(x, known.y), counted.calls)
 
 
 @torch.no_grad()

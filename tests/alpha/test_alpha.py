@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from helpers import run_sampler
 
 from pds_lightning.alpha import GaussianSurrogate, choose_alpha, predict_w2, resolve_alpha
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.sampling.samplers import pc_sampler
-from pds_lightning.sampling.settings import SamplerSettings, generate, with_alpha
+from pds_lightning.legacy import SamplerSettings, with_alpha
+from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -74,8 +76,7 @@ def sample(settings, lam, stats):
 
 def _sample(settings, lam, stats):
     score = GaussianScore(MEAN, lam, SDE)
-    return pc_sampler(score, SDE, (BATCH, 1, SIZE, SIZE), noise=AntitheticNoise(), **settings.sampler_kwargs(),
-                      preconditioner=settings.preconditioner_from(stats)).x
+    return run_sampler(settings, score, SDE, (BATCH, 1, SIZE, SIZE), AntitheticNoise(), stats).x
 
 
 def settings_for(n_steps, alpha, preconditioner="freq"):
@@ -116,7 +117,7 @@ def test_resolve_alpha_gives_the_chosen_alpha_and_reports_it():
     score = GaussianScore(MEAN, lam, SDE)
     seeds = torch.arange(4)
     resolved, info = resolve_alpha(auto, SDE, stats)
-    assert resolved.alpha == choice.alpha and resolved.preconditioner == "freq"
+    assert resolved.pds.alpha == choice.alpha and resolved.pds.filters == "freq"
     result = generate(resolved, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
     fixed = generate(settings_for(66, choice.alpha), score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
     torch.testing.assert_close(result.x, fixed.x, rtol=0, atol=0)
@@ -223,7 +224,7 @@ def test_pilot_choice_is_not_worse_than_vanilla_or_alpha_5_on_held_out_seeds(n_s
 def test_pilot_needs_samples_and_a_known_method():
     with pytest.raises(ValueError, match="auto_method"):
         SamplerSettings(alpha="auto", preconditioner="freq", auto_method="sweep")
-    with pytest.raises(ValueError, match="pilot_samples"):
+    with pytest.raises(ValueError, match="samples must be an integer >= 2"):
         SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", pilot_samples=1)
     _, stats = target()
     with pytest.raises(ValueError, match="score_fn"):

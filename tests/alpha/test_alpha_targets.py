@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_sampler
 
 from pds_lightning.alpha import GaussianSurrogate, Modes, choose_alpha, pc_output_moments, resolve_alpha
 from pds_lightning.convert import statistics_buffers
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import frequency_mirror
-from pds_lightning.sampling import SamplerSettings, generate, pc_sampler, with_alpha
+from pds_lightning.legacy import SamplerSettings, with_alpha
+from pds_lightning.sampling import generate, pc_sampler
 from pds_lightning.sde import SubVPSDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -35,9 +37,8 @@ def model_target(centered):
 def measured_moments(settings, sde, centered, seed=0):
     """Per-mode output variance [H, W] and DC mean of BATCH samples, in model space."""
     mean, lam = model_target(centered)
-    pre = settings.preconditioner_from(exact_statistics())
-    x = pc_sampler(GaussianScore(mean, lam, sde), sde, (BATCH, 1, H, W), noise=BatchNoise(seed), preconditioner=pre,
-                   **settings.sampler_kwargs()).x.double()
+    x = run_sampler(settings, GaussianScore(mean, lam, sde), sde, (BATCH, 1, H, W), BatchNoise(seed),
+                    exact_statistics()).x.double()
     v = torch.fft.fft2(x - x.mean(0)).abs().square().sum(0)[0] / (H * W) / (BATCH - 1)
     return v, x.mean().item()
 
@@ -59,7 +60,7 @@ IDS = ["VP", "subVP", "VP-centered"]
 
 def settings_for(n_steps, alpha, preconditioner="freq", corrector="langevin"):
     return SamplerSettings(n_steps=n_steps, preconditioner=preconditioner, alpha=alpha, corrector=corrector,
-                           step_size="batch")
+                           step_size="batch" if corrector == "langevin" else "sample")  # ALD has no step-size rule
 
 
 @pytest.mark.parametrize("sde,centered", CASES, ids=IDS)
@@ -139,5 +140,5 @@ def test_pilot_works_with_official_statistics():
     score = GaussianScore(0.0, 0.5 * (lam + frequency_mirror(lam)), sde)  # symmetric to rounding already
     auto = SamplerSettings(n_steps=25, preconditioner="both", alpha="auto", auto_method="pilot", pilot_samples=2)
     resolved, info = resolve_alpha(auto, sde, stats, score_fn=score, shape=(3, 16, 16))
-    assert info["method"] == "pilot" and resolved.alpha != "auto"
+    assert info["method"] == "pilot" and (resolved.pds is None or isinstance(resolved.pds.alpha, float))
     assert torch.isfinite(generate(resolved, score, sde, [0, 1], (3, 16, 16), statistics=stats).x).all()

@@ -36,7 +36,7 @@ def test_masks_from_a_source_are_thresholded_and_resized(tmp_path):
                          task=TaskSettings(kind="inpaint", source=str(tmp_path / "images.npz"),
                                            masks=str(tmp_path / "masks.npz")))
     batch = next(iter(dm.predict_dataloader()))
-    assert batch["kind"] == "inpaint" and batch["restrict"] == "project"
+    assert batch["kind"] == "inpaint" and "restrict" not in batch  # the sampler's PDS says how (pds.restrict)
     assert batch["image"].shape == (3, 1, 8, 8) and batch["index"].tolist() == [0, 1, 2]
     assert (batch["mask"][:, :, :4] == 1).all() and (batch["mask"][:, :, 4:] == 0).all()
 
@@ -48,7 +48,7 @@ def test_bad_task_settings_are_named(tmp_path):
         TaskSettings(kind="inpaint")
     with pytest.raises(ValueError, match="no masks"):
         TaskSettings(kind="colorize", source="mnist", masks="m.npz")
-    with pytest.raises(ValueError, match="restrict"):
+    with pytest.raises(TypeError, match="restrict"):  # moved to the sampler: model.sampler.pds.restrict
         TaskSettings(source="mnist", restrict="all")
     with pytest.raises(ValueError, match="holds 2 images"):
         TaskInputs(TaskSettings(source="x", indices="0-4"), [torch.zeros(1, 8, 8)] * 2, None, [0], set())

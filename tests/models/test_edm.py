@@ -11,7 +11,7 @@ from pds_lightning.models import DDPMpp, NCSNpp, ScoreModel
 from pds_lightning.models.edm import EDMPrecond, preconditioning
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling import SamplerSettings
+from pds_lightning.sampling import EDMHeun
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 TINY = dict(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, image_size=8, num_channels=1,
@@ -145,7 +145,7 @@ def test_posterior_mean_denoiser_gives_the_exact_score(sde):
 def test_score_module_builds_saves_loads_and_samples(tmp_path):
     sde_spec = {"class_path": "pds_lightning.sde.VESDE", "init_args": {"sigma_min": 0.01, "sigma_max": 16.0}}
     net_spec = {"class_path": "pds_lightning.models.edm.EDMPrecond", "init_args": {"net": SPEC, "sigma_data": 0.5}}
-    settings = SamplerSettings(name="heun", method="edm_heun", n_steps=3)
+    settings = EDMHeun(name="heun", levels=3)
     module = ScoreModule.from_hyper_parameters(net=net_spec, sde=sde_spec, image_size=8, num_channels=1,
                                                centered=True, sampler=settings)
     with torch.no_grad():

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from helpers import GaussianModule
+from pds_lightning.sampling import PC, PDS as PDSComponent, ProbabilityFlowODE, generate, pc_sampler
 from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis,
-                                                conditional_pc_sampler, generate_conditional, known_part_for)
+                                                known_part_for)
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sde import VESDE, VPSDE
@@ -56,8 +57,8 @@ def test_inpainting_keeps_the_known_pixels_exactly_and_fills_with_the_conditiona
     B = 256
     known = known_part_for("inpaint", x0.expand(B, -1, -1, -1), center_mask())
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
-    out = conditional_pc_sampler(target, sde, known, noise=SeededNoise(range(B)), preconditioner=pre,
-                                 restrict=restrict, n_steps=200).x
+    out = pc_sampler(target, sde, None, known=known, noise=SeededNoise(range(B)), preconditioner=pre,
+                     restrict=restrict, n_steps=200).x
     m = center_mask().flatten().bool()
     assert torch.equal(out.flatten(1)[:, m], x0.flatten(1)[:, m].expand(B, -1))  # bit for bit
     cov, xk = covariance(lam), x0.double().flatten()[m]
@@ -84,8 +85,8 @@ def test_colorization_keeps_the_gray_axis_for_every_pc_sampler(restrict, pds, pr
     gray = rgb.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # what a gray input looks like
     known = known_part_for("colorize", gray)
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
-    out = conditional_pc_sampler(target, sde, known, noise=SeededNoise(range(4)), preconditioner=pre,
-                                 restrict=restrict, n_steps=50, predictor=predictor, corrector=corrector).x
+    out = pc_sampler(target, sde, None, known=known, noise=SeededNoise(range(4)), preconditioner=pre,
+                     restrict=restrict, n_steps=50, predictor=predictor, corrector=corrector).x
     assert torch.allclose(out.mean(1), gray[:, 0], atol=1e-6, rtol=0)  # float rounding of the basis change
     assert out.std(1).mean() > 0.05  # the colour is filled in, not left gray
     assert torch.isfinite(out).all()
@@ -113,13 +114,13 @@ def test_restricted_preconditioner_never_touches_the_known_part():
 
 def test_a_seed_gives_the_same_completion_in_any_batch():
     module = GaussianModule()
-    settings = SamplerSettings(preconditioner="both", n_steps=20)
+    sampler = PC(pc_steps=20, pds=PDSComponent(filters="both"))
     x0 = module.target.sample(3, torch.Generator().manual_seed(2)).float()
     mask = center_mask(3)
-    both = generate_conditional(settings, module.target, module.sde, [7, 8, 9], known_part_for("inpaint", x0, mask),
-                                module.data_statistics).x
-    one = generate_conditional(settings, module.target, module.sde, [8], known_part_for("inpaint", x0[1:2], mask),
-                               module.data_statistics).x
+    both = generate(sampler, module.target, module.sde, [7, 8, 9], None, module.data_statistics,
+                    known=known_part_for("inpaint", x0, mask)).x
+    one = generate(sampler, module.target, module.sde, [8], None, module.data_statistics,
+                   known=known_part_for("inpaint", x0[1:2], mask)).x
     assert torch.equal(both[1:2], one)
 
 
@@ -131,10 +132,12 @@ def test_bad_inputs_are_named():
         known_part_for("colorize", x)
     with pytest.raises(ValueError, match="0 \\(unknown\\) and 1"):
         KnownPart(x, torch.full((1, 1, H, H), 0.5))
-    with pytest.raises(ValueError, match="method: pc"):
-        generate_conditional(SamplerSettings(method="ode"), None, VESDE(), [0, 1], KnownPart(x, center_mask()))
+    with pytest.raises(ValueError, match="run pds_lightning.sampling.PC"):
+        generate(ProbabilityFlowODE(), None, VESDE(), [0, 1], None, known=KnownPart(x, center_mask()))
     with pytest.raises(ValueError, match="restrict"):
-        conditional_pc_sampler(None, VESDE(), KnownPart(x, center_mask()), noise=SeededNoise([0, 1]), restrict="x")
+        PDSComponent(restrict="x")
+    with pytest.raises(ValueError, match="restrict"):
+        pc_sampler(None, VESDE(), None, known=KnownPart(x, center_mask()), noise=SeededNoise([0, 1]), restrict="x")
 
 
 def test_clip_keeping_gray_stays_in_range_and_keeps_the_gray():

@@ -9,10 +9,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import preconditioner_of, run_sampler
 
 from pds_lightning.alpha.surrogate import GaussianSurrogate, Modes, pc_output_moments
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import SamplerSettings, SeededNoise, generate, pc_sampler
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import SeededNoise, generate, pc_sampler
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -43,9 +45,8 @@ def strong_modes(preconditioner) -> torch.Tensor:
 def measured_ratio(s: SamplerSettings, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-mode output variance / target variance [H, W] from BATCH samples, the M M^T gain mask)."""
     stats = exact_statistics()
-    pre = s.preconditioner_from(stats)
-    x = pc_sampler(GaussianScore(MEAN, LAM, SDE), SDE, (BATCH, 1, H, W), noise=BatchNoise(seed),
-                   preconditioner=pre, **s.sampler_kwargs()).x.double()
+    pre = preconditioner_of(s, stats)
+    x = run_sampler(s, GaussianScore(MEAN, LAM, SDE), SDE, (BATCH, 1, H, W), BatchNoise(seed), stats).x.double()
     v = torch.fft.fft2(x - x.mean(0)).abs().square().sum(0)[0] / (H * W) / (BATCH - 1)
     return v / LAM[0], strong_modes(pre)
 
@@ -103,7 +104,7 @@ def vanilla_ratio(n_steps) -> torch.Tensor:
 def test_the_gap_closes_for_the_consistent_variant_only():
     """The recursion (checked above against the sampler) at large N: consistent -> vanilla (error ~ 1/N),
     official does not."""
-    strong = strong_modes(settings(10, "official").preconditioner_from(exact_statistics()))
+    strong = strong_modes(preconditioner_of(settings(10, "official"), exact_statistics()))
     gaps = {}
     for n in (100, 400, 1000, 4000):
         vanilla = vanilla_ratio(n)[strong]
@@ -119,17 +120,17 @@ def test_consistent_equals_vanilla_without_a_preconditioner_and_keeps_the_noise_
     score = GaussianScore(MEAN, LAM, sde)
     for predictor in ("reverse_diffusion", "euler_maruyama"):
         vanilla = generate(SamplerSettings(predictor=predictor), score, sde, range(4), (1, H, W))
-        consistent = generate(SamplerSettings(predictor=predictor, pds_predictor="consistent"), score, sde,
-                              range(4), (1, H, W))
+        consistent = pc_sampler(score, sde, (4, 1, H, W), noise=SeededNoise(range(4)), predictor=predictor,
+                                pds_predictor="consistent")  # the engine: components give no PDS form without PDS
         torch.testing.assert_close(consistent.x, vanilla.x, rtol=1e-5, atol=1e-5)
         assert consistent.nfe == vanilla.nfe
 
 
 def test_consistent_is_refused_where_it_is_not_defined():
-    with pytest.raises(ValueError, match="pds_predictor 'consistent' exists for.*not 'ancestral_sampling'"):
-        SamplerSettings(predictor="ancestral_sampling", pds_predictor="consistent")
-    with pytest.raises(ValueError, match="unknown pds_predictor 'exact'"):
-        SamplerSettings(pds_predictor="exact")
+    with pytest.raises(ValueError, match="predictor 'consistent' exists for.*not ancestral_sampling"):
+        SamplerSettings(predictor="ancestral_sampling", pds_predictor="consistent", preconditioner="both")
+    with pytest.raises(ValueError, match="unknown predictor 'exact'"):
+        SamplerSettings(pds_predictor="exact", preconditioner="both")
     with pytest.raises(ValueError, match="pds_predictor 'consistent' exists for"):
         pc_sampler(GaussianScore(MEAN, LAM, SDE), SDE, (1, 1, H, W), noise=SeededNoise([0]),
                    predictor="ancestral_sampling", pds_predictor="consistent")

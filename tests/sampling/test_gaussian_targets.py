@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import generate
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 H = W = 8

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianMixtureScore
-from pds_lightning.sampling import SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import generate
 from pds_lightning.sampling.guidance import guided_score
 from pds_lightning.sde import VESDE
 
@@ -113,7 +114,7 @@ def pds_statistics() -> MixtureStatistics:
     SamplerSettings(n_steps=400, step_size="batch"),
     SamplerSettings(n_steps=400, step_size="batch", preconditioner="both", alpha=3.0, pds_predictor="consistent"),
     SamplerSettings(method="ode", n_steps=200),
-    SamplerSettings(method="edm_heun", n_steps=64, corrector="none"),
+    SamplerSettings(method="edm_heun", n_steps=64),
 ], ids=["pc", "pc_pds", "ode", "edm_heun"])
 def test_guidance_zero_samples_the_class_gaussian(settings):
     cls = torch.tensor([0, 1]).repeat(N // 2)

@@ -7,8 +7,8 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling import (NonFiniteSampleError, RecordedNoise, SamplerSettings, SeededNoise, generate,
-                                    ode_sampler, pc_sampler)
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import NonFiniteSampleError, RecordedNoise, SeededNoise, generate, ode_sampler, pc_sampler
 from pds_lightning.sampling.correctors import CORRECTORS
 from pds_lightning.sampling.predictors import PREDICTORS
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
@@ -176,8 +176,8 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="unknown corrector"):
         SamplerSettings(corrector="hmc")
     with pytest.raises(ValueError, match="alpha must be a finite number > 1"):
-        SamplerSettings(alpha=1.0)
-    with pytest.raises(ValueError, match="needs method: pc and a preconditioner"):
+        SamplerSettings(alpha=1.0, preconditioner="both")
+    with pytest.raises(ValueError, match="alpha='auto' does not apply.*needs a preconditioner"):
         SamplerSettings(alpha="auto")  # the default preconditioner is 'none'
     with pytest.raises(ValueError, match="a number > 1 or 'auto'"):
         SamplerSettings(alpha="strong", preconditioner="freq")
@@ -186,8 +186,8 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="not both"):
         SamplerSettings(n_steps=10, speed_up=2.0)
     with pytest.raises(ValueError, match="leaves int"):
-        SamplerSettings(speed_up=30.0).steps_for(VESDE(num_scales=20))
-    assert SamplerSettings(speed_up=2.0).steps_for(VESDE(num_scales=20)) == (10, pytest.approx(2e-5))
+        SamplerSettings(speed_up=30.0).to_sampler().steps(VESDE(num_scales=20))
+    assert SamplerSettings(speed_up=2.0).to_sampler().steps(VESDE(num_scales=20)) == (10, pytest.approx(2e-5))
 
 
 def test_generate_builds_the_preconditioner_from_statistics():

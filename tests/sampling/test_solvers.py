@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import RecordedNoise, SamplerSettings, generate
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, RecordedNoise, generate
 from pds_lightning.sampling.solvers import SOLVERS, noise_levels, solver_nfe
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
@@ -245,14 +246,14 @@ def test_langevin_corrector_between_steps_by_hand():
     (dict(method="edm_stochastic", S_churn=-1.0), "S_churn"),
     (dict(method="edm_stochastic", S_noise=0.0), "S_noise"),
     (dict(method="edm_stochastic", S_tmin=2.0, S_tmax=1.0), "S_tmin"),
-    (dict(method="dpmpp_2m", n_steps=1), "n_steps >= 2"),
-    (dict(method="euler", preconditioner="freq"), "ode_corrector: langevin"),
-    (dict(method="pc", ode_corrector="langevin"), "ode_corrector applies"),
+    (dict(method="dpmpp_2m", n_steps=1), "levels must be an integer >= 2"),
+    (dict(method="euler", preconditioner="freq"), "PDS only in its Langevin corrector"),
+    (dict(method="pc", ode_corrector="langevin"), "ode_corrector='langevin' does not apply.*sigma-space methods"),
     (dict(method="edm_heun", schedule="linear"), "schedule"),
     (dict(method="edm_heun", sigma_min=2.0, sigma_max=1.0), "sigma_min < sigma_max"),
-    (dict(method="edm_heun", schedule="sde", sigma_max=10.0), "karras"),
+    (dict(method="edm_heun", schedule="sde", sigma_max=10.0), "sigma_max=10.0 does not apply"),
     (dict(method="euler", ode_corrector="yes"), "ode_corrector"),
-    (dict(method="heun"), "unknown sampling method"),
+    (dict(method="heun"), "unknown method 'heun'"),
 ])
 def test_bad_settings_are_rejected(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -260,11 +261,11 @@ def test_bad_settings_are_rejected(kw, message):
 
 
 def test_speed_up_leaving_too_few_levels_is_rejected():
-    with pytest.raises(ValueError, match="n_steps >= 2"):
+    with pytest.raises(ValueError, match="needs >= 2 noise levels"):
         generate(SamplerSettings(method="edm_heun", speed_up=1000), GaussianScore(MEAN, LAM, VESDE()), VESDE(),
                  [0], (1, H, W))
 
 
 def test_pc_default_is_unchanged():
-    s = SamplerSettings()
-    assert s.method == "pc" and "schedule" not in s.sampler_kwargs()
+    s = SamplerSettings().to_sampler()
+    assert s == PC() and "schedule" not in s.fields()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import SamplerSettings, SeededNoise, generate, pc_sampler
+from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import SeededNoise, generate, pc_sampler
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 LAM = power_law_spectrum(8, 8, variance=0.05)
@@ -37,8 +38,8 @@ def test_both_sides_of_the_boundary(sde, predictor, corrector):
     n_min = sde.min_ddpm_steps()
     score = GaussianScore(0.45, LAM, sde)
     below = SamplerSettings(n_steps=n_min - 1, predictor=predictor, corrector=corrector)
-    with pytest.raises(ValueError, match=rf"at least {n_min} steps \(n_steps >= {n_min}.*euler_maruyama "
-                                         "with corrector: none"):
+    with pytest.raises(ValueError, match=rf"at least {n_min} steps \(pc_steps >= {n_min}.*EulerMaruyama "
+                                         "with corrector: null"):
         generate(below, score, sde, SEEDS, (1, 8, 8))
     at = SamplerSettings(n_steps=n_min, predictor=predictor, corrector=corrector, check_finite_every=1)
     x = generate(at, score, sde, SEEDS, (1, 8, 8)).x
@@ -50,7 +51,7 @@ def test_speed_up_is_refused_with_the_same_message():
     sde = VPSDE()
     with pytest.raises(ValueError, match=r"cannot be sampled in 12 steps by the reverse_diffusion predictor "
                                          r"and the langevin corrector.*speed_up <= 47.62"):
-        SamplerSettings(speed_up=1000 / 12).steps_for(sde)
+        SamplerSettings(speed_up=1000 / 12).to_sampler().check(sde)
 
 
 def test_the_refused_region_really_breaks_the_sampler():
@@ -73,14 +74,14 @@ def test_the_refused_region_really_breaks_the_sampler():
 def test_settings_without_ddpm_tables_work_at_any_step_count(sde, predictor, corrector):
     score = GaussianScore(0.45, LAM, sde)
     settings = SamplerSettings(n_steps=3, predictor=predictor, corrector=corrector)
-    assert settings.ddpm_table_users(sde) == []
+    assert settings.to_sampler().ddpm_table_users(sde) == []
     assert torch.isfinite(generate(settings, score, sde, SEEDS, (1, 8, 8)).x).all()
 
 
 def test_ode_sampler_is_not_refused():
     sde = VPSDE()
     settings = SamplerSettings(method="ode", n_steps=3)
-    assert settings.steps_for(sde) == (3, pytest.approx(1e-3 * 1000 / 3))
+    assert settings.to_sampler().nfe(sde) == 2 * 3 + 1
 
 
 @pytest.mark.parametrize("corrector", ["ald", "langevin"])

@@ -23,7 +23,7 @@ from pds_lightning.callbacks import SampleWriter, SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.settings import SamplerSettings
+from pds_lightning.legacy import SamplerSettings
 from pds_lightning.statistics import ImageStatistics
 
 SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
