@@ -1,11 +1,12 @@
 """Samplers of score SDEs as components: one class per method (PC, ProbabilityFlowODE, EDMHeun, EDMStochastic,
-DPMSolverPP2M, Euler), configured by class_path / init_args, with their predictor, corrector, schedule and PDS
+DPMSolverPP2M, Euler, DPMSolverPP2MSDE, Restart), configured by class_path / init_args, with their predictor, corrector, schedule and PDS
 components. `generate` turns seeds into samples; PDS alpha choosers are resolved above (pds_lightning.alpha).
 """
 
 from pds_lightning.sampling.base import Component, SampleResult, Sampler
 from pds_lightning.sampling.correctors import ALD, Langevin
 from pds_lightning.sampling.dpmpp_2m import DPMSolverPP2M
+from pds_lightning.sampling.dpmpp_2m_sde import DPMSolverPP2MSDE
 from pds_lightning.sampling.edm_heun import EDMHeun
 from pds_lightning.sampling.edm_stochastic import EDMStochastic
 from pds_lightning.sampling.euler import Euler
@@ -16,10 +17,11 @@ from pds_lightning.sampling.pc import PC
 from pds_lightning.sampling.pds import PDS, AlphaChooser
 from pds_lightning.sampling.predictors import AncestralSampling, EulerMaruyama, ReverseDiffusion
 from pds_lightning.sampling.reference import pds_pc_sampler
+from pds_lightning.sampling.restart import Restart
 from pds_lightning.sampling.samplers import NonFiniteSampleError, ode_sampler, pc_sampler
 from pds_lightning.sampling.schedules import Karras, SDEGrid
 
 __all__ = ["Component", "Sampler", "SampleResult", "PC", "ProbabilityFlowODE", "EDMHeun", "EDMStochastic",
-           "DPMSolverPP2M", "Euler", "ReverseDiffusion", "EulerMaruyama", "AncestralSampling", "Langevin", "ALD",
+           "DPMSolverPP2M", "Euler", "DPMSolverPP2MSDE", "Restart", "ReverseDiffusion", "EulerMaruyama", "AncestralSampling", "Langevin", "ALD",
            "Karras", "SDEGrid", "PDS", "AlphaChooser", "generate", "SeededNoise", "RecordedNoise", "pc_sampler",
            "ode_sampler", "pds_pc_sampler", "NonFiniteSampleError"]

@@ -48,8 +48,16 @@ class SigmaSampler(Sampler):
 
     def nfe(self, sde: SDE) -> int:
         c = self.corrector
-        return solver_nfe(self.method, self.levels_for(sde), "none" if c is None else "langevin",
-                          1 if c is None else c.steps_per_level)
+        return self.levels_nfe(self.levels_for(sde), "none" if c is None else "langevin",
+                               1 if c is None else c.steps_per_level)
+
+    def levels_nfe(self, levels: int, ode_corrector: str, n_corrector_steps: int) -> int:
+        """Score evaluations per sample with `levels` noise levels (the engine's own count)."""
+        return solver_nfe(self.method, levels, ode_corrector, n_corrector_steps)
+
+    def engine(self):
+        """The sigma-space sampling function this component runs (solvers.py by `method`)."""
+        return SOLVERS[self.method]
 
     def extra_kwargs(self) -> dict:
         return {}
@@ -59,7 +67,7 @@ class SigmaSampler(Sampler):
         c = self.corrector
         corrector = {} if c is None else dict(ode_corrector="langevin", snr=c.snr, n_corrector_steps=c.steps_per_level,
                                                step_size=c.step_size)
-        return SOLVERS[self.method](score_fn, sde, shape, noise=noise, preconditioner=preconditioner,
-                                    n_steps=self.levels, speed_up=self.speed_up, eps=self.eps,
-                                    check_finite_every=self.check_finite_every, **self.schedule.engine_kwargs(),
-                                    **corrector, **self.extra_kwargs())
+        return self.engine()(score_fn, sde, shape, noise=noise, preconditioner=preconditioner,
+                             n_steps=self.levels, speed_up=self.speed_up, eps=self.eps,
+                             check_finite_every=self.check_finite_every, **self.schedule.engine_kwargs(),
+                             **corrector, **self.extra_kwargs())

@@ -9,8 +9,9 @@ import torch
 from pds_lightning.alpha import Pilot, Surrogate
 from pds_lightning.legacy import SamplerSettings, sampler_from_flat, sampler_from_hparam
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling import (ALD, EDMHeun, EDMStochastic, PC, PDS, DPMSolverPP2M, Euler, EulerMaruyama, Karras,
-                                    Langevin, ProbabilityFlowODE, SDEGrid, SeededNoise, generate)
+from pds_lightning.sampling import (ALD, EDMHeun, EDMStochastic, PC, PDS, DPMSolverPP2M, DPMSolverPP2MSDE, Euler,
+                                    EulerMaruyama, Karras, Langevin, ProbabilityFlowODE, Restart, SDEGrid, SeededNoise,
+                                    generate)
 from pds_lightning.sde import VESDE, VPSDE
 
 FIVE = [dict(method="pc", S_churn=40.0), dict(method="edm_heun", S_churn=40.0),
@@ -88,7 +89,10 @@ def gaussian(sde):
     PC(pc_steps=6, predictor=EulerMaruyama(), corrector=None), PC(speed_up=25.0, pds=PDS(filters="freq")),
     ProbabilityFlowODE(steps=4), ProbabilityFlowODE(steps=4, denoise=False), EDMHeun(levels=5),
     EDMStochastic(levels=4, S_churn=10.0), DPMSolverPP2M(levels=6), Euler(levels=3, schedule=SDEGrid()),
-    EDMHeun(levels=4, corrector=Langevin(steps_per_level=2), pds=PDS())], ids=repr)
+    EDMHeun(levels=4, corrector=Langevin(steps_per_level=2), pds=PDS()), DPMSolverPP2MSDE(levels=5),
+    DPMSolverPP2MSDE(levels=4, eta=0.5, corrector=Langevin(), pds=PDS()),
+    Restart(levels=8, intervals=[[0.5, 2.0]], repeats=2, inner_steps=3),
+    Restart(levels=10, intervals=[[0.1, 0.4], [1.0, 3.0]], repeats=[1, 2], inner_steps=[2, 4])], ids=repr)
 def test_nfe_is_exact(sampler):
     sde = VESDE(0.01, 10.0, 100)
     score = gaussian(sde)
@@ -115,3 +119,30 @@ def test_checkpoint_class_path_must_be_a_sampler_component():
     with pytest.raises(ValueError, match="refused"):
         sampler_from_hparam({"class_path": "pds_lightning.sampling.PC",
                              "init_args": {"pds": {"class_path": "subprocess.Popen", "init_args": {}}}})
+
+
+def test_the_stochastic_components_run_their_engines_and_round_trip():
+    """DPMSolverPP2MSDE / Restart sample exactly what sampling.stochastic's functions sample, store as plain
+    class_path / init_args data, and refuse bad settings at construction (not at sampling)."""
+    from pds_lightning.sampling.noise import SeededNoise
+    from pds_lightning.sampling.stochastic import dpmpp_2m_sde, restart
+
+    sde = VESDE(0.01, 10.0, 100)
+    score = gaussian(sde)
+    for component, function, kwargs in [
+            (DPMSolverPP2MSDE(levels=6, eta=0.7), dpmpp_2m_sde, dict(n_steps=6, eta=0.7)),
+            (Restart(levels=8, intervals=[[0.5, 2.0]], repeats=3, inner_steps=2), restart,
+             dict(n_steps=8, intervals=[[0.5, 2.0]], repeats=3, inner_steps=2))]:
+        got = generate(component, score, sde, [3, 4], (1, 8, 8))
+        want = function(score, sde, (2, 1, 8, 8), noise=SeededNoise([3, 4], torch.device("cpu")), **kwargs)
+        assert torch.equal(got.x, want.x) and got.nfe == want.nfe == component.nfe(sde)
+        assert sampler_from_hparam(component.config()) == component
+    for make, message in [(lambda: DPMSolverPP2MSDE(eta=-0.1), "eta must be"),
+                          (lambda: DPMSolverPP2MSDE(S_noise=float("nan")), "S_noise must be"),
+                          (lambda: Restart(intervals=[[0.3, 0.1]]), "t_max must be"),
+                          (lambda: Restart(intervals=[0.1, 0.3]), "pair"),
+                          (lambda: Restart(repeats=0), "repeats must be an integer >= 1"),
+                          (lambda: Restart(inner_steps=[2, 3]), "one int per interval"),
+                          (lambda: Restart(inner_steps=1), "inner_steps must be an integer >= 2")]:
+        with pytest.raises(ValueError, match=message):
+            make()
