@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "demo": ("configs/demo.yaml", "runs/demo/checkpoints/last.ckpt"),
     "patches": ("configs/patches.yaml", "runs/patches/checkpoints/last.ckpt"),
+    "demo_edm": ("configs/demo_edm.yaml", "runs/demo_edm/checkpoints/last.ckpt"),
+    "patches_edm": ("configs/patches_edm.yaml", "runs/patches_edm/checkpoints/last.ckpt"),
 }
 BOOTSTRAP = 200
 

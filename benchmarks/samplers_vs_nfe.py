@@ -2,16 +2,22 @@
 
     python -m benchmarks.samplers_vs_nfe --models gaussian                          # 64 px Gaussian target, exact
     python -m benchmarks.samplers_vs_nfe --models demo patches --num-samples 1000   # trained reference models
+    python -m benchmarks.samplers_vs_nfe --models demo demo_edm --nfe 10 20 40 80   # score_sde vs EDM recipe
 
 On several cores, split the rows over processes (`--samplers ... --output-dir /tmp/a`, the rest to /tmp/b),
 then `--merge /tmp/a/samplers_vs_nfe.json /tmp/b/samplers_vs_nfe.json` joins them into the results.
 
-Rows (sampler -> SamplerSettings; n_steps chosen per NFE budget so the exact NFE is as close as possible,
-and printed): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot samples), the SDE-grid Heun
-ODE (method 'ode', 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
+Rows (sampler components; the step count per NFE budget is the one whose exact `.nfe(sde)` is closest, and
+printed; the older rows are translated from the flat SamplerSettings they were first measured with, so their
+figures reproduce): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot samples), the SDE-grid
+Heun ODE (method 'ode', 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
 EDM stochastic (S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003: EDM's ImageNet-64 values; 2N - 1),
-DPM-Solver++(2M) (N), Euler/DDIM (N), EDM Heun + the PDS Langevin corrector (alpha 5, 3N - 2), and PDS PC
-with the consistent predictor (`pds_predictor: consistent`). PC samplers: 2 NFE per step.
+DPM-Solver++(2M) (N), Euler/DDIM (N), EDM Heun + the PDS Langevin corrector (alpha 5, 3N - 2), PDS PC with
+the consistent predictor (`pds_predictor: consistent`), DPM-Solver++(2M) SDE (eta 1; N) and Restart (EDM Heun
+with restarts, 2N - 1 + 2 K (n - 1) per interval) on the interval [[0.03, 0.15]] in sigma with K = 2 repeats
+of n = 3 inner levels: the data here are in [0, 1], so the paper's CIFAR-10 interval [0.06, 0.30] for [-1, 1]
+data is halved. Restart's fewest NFE are 11 (2 levels), which it gets at a budget of 10. PC samplers: 2 NFE
+per step. On the Gaussian target the two new rows have the Monte-Carlo figure only.
 
 `gaussian`: an exact-score stationary Gaussian at 64x64 (`GaussianScore`) whose mean and power spectrum are
 those of the embedded MNIST digits resized to 64 px, under the demo model's SDE (VE, sigma 0.01..16).
@@ -22,9 +28,10 @@ Quality is W2 per pixel of the output law against the target:
   that the Langevin step uses expected norms);
 - for every row also a Monte-Carlo estimate from --num-samples samples (per-mode sample variances; its
   floor, the same estimate on exact target draws, is printed), the only figure for rows with a corrector.
-Trained models (`demo`, `patches`): spectral error and FD-digits with bootstrap standard errors, exactly as
-benchmarks/steps_vs_quality.py (loading and scoring from benchmarks/common.py). Results accumulate in
-results/samplers_vs_nfe.json (rows already there with the same sample count are skipped).
+Trained models (`demo`, `patches` and their EDM-recipe twins `demo_edm`, `patches_edm`): spectral error and
+FD-digits with bootstrap standard errors, exactly as benchmarks/steps_vs_quality.py (loading and scoring from
+benchmarks/common.py). Results accumulate in results/samplers_vs_nfe.json (rows already there with the same
+sample count are skipped).
 """
 
 from __future__ import annotations
@@ -43,9 +50,10 @@ from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, mar
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
 from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import RecordedNoise, generate
-from pds_lightning.legacy import METHODS
-from pds_lightning.sampling.solvers import solver_nfe
+from pds_lightning.sampling import (PC, DPMSolverPP2MSDE, ProbabilityFlowODE, RecordedNoise, Restart, Sampler,
+                                    generate)
+from pds_lightning.sampling.samplers import ode_sampler
+from pds_lightning.sampling.sigma import SigmaSampler
 
 NFE = (10, 20, 40, 80, 132, 200)
 EDM_CHURN = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
@@ -53,27 +61,40 @@ GAUSSIAN_SIZE = 64
 
 
 # ---- rows ------------------------------------------------------------------------------------------
-def rows(base: SamplerSettings) -> dict[str, tuple[SamplerSettings, callable]]:
-    """name -> (settings without n_steps, NFE as a function of n_steps)."""
+#: Restart's interval in sigma for data in [0, 1] (the paper's [0.06, 0.30] for [-1, 1] data, halved).
+RESTART = dict(intervals=[[0.03, 0.15]], repeats=2, inner_steps=3)
+#: The step-count field of each component kind.
+STEP_FIELD = {PC: "pc_steps", ProbabilityFlowODE: "steps", SigmaSampler: "levels"}
+
+
+def rows() -> dict[str, Sampler]:
+    """name -> sampler component without a step count (the model's default one)."""
+    base = SamplerSettings(snr=0.16)
     pc = lambda **kw: dataclasses.replace(base, method="pc", **kw)
-    solver = lambda method, **kw: dataclasses.replace(base, method=method, **{"preconditioner": "none", "alpha": 5.0, **kw})
-    nfe_of = lambda s: (lambda n: solver_nfe(s.method, n, s.ode_corrector, s.n_corrector_steps))
-    out = {"vanilla": pc(preconditioner="none"), "pds_a5": pc(preconditioner="both", alpha=5.0),
-           "pds_auto": pc(preconditioner="both", alpha="auto", auto_method="surrogate"),
-           "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot"),
-           "pds_consistent": pc(preconditioner="both", alpha=5.0, pds_predictor="consistent")}
-    table = {name: (s, lambda n: 2 * n) for name, s in out.items()}
-    table["heun_sde_grid"] = (solver("ode"), lambda n: 2 * n + 1)
-    for name, s in {"edm_heun": solver("edm_heun"), "edm_stochastic": solver("edm_stochastic", **EDM_CHURN),
-                    "dpmpp_2m": solver("dpmpp_2m"), "euler": solver("euler"),
-                    "edm_heun_pds_corrector": solver("edm_heun", ode_corrector="langevin", preconditioner="both")
-                    }.items():
-        table[name] = (s, nfe_of(s))
-    return {name: (dataclasses.replace(s, name=name), f) for name, (s, f) in table.items()}
+    solver = lambda method, **kw: dataclasses.replace(base, method=method,
+                                                      **{"preconditioner": "none", "alpha": 5.0, **kw})
+    flat = {"vanilla": pc(preconditioner="none"), "pds_a5": pc(preconditioner="both", alpha=5.0),
+            "pds_auto": pc(preconditioner="both", alpha="auto", auto_method="surrogate"),
+            "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot"),
+            "pds_consistent": pc(preconditioner="both", alpha=5.0, pds_predictor="consistent"),
+            "heun_sde_grid": solver("ode"), "edm_heun": solver("edm_heun"),
+            "edm_stochastic": solver("edm_stochastic", **EDM_CHURN), "dpmpp_2m": solver("dpmpp_2m"),
+            "euler": solver("euler"),
+            "edm_heun_pds_corrector": solver("edm_heun", ode_corrector="langevin", preconditioner="both")}
+    out = {name: dataclasses.replace(s, name=name).to_sampler() for name, s in flat.items()}
+    out["dpmpp_2m_sde"] = DPMSolverPP2MSDE(eta=1.0, name="dpmpp_2m_sde")
+    out["restart"] = Restart(**RESTART, name="restart")
+    return out
+
+
+def with_steps(sampler: Sampler, n: int) -> Sampler:
+    """`sampler` with n steps (PC, ODE) or noise levels (sigma-space samplers)."""
+    field = next(f for kind, f in STEP_FIELD.items() if isinstance(sampler, kind))
+    return sampler.replace(**{field: n})
 
 
 def steps_for_budget(nfe_of, budget: int) -> int:
-    """The n_steps whose NFE is closest to `budget` (fewer NFE on ties)."""
+    """The n_steps whose NFE is closest to `budget` (fewer NFE on ties); `nfe_of(n)` is the exact NFE."""
     return min(range(2, budget + 2), key=lambda n: (abs(nfe_of(n) - budget), nfe_of(n)))
 
 
@@ -116,30 +137,38 @@ class GaussianTarget:
         v = (torch.fft.fft2(x - x.mean(0)).abs() ** 2).mean(0) / (H * W)
         return self.w2(x.mean(0), v)
 
-    def impulse_w2(self, setting: SamplerSettings, draws: int) -> float:
+    def impulse_w2(self, sampler: Sampler, draws: int) -> float:
         """Exact W2 of a sampler affine in its `draws` standard-normal draws, from impulse responses."""
         H, W = self.shape[1:]
         stream = [torch.zeros(draws + 1, 1, H, W, dtype=torch.float64) for _ in range(draws)]
         for j in range(draws):
             stream[j][j + 1, 0, 0, 0] = 1.0
-        sampler = METHODS[setting.method]
-        x = sampler(self.score, self.sde, (draws + 1, 1, H, W), noise=RecordedNoise(stream),
-                    dtype=torch.float64, **setting.sampler_kwargs()).x[:, 0]
+        x = float64_run(sampler, self.score, self.sde, (draws + 1, 1, H, W), RecordedNoise(stream)).x[:, 0]
         return self.w2(x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0))
 
 
-def exact_w2(target: GaussianTarget, name: str, setting: SamplerSettings) -> tuple[float | None, str]:
-    """(exact W2 per pixel, how) for the rows where it is available."""
+def float64_run(sampler: Sampler, score_fn, sde, shape, noise):
+    """An ODE or corrector-free sigma-space sampler run in float64 (the impulse responses need the precision)."""
+    if isinstance(sampler, ProbabilityFlowODE):
+        return ode_sampler(score_fn, sde, shape, noise=noise, n_steps=sampler.steps, speed_up=sampler.speed_up,
+                           eps=sampler.eps, denoise=sampler.denoise, dtype=torch.float64)
+    return sampler.engine()(score_fn, sde, shape, noise=noise, n_steps=sampler.levels, speed_up=sampler.speed_up,
+                            eps=sampler.eps, dtype=torch.float64, **sampler.schedule.engine_kwargs(),
+                            **sampler.extra_kwargs())
+
+
+def exact_w2(target: GaussianTarget, name: str, sampler: Sampler) -> tuple[float | None, str]:
+    """(exact W2 per pixel, how) for the older rows where it is available; the new rows: Monte Carlo only."""
     from pds_lightning.alpha import predict_w2
 
-    if setting.method == "pc" and name != "pds_consistent":  # the recursion knows the official predictor only
-        candidate = None if setting.preconditioner == "none" else setting.alpha
-        pds = dataclasses.replace(setting, preconditioner="both", alpha=5.0)
+    if isinstance(sampler, PC) and name != "pds_consistent":  # the recursion knows the official predictor only
+        candidate = None if sampler.pds is None else sampler.pds.alpha
+        pds = SamplerSettings(n_steps=sampler.pc_steps, preconditioner="both", alpha=5.0)
         return float(predict_w2(target.statistics, target.sde, pds, [candidate])[0]), "moments"
-    if setting.method in ("ode", "edm_heun", "dpmpp_2m", "euler") and setting.ode_corrector == "none":
-        return target.impulse_w2(setting, 1), "impulse"
-    if setting.method == "edm_stochastic" and setting.ode_corrector == "none":
-        return target.impulse_w2(setting, 1 + setting.steps_for(target.sde)[0]), "impulse"
+    if name in ("heun_sde_grid", "edm_heun", "dpmpp_2m", "euler"):
+        return target.impulse_w2(sampler, 1), "impulse"
+    if name == "edm_stochastic":
+        return target.impulse_w2(sampler, 1 + sampler.levels_for(target.sde)), "impulse"
     return None, "mc only"
 
 
@@ -149,10 +178,10 @@ def run_gaussian(args, payload: dict, path: Path) -> None:
     floor = target.mc_w2(target.score.sample(args.num_samples, torch.Generator().manual_seed(0))[:, :1].float())
     payload["meta"].setdefault("floor", {})["gaussian"] = {"w2_mc": floor}
     for budget in sorted(args.nfe):
-        for name, (setting, nfe_of) in rows(SamplerSettings(snr=0.16)).items():
+        for name, sampler in rows().items():
             if name not in args.samplers or done(payload, "gaussian", name, budget, args.num_samples):
                 continue
-            setting = dataclasses.replace(setting, n_steps=steps_for_budget(nfe_of, budget))
+            setting, n_steps = for_budget(sampler, target.sde, budget)
             start = time.perf_counter()
             resolved, choice = resolve_alpha(setting, target.sde, target.statistics, score_fn=target.score,
                                              shape=target.shape)
@@ -162,7 +191,7 @@ def run_gaussian(args, payload: dict, path: Path) -> None:
                 result.info["alpha_auto"] = choice
             exact, how = exact_w2(target, name, resolved)
             row = {"model": "gaussian", "sampler": name, "budget": budget, "nfe": result.nfe,
-                   "n_steps": setting.n_steps, "num_samples": args.num_samples, "wall_s_per_sample": wall,
+                   "n_steps": n_steps, "num_samples": args.num_samples, "wall_s_per_sample": wall,
                    "w2_exact": exact, "w2_exact_how": how, "w2_mc": target.mc_w2(result.x)}
             if "alpha_auto" in result.info:
                 row["alpha"] = result.info["alpha_auto"]["alpha"]
@@ -177,10 +206,10 @@ def run_trained(name: str, args, payload: dict, path: Path, features) -> None:
     payload["meta"].setdefault("floor", {})[name] = scorer.score(image_stack(dm, dm.train_indices[pick]))
     seeds = torch.arange(args.num_samples)
     for budget in sorted(args.nfe):
-        for sampler, (setting, nfe_of) in rows(model.sampler).items():
+        for sampler, component in rows().items():
             if sampler not in args.samplers or done(payload, name, sampler, budget, args.num_samples):
                 continue
-            setting = dataclasses.replace(setting, n_steps=steps_for_budget(nfe_of, budget))
+            setting, n_steps = for_budget(component, model.sde, budget)
             start = time.perf_counter()
             images, info, nfe = [], {}, 0
             for batch in seeds.split(args.batch_size):
@@ -188,11 +217,17 @@ def run_trained(name: str, args, payload: dict, path: Path, features) -> None:
                 images.append(result.x.cpu())
                 nfe, info = result.nfe, result.info
             wall = (time.perf_counter() - start) / args.num_samples
-            row = {"model": name, "sampler": sampler, "budget": budget, "nfe": nfe, "n_steps": setting.n_steps,
+            row = {"model": name, "sampler": sampler, "budget": budget, "nfe": nfe, "n_steps": n_steps,
                    "num_samples": args.num_samples, "wall_s_per_sample": wall, **scorer.score(torch.cat(images))}
             if "alpha_auto" in info:
                 row["alpha"] = info["alpha_auto"]["alpha"]
             save_row(payload, row, path)
+
+
+def for_budget(sampler: Sampler, sde, budget: int) -> tuple[Sampler, int]:
+    """(the sampler with the step count whose exact NFE on `sde` is closest to `budget`, that count)."""
+    n = steps_for_budget(lambda k: with_steps(sampler, k).nfe(sde), budget)
+    return with_steps(sampler, n), n
 
 
 def done(payload, model, sampler, budget, n) -> bool:
@@ -299,7 +334,7 @@ def write_plot(path: Path, payload: dict) -> bool:
 
 
 def main() -> None:
-    all_rows = list(rows(SamplerSettings()))
+    all_rows = list(rows())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["gaussian", *MODELS], choices=["gaussian", *MODELS])
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFE))
