@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pds_lightning.checkpoints import read_safetensors
 from pds_lightning.data import ImageDataModule
+from pds_lightning.fileio import write_new
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
@@ -112,35 +113,19 @@ def record_name(stage: str, n: int = 0) -> str:
 
 
 def write_new_record(folder: str, stage: str, text: str) -> str:
-    """Write `text` to the first free record name in `folder`, atomically and never over an existing file.
-
-    The text goes to a temp file (the umask applies), which is then hard-linked to the first free name:
-    link creation fails on an existing name, so two runs sharing a folder cannot replace each other's record,
-    and a reader never sees a partial one. Returns the path written."""
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{record_name(stage)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    """Write `text` to the first free record name in `folder`, whole or not at all and never over an existing file
+    (`fileio.write_new`: a hard link never replaces its target, so two runs sharing a folder keep both records).
+    Returns the path written."""
+    data = text.encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            view = memoryview(text.encode())
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
         for n in range(10_000):
             path = os.path.join(folder, record_name(stage, n))
-            try:
-                os.link(tmp, path)
+            if write_new(path, data):
                 return path
-            except FileExistsError:
-                continue
         raise OSError(f"{folder} already holds 10000 {record_name(stage)} records; use a new log directory")
     except OSError as err:
         raise OSError(f"cannot write the run's config record in {folder}: {err}; free space (or raise the file-size "
                       "limit) or choose another --trainer.default_root_dir") from err
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 class RunConfigCallback(SaveConfigCallback):

@@ -230,7 +230,8 @@ def check_loadable(hparams: dict[str, Any], state_dict: dict[str, torch.Tensor],
     stats = module.data_statistics
     if stats is None:
         return
-    alpha = module.sampler.alpha if isinstance(module.sampler.alpha, (int, float)) else 5.0
+    pds = module.sampler.pds
+    alpha = pds.alpha if pds is not None and not pds.chooses_alpha else 5.0  # a chooser picks later; 5: the default
     try:
         Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), alpha)
     except ValueError as err:

@@ -248,7 +248,7 @@ def net_init_args(config: dict[str, Any], sde: VESDE) -> dict[str, Any]:
 
 # ---- scheduler -> SDE and sampler ----------------------------------------------------------------------
 def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sigma_max: float | None = None,
-           num_scales: int | None = None) -> tuple[VESDE, dict[str, Any]]:
+           num_scales: int | None = None) -> tuple[VESDE, PC]:
     """The VE SDE and the sampler's PC settings of a ScoreSdeVeScheduler config (or of the given values,
     where the folder has no scheduler)."""
     given = {k: v for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("num_scales", num_scales))
@@ -257,7 +257,7 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
         if len(given) != 3:
             raise ConversionError("the folder has no scheduler_config.json; give the model's VE SDE with "
                                   "--sigma-min, --sigma-max and --num-scales (score_sde's config of the model)")
-        return VESDE(**given), {}
+        return VESDE(**given), PC(name="pds", pds=PDS(filters="both", alpha=5.0))
     if given:
         raise ConversionError(f"the folder's scheduler_config.json sets the SDE; drop {', '.join(given)}")
     name = scheduler.get("_class_name")

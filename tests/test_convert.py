@@ -296,7 +296,7 @@ BAD_SETTINGS = {
                          r"model\.net init_args do not fit pds_lightning\.models\.NCSNpp: .*'nfx'; it takes \['nf', "),
     "unknown_model_key": (lambda m: m.update(ema_decayy=0.9), r"model: has unknown keys \['ema_decayy'\]"),
     "sampler_method": (lambda m: m.update(sampler={"method": "pds_fast"}),
-                       r"model: settings are refused \(unknown sampling method 'pds_fast'; choose one of "),
+                       r"model: settings are refused \(flat sampler settings: unknown method 'pds_fast'; choose one of "),
     "no_sde": (lambda m: m.pop("sde"), r"has no 'model: sde: class_path:' section"),
 }
 

@@ -354,7 +354,7 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.pc_steps", "2",
                                                    "--model.sampler.pds.alpha", "3"))
     assert status == 1 and "holds the samples of another run" in line, line
-    assert "settings.n_steps: 10 there -> 2 now" in line and "settings.alpha: 5.0 there -> 3.0 now" in line
+    assert "settings.init_args.pc_steps: 10 there -> 2 now" in line and "settings.init_args.pds.init_args.alpha: 5.0 there -> 3.0 now" in line
     assert "predict into a new output_dir" in line
     # Another checkpoint of the same config and step (one EMA weight nudged): same hyper-parameters, new weights.
     state = torch.load(ckpt, weights_only=True)

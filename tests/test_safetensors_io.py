@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from pds_lightning.convert import convert_score_sde
 from pds_lightning.export import export, main as export_main
 from pds_lightning.module import ScoreModule
+from pds_lightning.sampling import PDS
 from pds_lightning.safetensors_io import FORMAT, HEADER, load_weights, save_weights
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -50,7 +51,7 @@ def test_export_round_trips_and_samples_identically(converted, tmp_path):
     out = export(converted, tmp_path / "shared.safetensors")
     a, b = ScoreModule.load_from_checkpoint(converted), ScoreModule.load_from_checkpoint(out)
     assert_same_module(a, b)
-    settings = a.sampler.__class__(n_steps=3, preconditioner="both", alpha=2.0)
+    settings = a.sampler.replace(pc_steps=3, pds=PDS(filters="both", alpha=2.0))
     assert torch.equal(a.generate_images([0, 1], sampler=settings), b.generate_images([0, 1], sampler=settings))
     assert out.read_bytes() == converted.with_suffix(".safetensors").read_bytes()  # one file for one model
 
@@ -93,7 +94,7 @@ def test_loading_refuses_unexpected_metadata(tmp_path, header, message):
 def test_class_paths_are_checked_before_anything_runs(tmp_path):
     path = module_file(tmp_path / "m.safetensors", body(net={"class_path": "subprocess.Popen",
                                                              "init_args": {"args": ["touch", str(tmp_path / "ran")]}}))
-    with pytest.raises(ValueError, match="refused model.net 'subprocess.Popen': it is not a subclass of torch.nn"):
+    with pytest.raises(ValueError, match="refused model.net 'subprocess.Popen' unimported: it is outside the allow-list"):
         ScoreModule.load_from_checkpoint(path)
     assert not (tmp_path / "ran").exists()
 

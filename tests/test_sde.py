@@ -131,7 +131,7 @@ def test_resolve_steps_errors():
     # The values themselves are checked once, where the user gives them: SamplerSettings.
     with pytest.raises(ValueError, match="not both"):
         SamplerSettings(n_steps=4, speed_up=2)
-    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+    with pytest.raises(ValueError, match="pc_steps must be an integer >= 1"):
         SamplerSettings(n_steps=0)
 
 

@@ -61,7 +61,8 @@ def test_predict_stops_mid_batch_keeps_whole_pngs_and_the_rerun_finishes(fit_run
     report = term_run(tmp_path, "predict", TINY, work / "checkpoints" / "last.ckpt", "0-1")
     assert report["first_exit"] == EXIT_STATUS, report
     # Signalled while the second seed's batch was sampling: it stopped inside that batch, not after it.
-    assert report["at_signal"] == report["after_first"] == ["000/000000.png"], report
+    # (manifest.json records the run before its first PNG, complete: false)
+    assert report["at_signal"] == report["after_first"] == ["000/000000.png", "manifest.json"], report
     assert "stopped by SIGTERM: complete outputs are kept" in last_line(tmp_path / "log_first.txt")
     assert report["rerun_exit"] == 0
     out = tmp_path / "samples"

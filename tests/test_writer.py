@@ -94,7 +94,7 @@ def test_enospc_midway_leaves_no_partial_file_and_reports_written_seeds(tmp_path
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert files == [f"{s:06d}.png" for s in range(5)] + ["manifest.json"]  # no temp file
     started = json.loads((out / "manifest.json").read_text())  # written before the first PNG, not completed
-    assert started["complete"] is False and started["settings"]["speed_up"] == 4.0
+    assert started["complete"] is False and started["settings"]["init_args"]["speed_up"] == 4.0
     # Resuming completes the set with the pixels of an uninterrupted run.
     model, _ = predict(tmp_path, out, batch=3)
     assert model.predicted_seeds == list(range(5, 10))
@@ -138,7 +138,7 @@ def test_folder_of_other_settings_or_weights_is_refused_before_writing(tmp_path)
     predict(tmp_path, out, seeds="0-3")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     fast = GaussianModule(SamplerSettings(name="pds", preconditioner="both", speed_up=10.0))
-    with pytest.raises(ValueError, match=r"holds the samples of another run \(settings.speed_up: 4.0 there -> "
+    with pytest.raises(ValueError, match=r"holds the samples of another run \(settings.init_args.speed_up: 4.0 there -> "
                                          r"10.0 now\).*predict into a new output_dir"):
         predict(tmp_path, out, seeds="0-5", model=fast)
     retrained = GaussianModule()
@@ -147,7 +147,7 @@ def test_folder_of_other_settings_or_weights_is_refused_before_writing(tmp_path)
     assert model_fingerprint(retrained) != model_fingerprint(GaussianModule())
     with pytest.raises(ValueError, match=r"model.fingerprint: \"sha256:.*there -> \"sha256:.* now"):
         predict(tmp_path, out, seeds="0-5", model=retrained)
-    with pytest.raises(ValueError, match="settings.speed_up: 4.0 there -> 10.0 now"):
+    with pytest.raises(ValueError, match="settings.init_args.speed_up: 4.0 there -> 10.0 now"):
         predict(tmp_path, out, seeds="0-3", model=fast)  # nothing left to sample: Lightning skips the loop
     assert fast.predicted_seeds == retrained.predicted_seeds == []  # refused before sampling
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old manifest kept
