@@ -141,7 +141,8 @@ def test_fit_with_validation_sampling_logs_each_metric_once_as_one_process(work)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     root = work[0]
-    settings = "[{name: pds_4, n_steps: 4, preconditioner: both, alpha: 5.0}]"
+    settings = ("[{class_path: pds_lightning.sampling.PC, init_args: {name: pds_4, pc_steps: 4, pds: "
+                "{class_path: pds_lightning.sampling.PDS, init_args: {filters: both, alpha: 5.0}}}}]")
     logged = {}
     for devices in (1, 2):
         save = root / f"fit_{devices}"
@@ -150,7 +151,7 @@ def test_fit_with_validation_sampling_logs_each_metric_once_as_one_process(work)
                       "--trainer.logger.init_args.save_dir", str(save), "--trainer.default_root_dir", str(save),
                       "--data.stats_cache_dir", str(root / "stats"),
                       "--trainer.callbacks+=pds_lightning.callbacks.SamplingCallback",
-                      "--trainer.callbacks.settings", settings, "--trainer.callbacks.num_samples", "5"]
+                      "--trainer.callbacks.samplers", settings, "--trainer.callbacks.num_samples", "5"]
         assert_ok(run(args, cwd=root))
         events = EventAccumulator(str(save / "tiny"), size_guidance={"scalars": 0, "images": 0})
         events.Reload()

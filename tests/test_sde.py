@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import EDMHeun
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE, resolve_steps
 
 
@@ -128,11 +129,13 @@ def test_resolve_steps_errors():
         resolve_steps(20, 1e-5, speed_up=40)
     with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\)"):
         resolve_steps(20, 1e-3, n_steps=10, eps=1.5)
-    # The values themselves are checked once, where the user gives them: SamplerSettings.
+    # The values themselves are checked once, where the user gives them: the sampler component.
     with pytest.raises(ValueError, match="not both"):
         SamplerSettings(n_steps=4, speed_up=2)
     with pytest.raises(ValueError, match="pc_steps must be an integer >= 1"):
         SamplerSettings(n_steps=0)
+    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
+        EDMHeun(levels=1)
 
 
 def test_ve_sigma_and_prev_are_the_smld_levels():
