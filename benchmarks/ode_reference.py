@@ -47,8 +47,10 @@ def adaptive_ode(model, seeds: torch.Tensor, shape, rtol: float, atol: float,
 
     noise = SeededNoise(seeds)
     x0 = sigma_max * noise.noise(torch.zeros(shape))
-    path = odeint(drift, x0, torch.tensor([sigma_max, sigma_min]), method="dopri5",
-                  rtol=rtol, atol=atol)
+    # dopri5 may step past its end point and interpolate back; past sigma_min its stages would evaluate D at
+    # sigma <= 0 (nan on an undertrained model), so no step may cross sigma_min.
+    path = odeint(drift, x0, torch.tensor([sigma_max, sigma_min]), method="dopri5", rtol=rtol, atol=atol,
+                  options={"step_t": torch.tensor([sigma_min])})
     calls[0] += 1
     return denoise(path[-1], sigma_min), calls[0]
 
