@@ -6,7 +6,8 @@
 For each model (`demo`: MNIST, `patches`: RGB photo patches) and each sampler (vanilla; PDS alpha 5; PDS
 `alpha: auto` by the surrogate, `pds_auto`, and by pilot samples, `pds_pilot`) at each step count, the same seeds 0..N-1 are sampled
 (common random numbers: differences between settings are not blurred by different noise) with the
-model's configured PC sampler (reverse diffusion + Langevin, snr 0.16, 2 NFE per step), and scored:
+PC sampler the models are configured with (reverse diffusion + Langevin, snr 0.16, 2 NFE per step; the
+components are benchmarks/samplers_vs_nfe.py's rows of these names), and scored:
 
 - spectral error (`metrics.log_spectral_distance`, decades) of the samples' mean power spectrum against
   the held-out images' (the data module's validation split, never trained on);
@@ -27,7 +28,6 @@ steps to many) comes down to PDS's value; the factor is that step count / S.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure, save_grid
+from benchmarks.samplers_vs_nfe import rows, with_steps
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import Sampler
 
 STEPS = (20, 40, 66, 100, 200, 500, 1000)
 # The grids kept in results/grids (README and the report link them); --grids writes one per (model, sampler, steps).
@@ -47,17 +48,16 @@ REPRESENTATIVE_GRIDS = {("demo", "vanilla", 40), ("demo", "pds_a5", 40), ("patch
 
 
 # ---- models, data, settings ------------------------------------------------------------------------
-def samplers(base: SamplerSettings) -> tuple[dict[str, SamplerSettings], list[str]]:
-    """The compared samplers (name -> settings) and notes on any that this version cannot build."""
-    out = {"vanilla": dataclasses.replace(base, name="vanilla", preconditioner="none"),
-           "pds_a5": dataclasses.replace(base, name="pds_a5", preconditioner="both", alpha=5.0)}
-    out["pds_auto"] = dataclasses.replace(base, name="pds_auto", preconditioner="both", alpha="auto",
-                                          auto_method="surrogate")
-    out["pds_pilot"] = dataclasses.replace(base, name="pds_pilot", preconditioner="both", alpha="auto",
-                                           auto_method="pilot")
+SAMPLERS = ("vanilla", "pds_a5", "pds_auto", "pds_pilot")
+
+
+def samplers() -> tuple[dict[str, Sampler], list[str]]:
+    """The compared samplers (name -> PC component without a step count) and notes on them."""
+    table = rows()
+    out = {name: table[name] for name in SAMPLERS}
     notes = ["`pds_auto`: alpha: auto chosen by the Gaussian surrogate (no network calls); `pds_pilot`: chosen "
-             f"by {base.pilot_samples} pilot samples per candidate (seeds from 2^40, not the scored ones), "
-             "whose cost is included in its wall time"]
+             f"by {out['pds_pilot'].pds.alpha.samples} pilot samples per candidate (seeds from 2^40, not the "
+             "scored ones), whose cost is included in its wall time"]
     return out, notes
 
 
@@ -247,7 +247,7 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
     model.to(args.device)
     scorer = Scorer(image_stack(dm, dm.val_indices), features)
     pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[: args.num_samples]
-    settings, notes = samplers(model.sampler)
+    settings, notes = samplers()
     payload["meta"] = {"num_samples": args.num_samples, "threads": args.threads, "torch": torch.__version__,
                        "floor": scorer.score(image_stack(dm, dm.train_indices[pick])),
                        "reference": len(dm.val_indices), "samplers": list(settings), "notes": notes}
@@ -257,7 +257,7 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
         for sampler, setting in settings.items():
             if any((r["sampler"], r["steps"]) == (sampler, steps) for r in payload["results"]):
                 continue
-            setting = dataclasses.replace(setting, n_steps=steps, name=f"{sampler}_{steps}")
+            setting = with_steps(setting, steps).replace(name=f"{sampler}_{steps}")
             start = time.perf_counter()
             images, nfe, info = [], 0, {}
             for batch in seeds.split(args.batch_size):
@@ -298,7 +298,7 @@ def main() -> None:
     if args.num_samples < 2:
         raise SystemExit("--num-samples must be >= 2 (a Frechet distance needs a covariance)")
     if args.estimate:
-        n_samplers = len(samplers(SamplerSettings())[0])  # the pilot's own samples are not counted
+        n_samplers = len(SAMPLERS)  # the pilot's own samples are not counted
         estimate(args.models, args.batch_size, args.budget_minutes, n_samplers, sorted(args.steps))
         return
     out = args.output_dir
