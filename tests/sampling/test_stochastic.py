@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
+from pds_lightning.models.gaussian import GaussianScore
 from pds_lightning.sampling import RecordedNoise
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.sampling.solvers import dpmpp_2m
@@ -18,9 +18,9 @@ from pds_lightning.sampling.stochastic import (RESTART_INTERVALS, RESTART_REPEAT
                                                restart, restart_nfe)
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
-H = W = 8
-MEAN = 0.45
-LAM = power_law_spectrum(H, W, variance=0.05)  # [1, H, W] float64
+# The Gaussian target, its law and the W2 between laws: test_solvers.py's, one target for the sigma-space samplers.
+from test_solvers import LAM, MEAN, H, W, target_law, w2
+
 SIGMA_MIN, SIGMA_MAX = 2e-3, 80.0
 SDES = {"VE": VESDE(), "VP": VPSDE(), "subVP": SubVPSDE()}
 SAMPLERS = {"dpmpp_2m_sde": dpmpp_2m_sde, "restart": restart}
@@ -52,16 +52,6 @@ def output_law(method, sde, n_steps, **kw):
     assert noise.calls == n and result.nfe == nfe(method, n_steps, **kw)
     x = result.x[:, 0]
     return x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0)
-
-
-def w2(law_a, law_b) -> float:
-    """W2 per pixel between two Gaussian laws with circulant covariances (commuting)."""
-    (a, va), (b, vb) = law_a, law_b
-    return math.sqrt(((a - b).pow(2).sum() + (va.sqrt() - vb.sqrt()).pow(2).sum()).item() / (H * W))
-
-
-def target_law():
-    return torch.full((H, W), MEAN, dtype=torch.float64), LAM[0]
 
 
 # ---- hand-computed cases on a 1-pixel Gaussian N(1, 1) (VE, s = 1): D(x; sigma) = 1 + (x - 1) / (1 + sigma^2)
