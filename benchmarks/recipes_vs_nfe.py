@@ -1,0 +1,127 @@
+"""score_sde recipe against EDM recipe at equal NFE, and issue 25's goal, from samplers_vs_nfe rows.
+
+    bash benchmarks/recipes_vs_nfe.sh demo 256 /tmp/r_demo            # one process per model (rows, ~1.5 h)
+    bash benchmarks/recipes_vs_nfe.sh demo_edm 256 /tmp/r_demo_edm
+    python -m benchmarks.samplers_vs_nfe --output-dir benchmarks/results/recipes \\
+        --merge /tmp/r_demo/samplers_vs_nfe.json /tmp/r_demo_edm/samplers_vs_nfe.json
+    python -m benchmarks.recipes_vs_nfe benchmarks/results/recipes/samplers_vs_nfe.json
+
+Writes recipes_vs_nfe.md beside the json: for each pair (demo / demo_edm, patches / patches_edm) present,
+every sampler side by side per budget, the best sampler per budget and model, and the goal: the EDM model's
+best at 20 NFE against the score_sde model's best at 200, its best at 10 against the score_sde best at 40
+(rows of one run: same seeds and sample count). "Best" is per metric (spectral error, FD-digits).
+A goal is met when the EDM figure is at most the score_sde one; a shortfall smaller than the two standard
+errors combined (sqrt(se_a^2 + se_b^2)) is reported as within noise, not as met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from pds_lightning.fileio import write_atomic
+
+PAIRS = (("demo", "demo_edm"), ("patches", "patches_edm"))
+METRICS = (("spectral_error", "spectral error"), ("fd_digits", "FD-digits"))
+#: (EDM model's budget, score_sde model's budget) of issue 25's goal.
+GOALS = ((20, 200), (10, 40))
+
+
+def figure(r: dict | None) -> str:
+    """'spectral ± se / FD ± se', with the alpha an `auto` row resolved to."""
+    if r is None:
+        return "-"
+    text = f"{r['spectral_error']:.3f} ± {r['spectral_error_se']:.3f} / {r['fd_digits']:.0f} ± {r['fd_digits_se']:.0f}"
+    return text + (f" (alpha {alpha_text(r['alpha'])})" if "alpha" in r else "")
+
+
+def alpha_text(alpha: float | None) -> str:
+    return "vanilla" if alpha is None else f"{alpha:g}"
+
+
+def best(rows: list[dict], model: str, budget: int, metric: str) -> dict | None:
+    """The row with the lowest `metric` among `model`'s rows at `budget`."""
+    cands = [r for r in rows if r["model"] == model and r["budget"] == budget and r.get(metric) is not None]
+    return min(cands, key=lambda r: r[metric], default=None)
+
+
+def verdict(edm: dict, base: dict, metric: str) -> str:
+    a, b = edm[metric], base[metric]
+    if a <= b:
+        return "met"
+    noise = math.hypot(edm[metric + "_se"], base[metric + "_se"])
+    return f"within noise (short by {a - b:.3g} < {noise:.3g})" if a - b < noise else f"not met (short by {a - b:.3g})"
+
+
+def goal_lines(rows: list[dict], floor: dict | None, base: str, edm: str) -> list[str]:
+    """The goal's table; `floor` (training images scored alike) shows where a metric stops telling sets apart."""
+    lines = ["| goal | metric | EDM recipe best | score_sde recipe best | verdict | floor (training images) |",
+             "|---|---|---|---|---|---|"]
+    for b_edm, b_base in GOALS:
+        for metric, label in METRICS:
+            e, s = best(rows, edm, b_edm, metric), best(rows, base, b_base, metric)
+            f = "-" if floor is None else f"{floor[metric]:.4g} ± {floor[metric + '_se']:.2g}"
+            if e is None or s is None:
+                lines.append(f"| {edm} @{b_edm} vs {base} @{b_base} | {label} | - | - | not measured | {f} |")
+                continue
+            lines.append(f"| {edm} @{b_edm} vs {base} @{b_base} | {label} | `{e['sampler']}` "
+                         f"{e[metric]:.4g} ± {e[metric + '_se']:.2g} | `{s['sampler']}` {s[metric]:.4g} ± "
+                         f"{s[metric + '_se']:.2g} | {verdict(e, s, metric)} | {f} |")
+    return lines
+
+
+def pair_lines(rows: list[dict], floor: dict, base: str, edm: str) -> list[str]:
+    mine = [r for r in rows if r["model"] in (base, edm)]
+    counts = sorted({r["num_samples"] for r in mine})
+    budgets = sorted({r["budget"] for r in mine})
+    names = list(dict.fromkeys(r["sampler"] for r in mine))
+    cell = {(r["model"], r["sampler"], r["budget"]): r for r in mine}
+    lines = [f"## {base} (score_sde recipe) vs {edm} (EDM recipe)", "",
+             f"Samples per row: {', '.join(map(str, counts))}; cells: spectral error / FD-digits ± one bootstrap "
+             f"SE, lower is better; NFE is the exact count of the {base} row (the same for {edm} except "
+             f"where noted).", "", "### Goal (issue 25)", "", *goal_lines(rows, floor.get(base), base, edm), "",
+             "### Best per budget", "", "| NFE | metric | " + f"best on {base} | best on {edm} |", "|---|---|---|---|"]
+    for b in budgets:
+        for metric, label in METRICS:
+            picks = [best(rows, m, b, metric) for m in (base, edm)]
+            lines.append(f"| {b} | {label} | " + " | ".join(
+                "-" if p is None else f"`{p['sampler']}` {p[metric]:.4g}" for p in picks) + " |")
+    lines += ["", "### Every row", "", f"| sampler | budget | NFE | {base} | {edm} |", "|---|---|---|---|---|"]
+    for b in budgets:
+        for name in names:
+            a, e = cell.get((base, name, b)), cell.get((edm, name, b))
+            if a is None and e is None:
+                continue
+            nfe = [r["nfe"] for r in (a, e) if r is not None]
+            nfe_text = str(nfe[0]) if len(set(nfe)) == 1 else " / ".join(map(str, nfe))
+            lines.append(f"| {name} | {b} | {nfe_text} | {figure(a)} | {figure(e)} |")
+    floors = [m for m in (base, edm) if m in floor]
+    if floors:
+        lines += ["", "Floor (training images, same count): " + "; ".join(
+            f"{m} {figure(floor[m])}" for m in floors) + "."]
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="a samplers_vs_nfe.json holding both models of a pair")
+    args = parser.parse_args()
+    payload = json.loads(args.results.read_text())
+    rows = payload["results"]
+    models = {r["model"] for r in rows}
+    lines = ["# Recipes x samplers at equal NFE", "",
+             "Generated by `python -m benchmarks.recipes_vs_nfe " + str(args.results) + "` from the rows of "
+             "`benchmarks/samplers_vs_nfe.py` (how they were made: that file's docstring and "
+             "`benchmarks/recipes_vs_nfe.sh`).", ""]
+    for base, edm in PAIRS:
+        if base in models and edm in models:
+            lines += pair_lines(rows, payload["meta"].get("floor", {}), base, edm)
+    out = args.results.with_name("recipes_vs_nfe.md")
+    write_atomic(out, "\n".join(lines).encode())
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
