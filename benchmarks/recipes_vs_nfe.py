@@ -1,6 +1,6 @@
 """score_sde recipe against EDM recipe at equal NFE, and issue 25's goal, from samplers_vs_nfe rows.
 
-    bash benchmarks/recipes_vs_nfe.sh demo 256 /tmp/r_demo            # one process per model (rows, ~1.5 h)
+    bash benchmarks/recipes_vs_nfe.sh demo 256 /tmp/r_demo            # one process per model (85 min each on one core)
     bash benchmarks/recipes_vs_nfe.sh demo_edm 256 /tmp/r_demo_edm
     python -m benchmarks.samplers_vs_nfe --output-dir benchmarks/results/recipes \\
         --merge /tmp/r_demo/samplers_vs_nfe.json /tmp/r_demo_edm/samplers_vs_nfe.json
