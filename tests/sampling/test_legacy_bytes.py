@@ -1,7 +1,15 @@
 """Old checkpoints (flat sampler dict in the hyper-parameters) load and sample the bytes recorded before the
 sampler components (tests/fixtures/sampler_bytes.pt, made by tests/scripts/make_sampler_fixture.py on 70c7b4a):
 every shipped config's sampler settings, translated once by pds_lightning.legacy, and the same settings
-written as components."""
+written as components.
+
+The record was made on one CPU; another (AVX-512 rather than AVX2 kernels in torch / oneDNN) rounds float32
+differently in the last bits: up to 7e-5 on images in [0, 1] on 2026-12-06's machine, where the uint8 pixels
+were still all equal. So the floats compare to ROUNDING and the 8-bit pixels to one grey level; any change of
+a stochastic sampler's maths (a step count, snr, alpha, a noise draw) flips whole pixels of these saturated
+tiny-model samples and fails. The deterministic solvers' images move less (edm_heun with 7 steps for 6: 1e-5);
+their maths is held to exact Gaussian targets in test_solvers.py.
+"""
 
 from pathlib import Path
 
@@ -19,8 +27,17 @@ SAMPLES = RECORD["samples"]
 # One test per distinct setting: configs that share a setting (demo / patches, the VE CIFAR-10 pair, ...) share
 # its recorded images (the name does not change the samples); the first key in sorted order stands for them.
 DISTINCT = {}
+#: Largest float difference accepted from the recorded images: cross-CPU rounding, 3x the largest seen.
+ROUNDING = 2e-4
 for _key in sorted(SAMPLES):
     DISTINCT.setdefault(repr(sorted((k, v) for k, v in SAMPLES[_key]["settings"].items() if k != "name")), _key)
+
+
+def assert_recorded(images: torch.Tensor, entry: dict, key: str) -> None:
+    """`images` are the recorded ones up to cross-CPU rounding, and so are their 8-bit pixels (one grey level)."""
+    torch.testing.assert_close(images, entry["images"], rtol=0, atol=ROUNDING, msg=key)
+    pixels = torch.from_numpy(to_uint8(images)).int()
+    assert (pixels - entry["uint8"].int()).abs().max() <= 1, key
 
 
 @pytest.fixture(scope="module")
@@ -38,38 +55,41 @@ def test_old_checkpoint_loads_its_flat_sampler_as_a_component(models):
 
 
 @pytest.mark.parametrize("key", sorted(DISTINCT.values()))
-def test_same_bytes_through_generate_images(models, key):
+def test_recorded_samples_through_generate_images(models, key):
     entry = SAMPLES[key]
     model = models["conditional" if entry["classes"] is not None else "plain"]
     sampler = sampler_from_flat(entry["settings"])
     assert isinstance(sampler, Sampler)
     images = model.generate_images(RECORD["seeds"], sampler=sampler, classes=entry["classes"])
-    assert torch.equal(images, entry["images"]), key
-    assert torch.equal(torch.from_numpy(to_uint8(images)), entry["uint8"]), key
+    assert_recorded(images, entry, key)
     if "auto" not in key:
         assert sampler.nfe(model.sde) == entry["nfe"], key  # the exact count, before sampling
 
 
-def test_component_config_round_trips_to_the_same_bytes(models):
-    """The component's own {'class_path', 'init_args'} (what new checkpoints store) samples the same bytes."""
+def test_component_config_round_trips_to_the_recorded_samples(models):
+    """The component's own {'class_path', 'init_args'} (what new checkpoints store) samples the recorded images."""
     entry = SAMPLES["configs/score_sde/ve_celebahq_256_ncsnpp_continuous.yaml:model.sampler"]
     config = sampler_from_flat(entry["settings"]).config()
     assert config["init_args"]["corrector"]["init_args"] == {"snr": 0.17, "steps_per_level": 1, "step_size": "sample"}
     images = models["plain"].generate_images(RECORD["seeds"], sampler=config)
-    assert torch.equal(images, entry["images"])
+    assert_recorded(images, entry, "component config")
 
 
 @pytest.mark.parametrize("key,flags", [
     ("configs/score_sde/ve_cifar10_ncsnpp_continuous.yaml:model.sampler",
      ["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "10"]),
 ])
-def test_predict_writes_the_recorded_png_bytes_from_the_old_checkpoint(key, flags, tmp_path):
+def test_predict_writes_the_recorded_pixels_from_the_old_checkpoint(key, flags, tmp_path):
     """`pds-lightning predict` on the old checkpoint with the shipped setting (tiny.yaml's PC with PDS both,
     alpha 5, at speed_up 10: ve_cifar10's sampler) writes PNGs whose bytes are those of the recorded pixels."""
     import subprocess
     import sys
 
+    import io
+
+    import numpy as np
     from helpers import clean_env
+    from PIL import Image
     from pds_lightning.images import encode_png
     from pds_lightning.writer import sample_path
 
@@ -84,4 +104,7 @@ def test_predict_writes_the_recorded_png_bytes_from_the_old_checkpoint(key, flag
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = SAMPLES[key]["uint8"].numpy()
     for i, seed in enumerate(RECORD["seeds"]):
-        assert sample_path(out, seed).read_bytes() == encode_png(expected[i]), seed
+        png = sample_path(out, seed).read_bytes()
+        if png != encode_png(expected[i]):  # another CPU's rounding may move a pixel by one grey level
+            written = np.asarray(Image.open(io.BytesIO(png))).reshape(expected[i].shape).astype(int)
+            assert np.abs(written - expected[i].astype(int)).max() <= 1, seed
