@@ -3,7 +3,7 @@ sampler components (tests/fixtures/sampler_bytes.pt, made by tests/scripts/make_
 every shipped config's sampler settings, translated once by pds_lightning.legacy, and the same settings
 written as components.
 
-The record was made on one CPU; another (AVX-512 rather than AVX2 kernels in torch / oneDNN) rounds float32
+The record was made on one CPU; another (here one with AVX-512, whose torch / oneDNN kernels differ) rounds float32
 differently in the last bits: up to 7e-5 on images in [0, 1] on 2026-12-06's machine, where the uint8 pixels
 were still all equal. So the floats compare to ROUNDING and the 8-bit pixels to one grey level; any change of
 a stochastic sampler's maths (a step count, snr, alpha, a noise draw) flips whole pixels of these saturated
