@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.common import alpha_text
+
 from pds_lightning.alpha import choose_alpha
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_atomic
@@ -57,8 +59,7 @@ def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:
             start = time.perf_counter()
             c = choose_alpha(stats, sde, settings, centered=centered)
             ms = (time.perf_counter() - start) * 1e3
-            alpha = "vanilla" if c.alpha is None else f"{c.alpha:g}"
-            lines.append(f"| {name} | {n} | {alpha} | {c.value:.4f} | {c.table[5.0]:.4f} | "
+            lines.append(f"| {name} | {n} | {alpha_text(c.alpha)} | {c.value:.4f} | {c.table[5.0]:.4f} | "
                          f"{c.table['vanilla']:.4f} | {ms:.0f} |")
     text = "\n".join(lines) + "\n" + CAUTION
     write_atomic(out, text.encode())

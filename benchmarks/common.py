@@ -85,6 +85,11 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def alpha_text(alpha: float | None) -> str:
+    """An alpha `auto` resolved to, as the reports print it (None: vanilla, no preconditioner)."""
+    return "vanilla" if alpha is None else f"{alpha:g}"
+
+
 def markdown_table(names, keys, heading, cell) -> list[str]:
     """A markdown table: one row per sampler name, one column per key; `cell(name, key)` gives the text."""
     lines = ["| sampler | " + " | ".join(heading(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]

@@ -21,6 +21,8 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks.common import alpha_text
+
 from pds_lightning.fileio import write_atomic
 
 PAIRS = (("demo", "demo_edm"), ("patches", "patches_edm"))
@@ -35,10 +37,6 @@ def figure(r: dict | None) -> str:
         return "-"
     text = f"{r['spectral_error']:.3f} ± {r['spectral_error_se']:.3f} / {r['fd_digits']:.0f} ± {r['fd_digits_se']:.0f}"
     return text + (f" (alpha {alpha_text(r['alpha'])})" if "alpha" in r else "")
-
-
-def alpha_text(alpha: float | None) -> str:
-    return "vanilla" if alpha is None else f"{alpha:g}"
 
 
 def best(rows: list[dict], model: str, budget: int, metric: str) -> dict | None:

@@ -46,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure
+from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, load_model, markdown_table, pyplot,
+                               save_figure)
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
@@ -269,6 +270,12 @@ def as_list(commands: str | list[str]) -> list[str]:
     return [commands] if isinstance(commands, str) else commands
 
 
+def add_commands(meta: dict, model: str, new: list[str]) -> None:
+    """Record the commands that made `model`'s rows: one per budget set or per --samplers split, each once."""
+    commands = meta.setdefault("commands", {})
+    commands[model] = list(dict.fromkeys([*as_list(commands.get(model, [])), *new]))
+
+
 def write_report(path: Path, payload: dict) -> None:
     results, meta = payload["results"], payload["meta"]
     lines = ["# Samplers against NFE: PC (vanilla, PDS) vs EDM, DPM-Solver++ and Euler", "",
@@ -307,7 +314,7 @@ def write_report(path: Path, payload: dict) -> None:
         chosen = [(r["sampler"], r["budget"], r["alpha"]) for r in rows_m if "alpha" in r]
         if chosen:
             lines += ["", "alpha: auto resolved to: " + ", ".join(
-                f"{s} {'vanilla' if a is None else f'{a:g}'} at {b} NFE" for s, b, a in chosen) + "."]
+                f"{s} {alpha_text(a)} at {b} NFE" for s, b, a in chosen) + "."]
         lines.append("")
     if meta.get("plot"):
         lines += [f"![quality against NFE]({meta['plot']})", ""]
@@ -367,9 +374,8 @@ def main() -> None:
     command = ("python -m benchmarks.samplers_vs_nfe --models " + " ".join(args.models) + f" --num-samples "
                f"{args.num_samples} --nfe " + " ".join(map(str, sorted(args.nfe)))
                + ("" if args.samplers == all_rows else " --samplers " + " ".join(args.samplers)))
-    commands = payload["meta"].setdefault("commands", {})
-    for model in args.models:  # a model's rows may come from several commands (one per budget set)
-        commands[model] = list(dict.fromkeys([*as_list(commands.get(model, [])), command]))
+    for model in args.models:
+        add_commands(payload["meta"], model, [command])
     if "gaussian" in args.models:
         run_gaussian(args, payload, path)
     trained = [m for m in args.models if m != "gaussian"]
@@ -388,8 +394,9 @@ def merge(payload: dict, paths: list[Path]) -> None:
         for r in other["results"]:
             if not done(payload, r["model"], r["sampler"], r["budget"], r["num_samples"]):
                 payload["results"].append(r)
-        for key in ("floor", "commands"):
-            payload["meta"].setdefault(key, {}).update(other["meta"].get(key, {}))
+        payload["meta"].setdefault("floor", {}).update(other["meta"].get("floor", {}))
+        for model, theirs in other["meta"].get("commands", {}).items():  # runs split by --samplers: keep both
+            add_commands(payload["meta"], model, as_list(theirs))
 
 
 def finish(out: Path, path: Path, payload: dict) -> None:

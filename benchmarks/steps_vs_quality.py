@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, ROOT, Scorer, image_stack, load_model, markdown_table, pyplot, save_figure, save_grid
+from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, load_model, markdown_table, pyplot,
+                               save_figure, save_grid)
 from benchmarks.samplers_vs_nfe import rows, with_steps
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
@@ -135,7 +136,7 @@ def write_report(path: Path, payload: dict) -> None:
             chosen = {r["steps"]: r["alpha"] for r in rows if r["sampler"] == name and "alpha" in r}
             if chosen:
                 lines += ["", f"`{name}` resolved alpha to: " + ", ".join(
-                    f"{'vanilla' if a is None else f'{a:g}'} at {s}" for s, a in sorted(chosen.items())) + " steps."]
+                    f"{alpha_text(a)} at {s}" for s, a in sorted(chosen.items())) + " steps."]
         missing = [s for s in STEPS if s not in steps]
         if missing:
             lines += ["", f"Not run at this sample count (cost): {', '.join(map(str, missing))} steps."]
