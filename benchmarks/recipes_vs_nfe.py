@@ -2,8 +2,11 @@
 
     bash benchmarks/recipes_vs_nfe.sh demo 256 /tmp/r_demo            # one process per model (85 min each on one core)
     bash benchmarks/recipes_vs_nfe.sh demo_edm 256 /tmp/r_demo_edm
+    bash benchmarks/recipes_vs_nfe.sh patches 128 /tmp/r_p             # 33 min each on one core
+    bash benchmarks/recipes_vs_nfe.sh patches_edm 128 /tmp/r_pe
     python -m benchmarks.samplers_vs_nfe --output-dir benchmarks/results/recipes \\
-        --merge /tmp/r_demo/samplers_vs_nfe.json /tmp/r_demo_edm/samplers_vs_nfe.json
+        --merge /tmp/r_demo/samplers_vs_nfe.json /tmp/r_demo_edm/samplers_vs_nfe.json \\
+        /tmp/r_p/samplers_vs_nfe.json /tmp/r_pe/samplers_vs_nfe.json
     python -m benchmarks.recipes_vs_nfe benchmarks/results/recipes/samplers_vs_nfe.json
 
 Writes recipes_vs_nfe.md beside the json: for each pair (demo / demo_edm, patches / patches_edm) present,
