@@ -41,6 +41,12 @@ def image_stack(dm, indices) -> torch.Tensor:
     return torch.stack([dm.images[int(i)] for i in indices])
 
 
+def training_images(dm, n: int) -> torch.Tensor:
+    """n training images, one fixed random pick: the 'floor' rows score real images with it."""
+    pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[:n]
+    return image_stack(dm, dm.train_indices[pick])
+
+
 class Scorer:
     """Spectral error and FD-digits of image sets against one fixed reference, with bootstrap errors."""
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, load_model, markdown_table, pyplot,
-                               save_figure)
+                               save_figure, training_images)
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.fileio import write_atomic
@@ -204,8 +204,7 @@ def run_trained(name: str, args, payload: dict, path: Path, features) -> None:
     model, dm = load_model(*MODELS[name])
     model.to(args.device)
     scorer = Scorer(image_stack(dm, dm.val_indices), features)
-    pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[: args.num_samples]
-    payload["meta"].setdefault("floor", {})[name] = scorer.score(image_stack(dm, dm.train_indices[pick]))
+    payload["meta"].setdefault("floor", {})[name] = scorer.score(training_images(dm, args.num_samples))
     seeds = torch.arange(args.num_samples)
     for budget in sorted(args.nfe):
         for sampler, component in rows().items():

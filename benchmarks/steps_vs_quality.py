@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, load_model, markdown_table, pyplot,
-                               save_figure, save_grid)
+                               save_figure, save_grid, training_images)
 from benchmarks.samplers_vs_nfe import rows, with_steps
 from pds_lightning.fileio import write_atomic
 from pds_lightning.features import DigitFeatures
@@ -247,10 +247,9 @@ def run_model(name: str, args, out: Path, features: DigitFeatures) -> None:
     model, dm = load_model(*MODELS[name])
     model.to(args.device)
     scorer = Scorer(image_stack(dm, dm.val_indices), features)
-    pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(2))[: args.num_samples]
     settings, notes = samplers()
     payload["meta"] = {"num_samples": args.num_samples, "threads": args.threads, "torch": torch.__version__,
-                       "floor": scorer.score(image_stack(dm, dm.train_indices[pick])),
+                       "floor": scorer.score(training_images(dm, args.num_samples)),
                        "reference": len(dm.val_indices), "samplers": list(settings), "notes": notes}
     seeds = torch.arange(args.num_samples)
     # Few steps first, so an interrupted run already has the cheap part of every curve.
