@@ -113,7 +113,8 @@ class ImageDataModule(L.LightningDataModule):
         allow_upscale: resize images smaller than image_size up (else it is an error).
         crop_size: optional centre crop before resizing (score_sde uses 140 for CelebA).
         centered: model space [-1, 1] instead of [0, 1].
-        random_flip, dequantize: training augmentation (horizontal flip; uniform dequantisation).
+        random_flip: training augmentation: horizontal flip.
+        dequantize: training augmentation: uniform dequantisation.
         val_size: validation images held out of training, at most a tenth of the data (deterministic).
         split_seed: seed of the train / validation split.
         download: let torchvision download a missing dataset (in prepare_data, on one process).
