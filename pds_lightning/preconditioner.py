@@ -1,4 +1,4 @@
-"""The PDS preconditioner M = F^-1 diag(R) F diag(S) (docs: pds-method.md, section 2).
+"""The PDS preconditioner M = F^-1 diag(R) F diag(S) (docs/concepts/pds.md).
 
 `noise(z) = M z` shapes the injected noise, `drift(g) = M M^T g` shapes scores and drifts. R (frequency
 filter, unshifted: DC at [0, 0]) and S (space filter) are real [C, H, W] float32 buffers; a missing
