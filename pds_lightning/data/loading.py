@@ -57,8 +57,9 @@ class EpochSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())  # this rank's share of the (seed + epoch) permutation
         start, self.start = self.start, 0
-        if self.draw_seeds:
-            return iter([(i, derived_seed(self.seed, "augment", self.epoch, i)) for i in indices[start:]])
+        if self.draw_seeds:  # lazily (one hash per sample as it is loaded), with this epoch's seed and number
+            seed, epoch = self.seed, self.epoch
+            return ((i, derived_seed(seed, "augment", epoch, i)) for i in indices[start:])
         return iter(indices[start:])
 
 
