@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -15,6 +16,7 @@ from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.classpath import allow_list, instantiate, spec_of
+from pds_lightning.data.seeds import derived_seed
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
@@ -30,6 +32,8 @@ from pds_lightning.statistics import ImageStatistics
 #: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only);
 #: the sampler component is stored as {'class_path', 'init_args'} (Sampler.config()).
 SETTINGS_HPARAMS = {"likelihood": LikelihoodSettings}
+#: The checkpoint key of the seed every training draw derives from (`ScoreModule.step_draws`).
+DRAW_SEED_KEY = "draw_seed"
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -123,6 +127,7 @@ class ScoreModule(L.LightningModule):
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
+        self.draw_seed: int | None = None  # set at fit start, or from the checkpoint a fit resumes
         self.sampler.check(sde)  # a step budget the SDE cannot give fails now, not after training
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
@@ -261,21 +266,45 @@ class ScoreModule(L.LightningModule):
                              f"set model.net.init_args.num_classes: {data_classes}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, in one line naming the keys, a checkpoint of another architecture (before the strict load)."""
+        """Refuse, in one line naming the keys, a checkpoint of another architecture (before the strict load);
+        take its training draw seed (a resumed fit continues the same draws)."""
         problem = state_dict_mismatch(self.state_dict(), checkpoint.get("state_dict", {}))
         if problem:
             raise ValueError(f"checkpoint does not fit this model ({problem}); it was trained with another "
                              "model.net / data.image_size config: use the config.yaml saved next to the checkpoint")
+        if checkpoint.get(DRAW_SEED_KEY) is not None:
+            self.draw_seed = int(checkpoint[DRAW_SEED_KEY])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.draw_seed is not None:
+            checkpoint[DRAW_SEED_KEY] = self.draw_seed
 
     # ---- training --------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         if not self.continuous:
             raise ValueError("training follows score_sde's continuous-time objective; set model.continuous: true "
                              "(discrete-time models, e.g. imported ones, can still sample)")
+        if self.draw_seed is None:  # a resumed fit keeps its checkpoint's (seed_everything may differ now)
+            self.draw_seed = int(self.trainer.strategy.broadcast(torch.initial_seed(), src=0))
 
-    def _class_score(self, ema: bool, labels: torch.Tensor | None, dropout: float = 0.0):
-        """The score model of the batch's classes (labels dropped to the null class with probability `dropout`),
-        or the unconditional one; either way callable as model(x, t) with `denoise` beside it (losses use both)."""
+    @contextlib.contextmanager
+    def step_draws(self, batch_idx: int, device: torch.device):
+        """The training step's random draws as a function of (draw_seed, epoch, batch, rank) alone, so a fit
+        resumed from any checkpoint draws what the uninterrupted fit drew (nothing but the counters is saved).
+        Yields a generator for the draws that take one (label dropout, the loss's noise levels and noise) and
+        meanwhile restarts the default generators of the CPU and `device` for those that do not (network
+        dropout); they continue as before afterwards."""
+        seed = self.draw_seed if self.draw_seed is not None else torch.initial_seed()
+        key = (seed, self.current_epoch, batch_idx, self.global_rank)
+        generator = torch.Generator(device=device).manual_seed(derived_seed(*key, "step"))
+        with seeded_default_generators(derived_seed(*key, "default"), device):
+            yield generator
+
+    def _class_score(self, ema: bool, labels: torch.Tensor | None, dropout: float = 0.0,
+                     generator: torch.Generator | None = None):
+        """The score model of the batch's classes (labels dropped to the null class with probability `dropout`,
+        drawn from `generator`), or the unconditional one; either way callable as model(x, t) with `denoise`
+        beside it (losses use both)."""
         score = self.score_fn(ema=ema)
         if labels is None or self.num_classes is None:
             if self.num_classes is not None:
@@ -283,14 +312,15 @@ class ScoreModule(L.LightningModule):
                                  "set data.conditional: true")
             return score
         if dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < dropout
+            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < dropout
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return LabelledScore(score, labels)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, labels = _images_labels(batch)
-        score = self._class_score(False, labels, self.hparams.get("label_dropout", 0.0))
-        loss = self.loss(score, self.sde, x)
+        with self.step_draws(batch_idx, x.device) as generator:
+            score = self._class_score(False, labels, self.hparams.get("label_dropout", 0.0), generator)
+            loss = self.loss(score, self.sde, x, generator=generator)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
@@ -476,6 +506,19 @@ class ScoreModule(L.LightningModule):
         if classes is not None:
             out["classes"] = torch.as_tensor(classes).long().cpu()
         return out
+
+
+@contextlib.contextmanager
+def seeded_default_generators(seed: int, device: torch.device):
+    """Within: the default generators of the CPU and of `device` (its current one: Lightning's root device)
+    start from `seed`; after: both continue from where they were (torch.random.fork_rng)."""
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else None):
+        torch.random.default_generator.manual_seed(seed)
+        if accelerator:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
 
 
 def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: int, centered: bool) -> str | None:

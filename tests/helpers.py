@@ -3,6 +3,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 
 - `clean_env`: the environment of a child process, without the launcher variables of an outer run.
 - `fork_cli`, `kill_and_wait`: a CLI run in a forked child (one import for many runs) and its SIGKILL.
+- `SignalAtStep`: a callback that signals its own process after an exact training step (resume tests).
 - `disk_full_on_write`: an `os.write` that fails with ENOSPC half-way through the n-th PNG (or any write).
 - `dead_pid`: the pid of a process that has exited (the writer of a stale temp file).
 - `frechet_reference`, `kid_reference`: FID and KID written out from their definitions.
@@ -104,6 +105,18 @@ def kill_and_wait(pid: int) -> int | None:
         pass
     _, status = os.waitpid(pid, 0)
     return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+class SignalAtStep(L.Callback):
+    """Sends `signum` (SIGTERM: a preemption; SIGKILL: a crash) to this process once fit has taken `step`
+    optimizer steps, so a test interrupts a run with a real signal at an exact step instead of timing one."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
 
 
 def dead_pid() -> int:

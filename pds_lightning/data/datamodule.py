@@ -25,6 +25,7 @@ from pds_lightning.data.sources import open_source
 from pds_lightning.data.tasks import TaskInputs, TaskSettings, task_loader
 from pds_lightning.distributed import rank_world
 from pds_lightning.images import rgb_to_gray, to_model_space
+from pds_lightning.likelihood import dequantize
 from pds_lightning.statistics import ImageStatistics
 
 
@@ -76,7 +77,12 @@ class PreparedImages(Dataset):
 
 
 class TrainImages(Dataset):
-    """A subset of prepared images, augmented (flip, dequantisation) and mapped to model space."""
+    """A subset of prepared images, augmented (flip, dequantisation) and mapped to model space.
+
+    Indexed by k, or by (k, seed) pairs (the training sampler's, `EpochSampler(draw_seeds=True)`): the flip and
+    the dequantisation noise then come from a generator seeded by `seed` alone, not from the global RNG of
+    whichever process loads the sample, so they are the same with any num_workers and after a resume.
+    """
 
     def __init__(self, images: PreparedImages, indices: torch.Tensor, random_flip: bool = False,
                  dequantize: bool = False, centered: bool = False, labels: torch.Tensor | None = None):
@@ -86,14 +92,17 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        k, seed = key if isinstance(key, tuple) else (key, None)
         x = self.images[self.indices[k]]
-        if self.random_flip and torch.rand(()) < 0.5:
+        augments = self.random_flip or self.dequantize
+        generator = torch.Generator().manual_seed(seed) if seed is not None and augments else None
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         if self.dequantize:
-            # Uniform dequantisation as score_sde: (u + 255 x) / 256, u ~ U[0, 1). rand, not rand_like: the noise
-            # must not depend on the memory layout (a cropped view and a cached copy get the same noise).
-            x = (torch.rand(x.shape, dtype=x.dtype, device=x.device) + x * 255.0) / 256.0
+            # Uniform dequantisation as score_sde. Its noise is drawn by shape, not like x: it must not depend on
+            # the memory layout (a cropped view and a cached copy get the same noise).
+            x = dequantize(x, generator)
         x = to_model_space(x, self.centered)
         return x if self.labels is None else (x, self.labels[self.indices[k]])
 
@@ -126,9 +135,9 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: loader worker processes; None: the available CPUs less one, at most 8 (0: load in-process).
         cache_dir: folder of a pre-resized uint8 cache of the source (decode and resize once, then memory-map);
             rebuilt when a source file or a preparation option changes. None: no cache.
-        shuffle_seed: seed of the training order, which is a function of (shuffle_seed, epoch) so that a resumed
-            fit continues mid-epoch with the order it would have had; None: rank 0's torch.initial_seed()
-            (set by seed_everything).
+        shuffle_seed: seed of the training order and augmentation, which are functions of (shuffle_seed, epoch)
+            so that a resumed fit continues mid-epoch with the batches it would have had; None: rank 0's
+            torch.initial_seed() (set by seed_everything).
         task: inpainting / colorization for predict (`data.tasks.TaskSettings`): outputs per (input, seed).
         test_size: images of the source the test stage (`pds-lightning likelihood`) scores, the first ones;
             0 = all.
@@ -273,7 +282,7 @@ class ImageDataModule(L.LightningDataModule):
             box = [seed]
             dist.broadcast_object_list(box, src=0)
             seed = box[0]
-        sampler = EpochSampler(data, seed, num_replicas=world, rank=rank)
+        sampler = EpochSampler(data, seed, num_replicas=world, rank=rank, draw_seeds=True)
         return ResumableLoader(data, sampler, self.batch_size, self._train_batches_done, drop_last=False,
                                **self._loader_options())
 

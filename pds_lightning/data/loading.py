@@ -3,7 +3,9 @@
 Lightning 2.6 restores a fit's batch index on resume, but a plain `DataLoader(shuffle=True)` starts the
 epoch over with a fresh permutation (it warns "your dataloader is not resumable"). `EpochSampler` draws the
 order from (seed, epoch) alone and can start `start` samples in; `ResumableLoader` exposes that position
-through `state_dict` / `load_state_dict`, which Lightning saves in and restores from the checkpoint.
+through `state_dict` / `load_state_dict`, which Lightning saves in and restores from the checkpoint. With
+`draw_seeds`, each index comes with the seed of its augmentation draws, a function of (seed, epoch, index) too, so
+the augmentation depends on neither the loader workers nor a resume.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+from pds_lightning.data.seeds import derived_seed
 
 MAX_DEFAULT_WORKERS = 8  # beyond this, decode workers rarely pay for their memory on one GPU
 
@@ -36,12 +40,14 @@ class EpochSampler(DistributedSampler):
 
     A `DistributedSampler` (also on one process) so that Lightning keeps it instead of wrapping it in DDP.
     `set_epoch` to another epoch drops a pending start; to the same epoch it keeps it (Lightning calls it after
-    it has restored the position).
+    it has restored the position). `draw_seeds`: yield (index, derived_seed(seed, "augment", epoch, index)) pairs,
+    the seed of that sample's random augmentation (the sampler runs in the main process, so the pairs carry
+    the epoch and a restored seed to the workers' copies of the dataset).
     """
 
-    def __init__(self, dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, dataset, seed: int, num_replicas: int = 1, rank: int = 0, draw_seeds: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.start = 0
+        self.start, self.draw_seeds = 0, draw_seeds
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -51,6 +57,9 @@ class EpochSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())  # this rank's share of the (seed + epoch) permutation
         start, self.start = self.start, 0
+        if self.draw_seeds:  # lazily (one hash per sample as it is loaded), with this epoch's seed and number
+            seed, epoch = self.seed, self.epoch
+            return ((i, derived_seed(seed, "augment", epoch, i)) for i in indices[start:])
         return iter(indices[start:])
 
 

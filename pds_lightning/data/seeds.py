@@ -1,7 +1,9 @@
-"""Predict seeds: the `seeds` range text ('0-9,20,30-31') and the loader of seed batches."""
+"""Seeds: predict seeds (the `seeds` range text '0-9,20,30-31' and the loader of seed batches), and the seeds
+training's random draws derive from counters (`derived_seed`)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import torch
@@ -11,6 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 MAX_SEED = 2**63 - 1
 #: Most values one range may list (a list this long takes ~40 MB); larger ones are split over runs.
 MAX_SEEDS = 1_000_000
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A generator seed in [0, MAX_SEED] that is a fixed function of `parts`, e.g. (seed, "augment", epoch, index):
+    a hash, so that nearby parts give unrelated streams (with seed + epoch, seed 1 epoch 0 would repeat seed 0
+    epoch 1). Training draws from such seeds so that a resumed fit redraws what the uninterrupted fit drew."""
+    text = "/".join(part if isinstance(part, str) else str(int(part)) for part in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & MAX_SEED
 
 
 def parse_seed_range(spec: str, what: str = "seed", unique: bool = True) -> list[int]:

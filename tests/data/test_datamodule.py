@@ -25,17 +25,38 @@ def test_flip_and_dequantisation(tmp_path):
     array = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
     save_png(tmp_path / "imgs/a.png", array)
     plain = torch.from_numpy(array).float()[None] / 255.0
-    dm = make_dm(tmp_path / "imgs", tmp_path, random_flip=True, dequantize=True, num_channels=1)
+    dm = make_dm(tmp_path / "imgs", tmp_path, random_flip=True, dequantize=True, num_channels=1, shuffle_seed=0)
     dm.setup("fit")
-    torch.manual_seed(0)
+    loader = dm.train_dataloader()
     seen_flipped = set()
-    for _ in range(12):
-        x = all_train(dm)[0]
+    for epoch in range(12):  # the draws are a function of (shuffle_seed, epoch, index): one per epoch here
+        loader.sampler.set_epoch(epoch)
+        x = torch.cat(list(loader))[0]
         k = torch.floor(x * 256)  # (u + 255 x) / 256 with u in [0, 1) lies in [k/256, (k+1)/256)
         flipped = torch.equal(k, (plain * 255).round().flip(-1))
         assert flipped or torch.equal(k, (plain * 255).round())
         seen_flipped.add(flipped)
     assert seen_flipped == {True, False}
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index_not_of_workers_or_the_global_rng(tmp_path):
+    """Issue 31 item 11: flips and dequantisation noise of a training epoch are the same in any loader process,
+    so a resumed fit (and a fit with other num_workers) sees the very batches of an uninterrupted one."""
+    np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).integers(0, 256, (12, 8, 8), dtype=np.uint8))
+
+    def epoch(workers: int, global_seed: int, number: int) -> torch.Tensor:
+        dm = make_dm(tmp_path / "d.npz", tmp_path, random_flip=True, dequantize=True, shuffle_seed=3,
+                     num_workers=workers, batch_size=4)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(number)
+        torch.manual_seed(global_seed)
+        return torch.cat(list(loader))
+
+    first = epoch(0, 0, 2)
+    assert torch.equal(epoch(1, 1, 2), first)  # another process and global seed: the same draws
+    assert not torch.equal(epoch(0, 0, 3), first)  # another epoch: other draws
+    assert not torch.equal(torch.floor(first * 256), first * 256)  # dequantised: off the 256 levels
 
 
 def test_channel_conversion_or_rejection(tmp_path):

@@ -1,13 +1,22 @@
-"""`pds_lightning.data.seeds.parse_seed_range`: ranges, lists and the errors for malformed ones."""
+"""`pds_lightning.data.seeds.parse_seed_range`: ranges, lists and the errors for malformed ones; `derived_seed`."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from pds_lightning.data import parse_seed_range
+from pds_lightning.data.seeds import MAX_SEED, derived_seed
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def test_derived_seed_is_the_hash_of_its_parts():
+    expected = int.from_bytes(hashlib.blake2b(b"7/augment/2/11", digest_size=8).digest(), "little") & MAX_SEED
+    assert derived_seed(7, "augment", 2, 11) == derived_seed(7, "augment", torch.tensor(2), 11) == expected
+    # Unlike seed + epoch, neighbouring parts do not share a stream.
+    assert derived_seed(1, "augment", 0, 11) != derived_seed(0, "augment", 1, 11)
 
 
 def test_parse_seed_range():
