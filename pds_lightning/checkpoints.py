@@ -3,13 +3,14 @@ back in that layout, so every entry point (fit resume, validate, test, predict, 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pds_lightning.fileio import atomic_path
+from pds_lightning.fileio import write_atomic
 from pds_lightning.safetensors_io import load_weights
 
 LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # the loops a Lightning checkpoint restores
@@ -52,11 +53,18 @@ def lightning_checkpoint(state_dict: dict[str, torch.Tensor], hparams: dict[str,
     return out
 
 
+def checkpoint_bytes(checkpoint: dict[str, Any]) -> memoryview:
+    """The file content of a checkpoint (torch.save's zip), serialised in memory so that the file itself is
+    written by `fileio`: whole or not at all, the umask's mode, errors naming the target."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getbuffer()
+
+
 def save_checkpoint(checkpoint: dict[str, Any], output_path: str | os.PathLike) -> Path:
-    """Write a converted checkpoint atomically; returns its path."""
+    """Write a checkpoint atomically (converters and fit's checkpoints alike); returns its path."""
     output_path = Path(output_path)
-    with atomic_path(output_path) as tmp:
-        torch.save(checkpoint, tmp)
+    write_atomic(output_path, checkpoint_bytes(checkpoint))
     return output_path
 
 

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pds_lightning.checkpoints import read_safetensors
+from pds_lightning.checkpoints import read_safetensors, save_checkpoint
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
 from pds_lightning.module import ScoreModule
@@ -75,7 +75,19 @@ def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, loading with `weights_only=True` whatever the caller asks."""
+    """Lightning's checkpoint IO, loading with `weights_only=True` whatever the caller asks, and saving local
+    checkpoints whole or not at all (`checkpoints.save_checkpoint`; Lightning's own writer left a truncated
+    `.ckpt` on a full disk)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's fsspec writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        try:
+            save_checkpoint(checkpoint, path)
+        except OSError as err:  # ENOSPC, EROFS, EACCES, ...: one line naming the checkpoint, not a traceback
+            raise OSError(err.errno, f"cannot write the checkpoint {path}: {err.strerror or err}; nothing was "
+                                     "written there: free disk space or choose a writable checkpoint folder "
+                                     "(--trainer.default_root_dir)") from err
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         # Storages stay on the CPU until Lightning moves the model (as TorchCheckpointIO's default does).

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from pds_lightning.fileio import write_atomic
+from pds_lightning.fileio import check_outputs, write_atomic
 from pds_lightning.resources import config_path, shipped_configs
 
 
@@ -31,10 +31,8 @@ def write_config(name: str, dest: str | os.PathLike | None = None, force: bool =
     dest = Path(dest) if dest is not None else Path(source.name)
     if dest.is_dir():
         dest = dest / source.name
-    if dest.exists() and not force:
-        raise FileExistsError(f"{dest} exists; pass --force to overwrite it or give another DEST")
-    write_atomic(dest, source.read_bytes())
-    os.chmod(dest, 0o644)  # a temp file is created owner-only; a config is an ordinary file
+    check_outputs([("DEST", dest)], [source], force)
+    write_atomic(dest, source.read_bytes())  # mode 0o666 less the umask, as every file written (fileio)
     return dest
 
 

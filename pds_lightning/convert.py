@@ -11,7 +11,8 @@ score_sde's step count, Adam moments and warm-up (the rate is a function of the 
 state is needed).
 
 Usage: ``pds-lightning convert-score-sde CHECKPOINT --config NAME_OR_YAML --output FILE.ckpt
-[--freq-stat F.npy --space-stat S.npy] [--safetensors]``.
+[--freq-stat F.npy --space-stat S.npy] [--safetensors] [--force]``. No input is ever written over; an existing
+output only with ``--force``; the files appear all together or none (``fileio``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import torch
 from torch import nn
 
 from pds_lightning import classpath, yamlfile
-from pds_lightning.checkpoints import lightning_checkpoint, save_checkpoint
+from pds_lightning.checkpoints import checkpoint_bytes, lightning_checkpoint
+from pds_lightning.fileio import check_outputs, write_atomic_all
 from pds_lightning.models.checkpoint import state_dict_mismatch
 from pds_lightning.module import ScoreModule
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
-from pds_lightning.safetensors_io import save_checkpoint_weights
+from pds_lightning.safetensors_io import checkpoint_weights_bytes
 from pds_lightning.sde import SDE
 
 SHIPPED_FOLDER = "score_sde"  # shipped configs: configs/score_sde/<name>.yaml (pds_lightning.resources)
@@ -92,14 +94,30 @@ def score_module_arguments() -> list[str]:
     return [k for k in inspect.signature(ScoreModule.__init__).parameters if k != "self"]
 
 
-def check_output(output_path: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
-    """Refuse an output that is one of the inputs (also through another path or a link): it would replace it."""
-    if not os.path.exists(output_path):
-        return
-    for path in inputs:
-        if path is not None and os.path.exists(path) and os.path.samefile(output_path, path):
-            raise ConversionError(f"--output {output_path} is the input file {path}; writing it would replace the "
-                                  "input: give another output path")
+def checkpoint_outputs(output_path: str | os.PathLike, safetensors: bool, what: str = "--output") -> list[tuple[str, Path]]:
+    """(what, path) of the files a converter writes: the Lightning checkpoint and, with `safetensors`, its weights
+    beside it as OUTPUT.safetensors. A checkpoint named *.safetensors is refused: its content is a zip of pickles,
+    which every loader would read as .safetensors (by the suffix) and fail on."""
+    output_path = Path(output_path)
+    if output_path.suffix == ".safetensors":
+        raise ConversionError(f"{what} {output_path}: the converted checkpoint is a Lightning .ckpt (a zip), not "
+                              f".safetensors; give {output_path.with_suffix('.ckpt')} and pass --safetensors to also "
+                              f"write {output_path} (weights and settings, no optimizer state)")
+    outputs = [(what, output_path)]
+    if safetensors:
+        outputs.append(("the --safetensors file", output_path.with_suffix(".safetensors")))
+    return outputs
+
+
+def write_outputs(checkpoint: dict[str, Any], outputs: list[tuple[str, Path]], extra: dict[Path, bytes] | None = None) -> Path:
+    """Write the checkpoint to the first of `checkpoint_outputs`, its .safetensors to the second (if any) and the
+    `extra` files, all together or none (`fileio.write_atomic_all`); returns the checkpoint's path."""
+    files = {outputs[0][1]: checkpoint_bytes(checkpoint)}
+    if len(outputs) > 1:
+        files[outputs[1][1]] = checkpoint_weights_bytes(checkpoint)
+    files.update(extra or {})
+    write_atomic_all(files)
+    return outputs[0][1]
 
 
 def instantiate(spec: dict[str, Any], what: str = "class_path", base: type | tuple[type, ...] = (nn.Module, SDE)) -> Any:
@@ -240,11 +258,14 @@ def check_loadable(hparams: dict[str, Any], state_dict: dict[str, torch.Tensor],
 
 def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathLike,
                       output_path: str | os.PathLike, freq_stat: str | os.PathLike | None = None,
-                      space_stat: str | os.PathLike | None = None, safetensors: bool = False) -> Path:
+                      space_stat: str | os.PathLike | None = None, safetensors: bool = False,
+                      force: bool = False) -> Path:
     """Convert a score_sde checkpoint with the network of ``config``; returns the output path. With
-    `safetensors`, the weights also go to OUTPUT.safetensors (plain tensors + JSON, `safetensors_io`)."""
+    `safetensors`, the weights also go to OUTPUT.safetensors (plain tensors + JSON, `safetensors_io`). An output
+    that is an input is refused, an existing one unless `force`."""
     model_cfg = load_model_config(config)
-    check_output(output_path, checkpoint_path, resolve_config(config), freq_stat, space_stat)
+    outputs = checkpoint_outputs(output_path, safetensors)
+    check_outputs(outputs, [checkpoint_path, resolve_config(config), freq_stat, space_stat], force)
     ckpt = read_checkpoint(checkpoint_path)
     net = instantiate(model_cfg["net"], "model.net", nn.Module)
     instantiate(model_cfg["sde"], "model.sde", SDE)  # a bad sde fails here, not when the checkpoint is loaded
@@ -270,9 +291,7 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
         state_dict, hparams, step=step,
         optimizer=optimizer,
         extra={"score_sde": {"config": str(config), "step": step, "ema_decay": float(ckpt["ema"].get("decay", 0.0))}})
-    if safetensors:
-        save_checkpoint_weights(out, Path(output_path).with_suffix(".safetensors"))
-    return save_checkpoint(out, output_path)
+    return write_outputs(out, outputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--freq-stat", default=None, help="official PDS frequency statistic (.npy)")
     parser.add_argument("--space-stat", default=None, help="official PDS space statistic (.npy)")
     parser.add_argument("--safetensors", action="store_true", help="also write OUTPUT.safetensors (no pickle)")
+    parser.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
     args = parser.parse_args(argv)
     try:
         path = convert_score_sde(args.checkpoint, args.config, args.output, args.freq_stat, args.space_stat,
-                                 safetensors=args.safetensors)
+                                 safetensors=args.safetensors, force=args.force)
     except (ValueError, OSError) as err:  # ConversionError, and the readers' errors on a statistics file
         parser.exit(2, f"error: {' '.join(str(err).split())}\n")
     print(f"wrote {path}")

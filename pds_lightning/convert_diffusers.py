@@ -20,8 +20,9 @@ and eps. Data are in [0, 1] (diffusers' ScoreSdeVePipeline clamps its samples th
 input (2x - 1) only where the config says ``center_input_sample``. PDS needs data statistics:
 ``statistics_from`` computes them from a folder of images, as ``fit`` does (``ImageDataModule``).
 
-Usage: ``pds-lightning convert-diffusers MODEL_DIR OUTPUT.ckpt [--statistics-from IMAGES] [--safetensors]``;
-it also writes OUTPUT.yaml, the config ``predict`` takes with ``--ckpt_path OUTPUT.ckpt``.
+Usage: ``pds-lightning convert-diffusers MODEL_DIR OUTPUT.ckpt [--statistics-from IMAGES] [--safetensors] [--force]``;
+it also writes OUTPUT.yaml, the config ``predict`` takes with ``--ckpt_path OUTPUT.ckpt``. No file of MODEL_DIR or
+IMAGES is ever written over, an existing output only with ``--force``; the files appear all together or none.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ import torch
 import yaml
 from torch import nn
 
-from pds_lightning.checkpoints import lightning_checkpoint, save_checkpoint
-from pds_lightning.convert import ConversionError, hyper_parameters
+from pds_lightning.checkpoints import lightning_checkpoint
+from pds_lightning.convert import ConversionError, checkpoint_outputs, hyper_parameters, write_outputs
 from pds_lightning.convert import statistics_buffers as no_statistics
-from pds_lightning.fileio import write_atomic
+from pds_lightning.fileio import check_outputs
 from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProjection
 from pds_lightning.models.ncsnpp import NCSNpp
 from pds_lightning.models.resblocks import ResnetBlockBigGAN
@@ -444,9 +445,13 @@ def predict_config(model_cfg: dict[str, Any], output: Path) -> dict[str, Any]:
 def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
                       statistics_from: str | os.PathLike | None = None, *, statistics_images: int = 0,
                       sigma_min: float | None = None, sigma_max: float | None = None, num_scales: int | None = None,
-                      safetensors: bool = False) -> Path:
+                      safetensors: bool = False, force: bool = False) -> Path:
     """Convert a downloaded diffusers NCSN++ folder; writes OUTPUT (.ckpt), OUTPUT.yaml (the predict config)
-    and, with `safetensors`, OUTPUT.safetensors. Returns the checkpoint path."""
+    and, with `safetensors`, OUTPUT.safetensors. Returns the checkpoint path. An output in the model or images
+    folder is refused, an existing one unless `force`."""
+    output = Path(output)
+    outputs, config_path = checkpoint_outputs(output, safetensors, what="OUTPUT"), output.with_suffix(".yaml")
+    check_outputs([*outputs, ("the predict config", config_path)], [model_dir, statistics_from], force)
     source = open_model(model_dir)
     sde, sampler = ve_sde(source.scheduler, sigma_min, sigma_max, num_scales)
     net_args = net_init_args(source.config, sde)
@@ -463,13 +468,8 @@ def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
     record = {"diffusers": {"folder": str(Path(model_dir).resolve()), "weights": source.weights.name,
                             "config": source.config, "scheduler": source.scheduler}}
     checkpoint = lightning_checkpoint(state_dict, hyper_parameters(model_cfg, shape, False), extra=record)
-    output = Path(output)
-    write_atomic(output.with_suffix(".yaml"), yaml.safe_dump(predict_config(model_cfg, output), sort_keys=False).encode())
-    if safetensors:
-        from pds_lightning.safetensors_io import save_checkpoint_weights
-
-        save_checkpoint_weights(checkpoint, output.with_suffix(".safetensors"))
-    return save_checkpoint(checkpoint, output)
+    config = yaml.safe_dump(predict_config(model_cfg, output), sort_keys=False).encode()
+    return write_outputs(checkpoint, outputs, extra={config_path: config})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -480,12 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder of training images: PDS data statistics computed as fit does")
     parser.add_argument("--statistics-images", type=int, default=0, help="images used for them (0: all)")
     parser.add_argument("--safetensors", action="store_true", help="also write OUTPUT.safetensors (no pickle)")
+    parser.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
     for name, kind in (("sigma-min", float), ("sigma-max", float), ("num-scales", int)):
         parser.add_argument(f"--{name}", type=kind, default=None, help="VE SDE where the folder has no scheduler")
     args = parser.parse_args(argv)
     path = convert_diffusers(args.model_dir, args.output, args.statistics_from,
                              statistics_images=args.statistics_images, sigma_min=args.sigma_min,
-                             sigma_max=args.sigma_max, num_scales=args.num_scales, safetensors=args.safetensors)
+                             sigma_max=args.sigma_max, num_scales=args.num_scales, safetensors=args.safetensors,
+                             force=args.force)
     print(f"wrote {path} and {path.with_suffix('.yaml')}"
           + (f" and {path.with_suffix('.safetensors')}" if args.safetensors else ""))
     print(f"sample: pds-lightning predict --config {path.with_suffix('.yaml')} --ckpt_path {path}")

@@ -14,7 +14,9 @@ extractor, else the standard Inception when its weights are available (`--fid au
 cached; `--fid on`, `--fid-reference` and `--write-reference-stats`: downloaded once if need be).
 Prints JSON (strict: a non-finite number is an error, not `Infinity`); every FID comes with `fid_num_samples`,
 and fewer than 10k samples add a warning. `--feature-extractor` takes a name of FEATURE_EXTRACTORS; the
-class path of a user's own nn.Module is imported only with `--allow-custom-features`.
+class path of a user's own nn.Module is imported only with `--allow-custom-features`. `--output` and
+`--write-reference-stats` never write over an input (a sample, a reference file) nor, without `--force`, any
+existing file.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 from pds_lightning.classpath import import_class
 from pds_lightning.data.datamodule import PreparedImages
 from pds_lightning.data.sources import FolderSource, open_source
-from pds_lightning.fileio import write_atomic
+from pds_lightning.fileio import check_outputs, write_atomic
 from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_warning, log_spectral_distance,
                                    make_feature_extractor)
 from pds_lightning.statistics import ImageStatistics
@@ -210,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
     args = parser.parse_args(argv)
     try:
         result = _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as err:
         print(f"pds-lightning evaluate: error: {err}", file=sys.stderr)
         return 2
     non_finite = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
@@ -254,7 +257,12 @@ def feature_module(name: str, allow_custom: bool = False) -> nn.Module:
 
 
 def _run(args) -> dict[str, Any]:
-    """The CLI's work: check the option combination, choose the feature extractor, evaluate or write stats."""
+    """The CLI's work: check the option combination and the outputs, choose the feature extractor, evaluate or
+    write stats."""
+    outputs = [(flag, path) for flag, path in (("--output", args.output),
+                                               ("--write-reference-stats", args.write_reference_stats)) if path]
+    check_outputs(outputs, [args.samples_dir, args.reference, args.fid_reference, args.inception_weights, args.root],
+                  args.force)
     writing = args.write_reference_stats is not None
     if writing and (args.samples_dir or args.fid_reference or not args.reference or args.reference.endswith(".pt")):
         raise ValueError("--write-reference-stats OUT.npz takes only --reference SOURCE (a data source, "

@@ -4,8 +4,10 @@ A write goes to a hidden temp file beside its target, `.{name}.{pid}@{host}.{tok
 over it. The writer's pid and host in the name let a later run remove only the temps of dead writers (same
 host, pid no longer running) and never a live one of a concurrent process; temps of other hosts are left
 alone (their processes cannot be checked from here). Temps are created with mode 0o666 less the umask, as
-any new file is (mkstemp's 0o600 would survive the rename), so shared output folders stay readable.
-An OSError names the target path.
+any new file is (mkstemp's 0o600 would survive the rename), so shared output folders stay readable: every
+file the project writes goes through here, so one rule sets every mode. An OSError names the target path,
+also when creating the temp fails (a read-only folder). `check_outputs` is the one check that an output
+replaces no input and, unless forced, no existing file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 # Temp files are hidden ('.' prefix) and end with this, so a resumed run can recognise and remove them.
 TMP_SUFFIX = ".tmp"
@@ -69,7 +71,8 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
 
 
 def _new_temp(path: Path) -> Path:
-    """Create an empty temp file beside `path`, named after this process, mode 0o666 less the umask."""
+    """Create an empty temp file beside `path`, named after this process, mode 0o666 less the umask; an
+    OSError (read-only or full folder) names `path`: the temp's name means nothing to the user."""
     prefix = f".{path.name}.{os.getpid()}@{this_host()}."
     while True:
         tmp = path.parent / f"{prefix}{secrets.token_hex(4)}{TMP_SUFFIX}"
@@ -78,6 +81,11 @@ def _new_temp(path: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+        except OSError as err:
+            named = _naming(err, path, tmp)
+            if named is err:
+                raise
+            raise named from err
 
 
 def _naming(err: OSError, path: Path, tmp: Path) -> OSError:
@@ -123,6 +131,21 @@ def write_atomic(path: str | os.PathLike, data: bytes, fsync: bool = False) -> N
         _write_bytes(tmp, data, fsync)
 
 
+def write_atomic_all(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Write several files as one: every temp is written before any is renamed into place, so a failure
+    (a full disk) leaves each old file as it was, no new one and no temp; the error names its target."""
+    with contextlib.ExitStack() as stack:
+        temps = [(Path(path), stack.enter_context(atomic_path(path)), data) for path, data in files.items()]
+        for path, tmp, data in temps:
+            try:
+                _write_bytes(tmp, data, fsync=False)
+            except OSError as err:  # named here: an enclosing atomic_path would name its own target
+                named = _naming(err, path, Path(tmp))
+                if named is err:
+                    raise
+                raise named from err
+
+
 def write_new(path: str | os.PathLike, data: bytes, fsync: bool = False) -> bool:
     """Write `data` to `path` atomically unless `path` exists; False (nothing written) if it does.
 
@@ -152,3 +175,37 @@ def write_new(path: str | os.PathLike, data: bytes, fsync: bool = False) -> bool
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], inputs: Iterable[str | os.PathLike | None] = (),
+                  force: bool = False) -> None:
+    """Refuse, before any work, to write `outputs` ((what, path) pairs: what names the option, e.g. '--output')
+    over an input file or a file in an input folder (also through another path or a link; never, whatever
+    `force`), over an existing file unless `force`, over a folder, or twice to one path. FileExistsError: one
+    line naming the path and the fix."""
+    inputs = [p for p in inputs if p is not None and os.path.exists(p)]
+    seen: dict[str, str] = {}
+    for what, path in outputs:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise FileExistsError(f"{what} {path} is also {seen[key]}: one file cannot be both; give another "
+                                  "output name")
+        seen[key] = f"{what} {path}"
+        if not os.path.lexists(path):
+            continue
+        if os.path.isdir(path):
+            raise FileExistsError(f"{what} {path} is a folder; give a file path")
+        for source in inputs:
+            if os.path.isdir(source) and _inside(path, source):
+                raise FileExistsError(f"{what} {path} is a file of the input folder {source}; writing it would "
+                                      "replace an input: give another output path")
+            if os.path.exists(path) and os.path.samefile(path, source):
+                raise FileExistsError(f"{what} {path} is the input file {source}; writing it would replace the "
+                                      "input: give another output path")
+        if not force:
+            raise FileExistsError(f"{what} {path} exists; pass --force to replace it or give another output path")

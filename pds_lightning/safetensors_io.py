@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pds_lightning.fileio import atomic_path
+from pds_lightning.fileio import write_atomic
 
 FORMAT = "pds_lightning.safetensors/1"
 HEADER = "pds_lightning"  # the one metadata entry of the file
@@ -56,10 +56,10 @@ def metadata(hyper_parameters: dict[str, Any]) -> dict[str, str]:
     return {HEADER: json.dumps(_plain(body, "metadata"), allow_nan=False, sort_keys=True)}
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], hyper_parameters: dict[str, Any],
-                 path: str | os.PathLike) -> Path:
-    """Write `state_dict` and the JSON of `hyper_parameters` to `path` atomically; returns the path."""
-    from safetensors.torch import save_file
+def weights_bytes(state_dict: dict[str, torch.Tensor], hyper_parameters: dict[str, Any]) -> bytes:
+    """The .safetensors content of `state_dict` and the JSON of `hyper_parameters`, built in memory so that
+    the file is written by `fileio` (safetensors' own writer leaves mode 0o600 and raises its own errors)."""
+    from safetensors.torch import save
 
     header = metadata(hyper_parameters)
     tensors, seen = {}, set()
@@ -71,17 +71,29 @@ def save_weights(state_dict: dict[str, torch.Tensor], hyper_parameters: dict[str
         key = value.untyped_storage().data_ptr()
         tensors[name] = value.clone() if key in seen and value.numel() else value
         seen.add(key)
+    return save(tensors, metadata=header)
+
+
+def checkpoint_weights_bytes(checkpoint: dict[str, Any]) -> bytes:
+    """The .safetensors content of a pds_lightning (Lightning) checkpoint dict: its state dict and hyper-parameters."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError("not a pds_lightning checkpoint (no 'state_dict'); train one with fit or convert one first")
+    return weights_bytes(checkpoint["state_dict"], checkpoint.get("hyper_parameters") or {})
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], hyper_parameters: dict[str, Any],
+                 path: str | os.PathLike) -> Path:
+    """Write `state_dict` and the JSON of `hyper_parameters` to `path` atomically; returns the path."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=header)
+    write_atomic(path, weights_bytes(state_dict, hyper_parameters))
     return path
 
 
 def save_checkpoint_weights(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """The .safetensors of a pds_lightning (Lightning) checkpoint dict: its state dict and hyper-parameters."""
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError("not a pds_lightning checkpoint (no 'state_dict'); train one with fit or convert one first")
-    return save_weights(checkpoint["state_dict"], checkpoint.get("hyper_parameters") or {}, path)
+    """Write the .safetensors of a pds_lightning checkpoint dict to `path` atomically; returns the path."""
+    path = Path(path)
+    write_atomic(path, checkpoint_weights_bytes(checkpoint))
+    return path
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -77,11 +77,19 @@ def format_seeds(seeds: Sequence[int], limit: int = 20) -> str:
 
 
 def check_writable(output_dir: str | os.PathLike) -> str | None:
-    """None when `output_dir` can be created and written, else a one-line reason with the fix."""
+    """None when `output_dir` can be created and written, else a one-line reason with the fix.
+
+    Nothing is created: the probe file goes into the nearest existing folder on the way (where `output_dir`
+    would be made), so a predict that fails before its first sample leaves no empty folder behind; the
+    folders are made with the first file."""
     root = Path(output_dir)
+    existing = root.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".write_probe.", suffix=TMP_SUFFIX)
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write_probe.", suffix=TMP_SUFFIX)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

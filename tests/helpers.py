@@ -5,6 +5,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 - `fork_cli`, `kill_and_wait`: a CLI run in a forked child (one import for many runs) and its SIGKILL.
 - `SignalAtStep`: a callback that signals its own process after an exact training step (resume tests).
 - `disk_full_on_write`: an `os.write` that fails with ENOSPC half-way through the n-th PNG (or any write).
+- `read_only_on_create`: an `os.open` that refuses to create files (EROFS), as a read-only file system does.
 - `dead_pid`: the pid of a process that has exited (the writer of a stale temp file).
 - `frechet_reference`, `kid_reference`: FID and KID written out from their definitions.
 - `make_datamodule`, `save_png`, `all_train`: image folders and data modules for the data and CLI tests.
@@ -143,6 +144,18 @@ def disk_full_on_write(n: int, starting_with: bytes = PNG_SIGNATURE, real_write=
         return real_write(fd, data)
 
     return write
+
+
+def read_only_on_create(real_open=os.open):
+    """An `os.open` replacement: opening with O_CREAT fails with EROFS naming the file, as on a read-only file
+    system (the tests run as root, for whom a 0o555 folder stays writable); other opens go through."""
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    return open_
 
 
 def frechet_reference(f1: torch.Tensor, f2: torch.Tensor) -> float:

@@ -1,5 +1,6 @@
 """`pds-lightning configs`: the shipped configs listed and written out; `--config NAME` for a shipped name."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from pds_lightning.cli import with_shipped_configs
 from pds_lightning.configs import main, write_config
 from pds_lightning.resources import config_path, shipped_configs
+from helpers import read_only_on_create
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +47,23 @@ def test_config_names_become_paths_only_where_no_such_file_exists(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").write_text("trainer: {}\n")
     assert with_shipped_configs(["fit", "--config", "demo"]) == ["fit", "--config", "demo"]  # the user's file wins
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022], ids=lambda u: f"umask{u:03o}")
+def test_written_config_gets_the_mode_the_umask_allows(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert main(["write", "demo", str(tmp_path / "demo.yaml")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "demo.yaml").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_read_only_folder_is_reported_for_the_file_not_its_temp(tmp_path, capsys, monkeypatch):
+    dest = tmp_path / "demo.yaml"
+    monkeypatch.setattr(os, "open", read_only_on_create())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["write", "demo", str(dest)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: [Errno 30] Read-only file system: '{dest}'\n"
+    assert list(tmp_path.iterdir()) == []

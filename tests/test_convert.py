@@ -1,5 +1,6 @@
 """Import of score_sde checkpoints: reference scores, strictness and clear errors."""
 
+import os
 import re
 import subprocess
 import sys
@@ -348,3 +349,44 @@ def test_python_m_reports_a_bad_config_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "error: config bad.yaml holds a YAML list, not a mapping with a 'model:' section; " \
                           "see configs/score_sde/*.yaml\n"
+
+
+# ---- outputs: whole, named as what they hold, never over an input (issue 31 items 2-4) ---------------------------
+@pytest.mark.parametrize("flag", [[], ["--safetensors"]], ids=["plain", "safetensors"])
+def test_an_output_named_safetensors_is_refused_not_written_as_a_pickle(tmp_path, capsys, flag):
+    out = tmp_path / "m.safetensors"
+    code, err = convert_command(capsys, CHECKPOINT, "--config", CONFIG, "--output", out, *flag)
+    assert code == 2 and err == (f"error: --output {out}: the converted checkpoint is a Lightning .ckpt (a zip), not "
+                                 f".safetensors; give {tmp_path / 'm.ckpt'} and pass --safetensors to also write {out} "
+                                 "(weights and settings, no optimizer state)\n"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_is_replaced_only_with_force_and_an_input_never(tmp_path, capsys):
+    out = tmp_path / "m.ckpt"
+    out.write_text("mine")
+    code, err = convert_command(capsys, CHECKPOINT, "--config", CONFIG, "--output", out)
+    assert code == 2 and err == f"error: --output {out} exists; pass --force to replace it or give another output path\n"
+    assert out.read_text() == "mine"
+    assert convert_command(capsys, CHECKPOINT, "--config", CONFIG, "--output", out, "--force")[0] == 0
+    assert torch.load(out, weights_only=True)["global_step"] == 7
+    # a checkpoint kept under a .safetensors name: --safetensors would write its weights over it, --force or not
+    source = tmp_path / "released.safetensors"
+    source.write_bytes(CHECKPOINT.read_bytes())
+    code, err = convert_command(capsys, source, "--config", CONFIG, "--output", tmp_path / "released.ckpt",
+                                "--safetensors", "--force")
+    assert code == 2 and err == (f"error: the --safetensors file {source} is the input file {source}; writing it would "
+                                 "replace the input: give another output path\n"), err
+    assert source.read_bytes() == CHECKPOINT.read_bytes() and not (tmp_path / "released.ckpt").exists()
+
+
+@pytest.mark.parametrize("failing", [1, 2])  # the checkpoint, then its .safetensors
+def test_a_full_disk_leaves_neither_file_and_names_the_target(tmp_path, capsys, monkeypatch, failing):
+    from helpers import disk_full_on_write
+
+    out = tmp_path / "m.ckpt"
+    monkeypatch.setattr(os, "write", disk_full_on_write(failing, starting_with=b""))
+    code, err = convert_command(capsys, CHECKPOINT, "--config", CONFIG, "--output", out, "--safetensors")
+    target = out if failing == 1 else out.with_suffix(".safetensors")
+    assert code == 2 and err == f"error: [Errno 28] No space left on device: '{target}'\n", err
+    assert list(tmp_path.iterdir()) == []  # no output, no temp file

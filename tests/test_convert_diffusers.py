@@ -4,6 +4,7 @@ is refused in one line naming the block or field."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,66 @@ def test_python_sampling_from_the_converted_checkpoint_uses_the_statistics(tmp_p
     assert pds.shape == (2, 3, SIZE, SIZE) and torch.isfinite(pds).all()
     assert 0.0 <= float(pds.min()) and float(pds.max()) <= 1.0
     assert not torch.equal(pds, plain)  # the preconditioner changes the trajectory
+
+
+# ---- outputs: no input written over, an existing file only with --force, all files or none (issue 31) -----------
+def convert_command(capsys, *args) -> tuple[int, str]:
+    """Exit status and stderr of `pds-lightning convert-diffusers ARGS`, in this process."""
+    from pds_lightning.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["convert-diffusers", *map(str, args)])
+    return done.value.code, capsys.readouterr().err
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_outputs_never_replace_the_model_folder_and_existing_files_only_with_force(tmp_path, capsys):
+    folder = save_flat(unet(*LAYOUTS["skip"]), tmp_path / "m")
+    before = contents(folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    refusals = {  # arguments -> the error line
+        (weights,): f"OUTPUT {weights}: the converted checkpoint is a Lightning .ckpt (a zip), not .safetensors; give "
+                    f"{weights.with_suffix('.ckpt')} and pass --safetensors to also write {weights}",
+        (weights.with_suffix(".ckpt"), "--safetensors", "--force"):
+            f"the --safetensors file {weights} is a file of the input folder {folder}; writing it would replace an "
+            "input: give another output path",
+        (folder / "config.json", "--force"): f"OUTPUT {folder / 'config.json'} is a file of the input folder {folder}",
+        (tmp_path / "m.yaml",): f"the predict config {tmp_path / 'm.yaml'} is also OUTPUT {tmp_path / 'm.yaml'}: one "
+                                "file cannot be both; give another output name",
+    }
+    for args, message in refusals.items():
+        code, err = convert_command(capsys, folder, *args)
+        assert code == 1 and err.count("\n") == 1 and err.startswith(f"pds-lightning: error: {message}"), err
+    assert contents(folder) == before and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+    (tmp_path / "m.yaml").write_text("mine")  # an existing predict config (OUTPUT.yaml) is not replaced silently
+    code, err = convert_command(capsys, folder, tmp_path / "m.ckpt")
+    assert code == 1 and err.startswith(f"pds-lightning: error: the predict config {tmp_path / 'm.yaml'} exists; pass "
+                                        "--force to replace it or give another output path"), err
+    assert (tmp_path / "m.yaml").read_text() == "mine" and not (tmp_path / "m.ckpt").exists()
+    code, _ = convert_command(capsys, folder, tmp_path / "m.ckpt", "--force")
+    assert code == 0 and yaml_of(tmp_path / "m.yaml")["model"]["net"]["class_path"] == cd.NET_CLASS
+    assert ScoreModule.load_from_checkpoint(tmp_path / "m.ckpt").sde.N == SCHEDULER["num_train_timesteps"]
+
+
+def yaml_of(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3])  # the checkpoint, its .safetensors, the predict config
+def test_a_full_disk_leaves_none_of_the_outputs(tmp_path, capsys, monkeypatch, failing):
+    from helpers import disk_full_on_write
+
+    folder = save_flat(unet(*LAYOUTS["skip"]), tmp_path / "m")
+    out = tmp_path / "out" / "m.ckpt"
+    monkeypatch.setattr(os, "write", disk_full_on_write(failing, starting_with=b""))
+    code, err = convert_command(capsys, folder, out, "--safetensors")
+    target = [out, out.with_suffix(".safetensors"), out.with_suffix(".yaml")][failing - 1]
+    assert code == 1 and err.startswith(f"pds-lightning: error: [Errno 28] No space left on device: '{target}'"), err
+    assert os.listdir(out.parent) == []  # no output, no temp file

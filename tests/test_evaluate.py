@@ -186,3 +186,24 @@ def test_a_non_finite_result_is_refused_not_written_as_invalid_json(tmp_path, ca
                                       tmp_path / "r.json")
     assert code == 2 and out == "" and not (tmp_path / "r.json").exists()
     assert "spectral_error = " in err and "not a number JSON can hold" in err
+
+
+def test_output_never_replaces_a_sample_and_an_existing_file_only_with_force(tmp_path, capsys):
+    """issue 31 item 14: `--output samples/000/000000.png` replaced a sample PNG with the JSON result."""
+    samples = tmp_path / "s"
+    write_samples(samples, gaussian(4, seed=7))
+    ImageStatistics((3, SIZE, SIZE)).update(gaussian(4, seed=8)).save(tmp_path / "stats.pt")
+    png, before = sample_path(samples, 0), sample_path(samples, 0).read_bytes()
+    code, out, err = evaluate_command(capsys, samples, "--reference", tmp_path / "stats.pt", "--output", png, "--force")
+    assert code == 2 and out == "" and err == (f"pds-lightning evaluate: error: --output {png} is a file of the input "
+                                               f"folder {samples}; writing it would replace an input: give another "
+                                               "output path\n")
+    assert png.read_bytes() == before
+    result = tmp_path / "r.json"
+    result.write_text("an earlier result")
+    code, out, err = evaluate_command(capsys, samples, "--reference", tmp_path / "stats.pt", "--output", result)
+    assert code == 2 and out == "" and err == (f"pds-lightning evaluate: error: --output {result} exists; pass --force "
+                                               "to replace it or give another output path\n")
+    assert result.read_text() == "an earlier result"
+    code, out, _ = evaluate_command(capsys, samples, "--reference", tmp_path / "stats.pt", "--output", result, "--force")
+    assert code == 0 and json.loads(result.read_text()) == json.loads(out)

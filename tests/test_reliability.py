@@ -427,3 +427,21 @@ def test_predict_and_convert_write_files_the_umask_allows(ckpt, tmp_path, monkey
     assert modes == {"000/000000.png": 0o666 & ~umask, "000/000001.png": 0o666 & ~umask,
                      "manifest.json": 0o666 & ~umask, "c.ckpt": 0o666 & ~umask}
     assert (out / "000").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# ---- 9. whole files or none (issue 31 item 4) ----------------------------------------------------------------------
+def test_fit_on_a_full_disk_leaves_no_partial_checkpoint_and_names_it(tmp_path, capsys, monkeypatch):
+    """The checkpoint's write fails half-way (ENOSPC): one line naming the checkpoint, no file of it left."""
+    monkeypatch.chdir(tmp_path)
+    source = make_folder(tmp_path, "ok")
+    monkeypatch.setattr(os, "write", disk_full_on_write(1, starting_with=b"PK"))  # the first zip: the checkpoint
+    status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source", source,
+                             "--data.stats_num_images", "8", "--data.val_size", "4", "--trainer.max_steps", "2",
+                             "--trainer.val_check_interval", "2", "--trainer.default_root_dir", tmp_path / "run",
+                             "--data.stats_cache_dir", tmp_path / "stats")
+    target = tmp_path / "run" / "checkpoints" / "epoch=0-step=2.ckpt"
+    assert status == 1, line
+    assert line.startswith(f"pds-lightning: error: [Errno 28] cannot write the checkpoint {target}: No space left on "
+                           "device; nothing was written there: free disk space or choose a writable checkpoint "
+                           "folder (--trainer.default_root_dir)"), line
+    assert os.listdir(target.parent) == []  # neither the checkpoint nor its temp file

@@ -2,17 +2,20 @@
 tensors plus the expected JSON."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from pds_lightning.cli import main as cli_main
 from pds_lightning.convert import convert_score_sde
 from pds_lightning.export import export, main as export_main
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling import PDS
 from pds_lightning.safetensors_io import FORMAT, HEADER, load_weights, save_weights
+from helpers import disk_full_on_write
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -112,3 +115,44 @@ def test_not_a_safetensors_file_and_non_json_values_are_refused(tmp_path):
     with pytest.raises(ValueError, match="net must be"):
         save_weights({"w": torch.zeros(1)}, {"net": None, "sde": spec}, tmp_path / "n.safetensors")
     assert not list(tmp_path.glob("n.safetensors*")) and not list(tmp_path.glob(".n.safetensors*"))
+
+
+# ---- files: the umask's mode, whole or not at all, never over the input (issue 31 items 4, 10) --------------------
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=lambda u: f"umask{u:03o}")
+def test_export_and_convert_safetensors_get_the_mode_the_umask_allows(converted, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert export_main([str(converted), "--output", str(tmp_path / "e.safetensors")]) == 0
+        convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", FIXTURES / "ncsnpp_ve_tiny.yaml",
+                          tmp_path / "c.ckpt", safetensors=True)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["e.safetensors", "c.ckpt", "c.safetensors"], 0o666 & ~umask)
+
+
+def test_export_on_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(converted, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "shared.safetensors"
+    monkeypatch.setattr(os, "write", disk_full_on_write(1, starting_with=b""))
+    with pytest.raises(SystemExit) as done:
+        cli_main(["export", str(converted), "--output", str(out)])
+    assert done.value.code == 1
+    assert capsys.readouterr().err == (f"pds-lightning: error: [Errno 28] No space left on device: '{out}' "
+                                       "(set PDS_LIGHTNING_TRACEBACK=1 for the traceback)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_writes_over_its_input_and_over_a_file_only_with_force(converted, tmp_path, capsys):
+    shared = export(converted, tmp_path / "m.safetensors")
+    original = shared.read_bytes()
+    with pytest.raises(FileExistsError, match=f"--output {shared} is the input file {shared}; writing it would "
+                                              "replace the input"):
+        export(shared, force=True)  # default output: the input's name with .safetensors, the input itself
+    (tmp_path / "old.safetensors").write_text("mine")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["export", str(converted), "--output", str(tmp_path / "old.safetensors")])
+    assert done.value.code == 1 and capsys.readouterr().err.startswith(
+        f"pds-lightning: error: --output {tmp_path / 'old.safetensors'} exists; pass --force to replace it")
+    assert (tmp_path / "old.safetensors").read_text() == "mine"
+    assert export_main([str(converted), "--output", str(tmp_path / "old.safetensors"), "--force"]) == 0
+    assert (tmp_path / "old.safetensors").read_bytes() == shared.read_bytes() == original

@@ -110,16 +110,26 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
         predict(tmp_path, blocker / "samples")
 
 
-def test_writer_refuses_non_finite_images(tmp_path):
-    class NaNModule(GaussianModule):
-        def predict_step(self, batch, batch_idx, dataloader_idx=0):
-            out = super().predict_step(batch, batch_idx)
-            out["images"][0, 0, 0, 0] = float("nan")
-            return out
+class NaNModule(GaussianModule):
+    """Samples with one NaN pixel in the first image of each batch."""
 
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        out = super().predict_step(batch, batch_idx)
+        out["images"][0, 0, 0, 0] = float("nan")
+        return out
+
+
+def test_writer_refuses_non_finite_images(tmp_path):
     with pytest.raises(ValueError, match="non-finite sample values for seeds 0-1"):
         predict(tmp_path, tmp_path / "s", seeds="0-1", model=NaNModule())
     assert scan_written_seeds(tmp_path / "s") == []
+
+
+def test_a_predict_that_fails_before_its_first_file_leaves_no_folder(tmp_path):
+    """Refused before writing (non-finite images): the output folder, and the folders above it, are not created."""
+    with pytest.raises(ValueError, match="non-finite sample values for seeds 0-1"):
+        predict(tmp_path, tmp_path / "runs" / "s", seeds="0-1", model=NaNModule())
+    assert not (tmp_path / "runs").exists()
 
 
 def test_progress_bar_shows_seeds_done_and_rate(tmp_path):
