@@ -197,3 +197,15 @@ def test_atomic_folder_leaves_nothing_half_written(tmp_path):
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("midway")
     assert files_below(target) == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_pc_sampler_without_corrector_round_trips_as_zero_correct_steps():
+    """ScoreSdeVePipeline runs `correct_steps` Langevin steps per level; 0 is a PC sampler without corrector."""
+    from pds_lightning import convert_diffusers as cd
+
+    sde = VESDE(**SDE)
+    scheduler = cd.scheduler_of(sde, PC(corrector=None, eps=1e-3))
+    assert scheduler == {"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 10, "snr": 0.15,
+                         "sigma_min": 0.01, "sigma_max": 50.0, "sampling_eps": 1e-3, "correct_steps": 0}
+    back_sde, sampler = cd.ve_sde(scheduler)
+    assert sampler.corrector is None and sampler.eps == 1e-3 and (back_sde.N, back_sde.sigma_max) == (10, 50.0)
