@@ -23,6 +23,13 @@ input (2x - 1) only where the config says ``center_input_sample``. PDS needs dat
 Usage: ``pds-lightning convert-diffusers MODEL_DIR OUTPUT.ckpt [--statistics-from IMAGES] [--safetensors] [--force]``;
 it also writes OUTPUT.yaml, the config ``predict`` takes with ``--ckpt_path OUTPUT.ckpt``. No file of MODEL_DIR or
 IMAGES is ever written over, an existing output only with ``--force``; the files appear all together or none.
+MODEL_DIR is a folder or a Hub repo id (org/name, ``--revision``), fetched through huggingface_hub's cache
+(`pds_lightning.hub`); the checkpoint's ``source`` entry and a comment in OUTPUT.yaml record the repo, its commit
+and each file's sha256.
+
+The way out reads the same tables backwards: `write_diffusers_folder` writes a module's NCSN++ (EMA weights)
+and VE SDE as a ScoreSdeVePipeline folder (``pds-lightning export CKPT OUT_DIR --format diffusers``), refusing
+in one line any setting the table above does not map back (another SDE or network, other NCSN++ options).
 """
 
 from __future__ import annotations
@@ -39,10 +46,11 @@ import torch
 import yaml
 from torch import nn
 
+from pds_lightning import hub
 from pds_lightning.checkpoints import lightning_checkpoint
 from pds_lightning.convert import ConversionError, checkpoint_outputs, hyper_parameters, write_outputs
 from pds_lightning.convert import statistics_buffers as no_statistics
-from pds_lightning.fileio import check_outputs
+from pds_lightning.fileio import atomic_folder, check_new_folder, check_outputs
 from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProjection
 from pds_lightning.models.ncsnpp import NCSNpp
 from pds_lightning.models.resblocks import ResnetBlockBigGAN
@@ -66,7 +74,13 @@ KNOWN_FIELDS = UNUSED_FIELDS | {
     "layers_per_block", "mid_block_scale_factor", "dropout", "act_fn", "attention_head_dim", "norm_num_groups",
     "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift", "add_attention", "class_embed_type",
     "num_class_embeds"}
-SCHEDULER_FIELDS = {"num_train_timesteps", "snr", "sigma_min", "sigma_max", "sampling_eps", "correct_steps"}
+# ScoreSdeVeScheduler's fields and defaults (diffusers' values for a field a config leaves out)
+SCHEDULER_DEFAULTS = {"num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 1348.0,
+                      "sampling_eps": 1e-5, "correct_steps": 1}
+SCHEDULER_FIELDS = set(SCHEDULER_DEFAULTS)
+# The files a Hub download fetches first (the pipeline's configs); the weights follow, from the model's folder.
+CONFIG_PATTERNS = ("model_index.json", "config.json", "scheduler_config.json", "*/config.json",
+                   "*/scheduler_config.json")
 
 # Parameter names inside one block: project suffix -> diffusers suffixes (newer name first).
 RESNET_NAMES = {"GroupNorm_0": ("norm1",), "Conv_0": ("conv1",), "Dense_0": ("time_emb_proj",),
@@ -109,12 +123,17 @@ def model_folder(root: Path) -> Path:
                           f"{', '.join(n + '/' for n in dict.fromkeys(names))}; download the whole repository")
 
 
-def scheduler_config(root: Path, folder: Path) -> dict[str, Any] | None:
+def scheduler_file(root: Path, folder: Path) -> Path | None:
     for path in (folder / "scheduler_config.json", root / "scheduler_config.json",
                  root / "scheduler" / "scheduler_config.json"):
         if path.is_file():
-            return read_json(path)
+            return path
     return None
+
+
+def scheduler_config(root: Path, folder: Path) -> dict[str, Any] | None:
+    path = scheduler_file(root, folder)
+    return None if path is None else read_json(path)
 
 
 def weights_file(folder: Path) -> Path:
@@ -155,6 +174,59 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ConversionError(f"{path} is not a state dict of tensors")
     return weights
+
+
+# ---- where the files come from: a folder or a Hub repo -------------------------------------------------
+def fetch(repo_id: str, revision: str | None) -> Path:
+    """The snapshot folder of a Hub repo holding the files `open_model` reads: the configs first, then the
+    model folder's weights (.safetensors where the repo has them, else .bin), pinned to the commit of the first."""
+    root = hub.snapshot(repo_id, revision, CONFIG_PATTERNS)
+    commit = hub.commit_of(root)
+    if not any(root.glob("**/config.json")):
+        raise ConversionError(f"Hub repo {repo_id} has no config.json: it is not a diffusers model "
+                              "(convert-diffusers reads NCSN++ score models, e.g. google/ncsnpp-ffhq-256)")
+    folder = model_folder(root).relative_to(root)
+    for name in WEIGHTS:
+        if not (root / folder / name).is_file():
+            hub.snapshot(repo_id, commit, [(folder / name).as_posix()])  # the same snapshot folder
+        if (root / folder / name).is_file():
+            break
+    return root
+
+
+def resolve(model_dir: str | os.PathLike, revision: str | None) -> tuple[Path, dict[str, Any]]:
+    """(local folder, its Hub origin {repo_id, revision, commit} or {}) of a folder or a Hub repo id."""
+    if hub.is_repo_id(model_dir):
+        root = fetch(str(model_dir), revision)
+        return root, {"repo_id": str(model_dir), "revision": revision or "main", "commit": hub.commit_of(root)}
+    if revision is not None:
+        raise ConversionError(f"--revision applies to a Hub repo id (org/name); {model_dir} is a local folder")
+    return Path(model_dir), {}
+
+
+def source_record(root: Path, model: DiffusersModel, origin: dict[str, Any]) -> dict[str, Any]:
+    """What a conversion read: the Hub origin (repo, revision, commit), the folder, and each file's sha256."""
+    files = [root / "model_index.json", model.folder / "config.json", model.weights,
+             scheduler_file(root, model.folder)]
+    hashes = {p.relative_to(root).as_posix(): hub.sha256(p) for p in files if p is not None and p.is_file()}
+    return {**origin, "folder": str(root.resolve()), "files": hashes}
+
+
+def source_comment(record: dict[str, Any]) -> str:
+    """The source record as a YAML comment (predict's config takes no such key): '# ' before each line."""
+    text = yaml.safe_dump({"source": record}, sort_keys=False)
+    return "# converted by pds-lightning convert-diffusers from:\n" + "".join(f"# {line}\n" for line in text.splitlines())
+
+
+def check_score_model(config: dict[str, Any], name: str) -> None:
+    """Refuse, before anything else, a UNet2DModel of another family (no Skip block at all: e.g. DDPM)."""
+    down = list(config.get("down_block_types") or [])
+    if down and not any(t in DOWN_BLOCKS for t in down):
+        raise ConversionError(
+            f"{name} is not an NCSN++ score model: unsupported block type(s) {', '.join(down)} and a "
+            f"{config.get('time_embedding_type', 'positional')!r} time embedding (e.g. a DDPM UNet2DModel); "
+            "convert-diffusers reads NCSN++ (score_sde) models with Skip / AttnSkip blocks and a 'fourier' "
+            "embedding, e.g. google/ncsnpp-ffhq-256")
 
 
 # ---- config -> NCSNpp ----------------------------------------------------------------------------------
@@ -268,12 +340,11 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
     unknown = sorted(k for k in scheduler if not k.startswith("_") and k not in SCHEDULER_FIELDS)
     if unknown:
         raise ConversionError(f"scheduler_config.json has fields this converter does not know: {', '.join(unknown)}")
-    # ScoreSdeVeScheduler's defaults for absent fields
-    sde = VESDE(float(scheduler.get("sigma_min", 0.01)), float(scheduler.get("sigma_max", 1348.0)),
-                int(scheduler.get("num_train_timesteps", 2000)))
-    sampler = PC(name="pds", eps=float(scheduler.get("sampling_eps", 1e-5)), pds=PDS(filters="both", alpha=5.0),
-                 corrector=Langevin(snr=float(scheduler.get("snr", 0.15)),
-                                    steps_per_level=int(scheduler.get("correct_steps", 1))))
+    settings = {**SCHEDULER_DEFAULTS, **scheduler}
+    sde = VESDE(float(settings["sigma_min"]), float(settings["sigma_max"]), int(settings["num_train_timesteps"]))
+    steps = int(settings["correct_steps"])  # 0: ScoreSdeVePipeline runs no corrector step
+    sampler = PC(name="pds", eps=float(settings["sampling_eps"]), pds=PDS(filters="both", alpha=5.0),
+                 corrector=Langevin(snr=float(settings["snr"]), steps_per_level=steps) if steps else None)
     return sde, sampler
 
 
@@ -362,32 +433,41 @@ def source_names(kind: type, suffix: str) -> tuple[str, ...]:
     return (suffix,)
 
 
-def map_state_dict(net: NCSNpp, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The project's state dict from diffusers weights: every parameter mapped, shapes checked, nothing left."""
+def parameter_names(net: NCSNpp, config: dict[str, Any]) -> Iterator[tuple[str, tuple[str, ...], bool]]:
+    """(project name, diffusers names (newest first), transposed) of every network parameter, in the order of
+    NCSNpp.all_modules: the one table that conversion and export both read. Refuses norms grouped otherwise."""
     levels = attention_levels(config)
     layout = list(diffusers_layout(len(net.ch_mult), net.num_res_blocks, levels))
     if len(layout) != len(net.all_modules):
         raise RuntimeError(f"layout has {len(layout)} modules, NCSNpp {len(net.all_modules)}; converter and network disagree")
-    target = net.state_dict()
-    mapped, used, problems = {"sigmas": target["sigmas"]}, set(), []
     for index, ((prefix, kind), module) in enumerate(zip(layout, net.all_modules)):
         if not isinstance(module, kind):
             raise RuntimeError(f"all_modules.{index} is a {type(module).__name__}, the layout expects {kind.__name__}")
         check_groups(config, prefix, module)
-        for suffix, param in module.state_dict().items():
-            names = [f"{prefix}.{n}" for n in source_names(kind, suffix)]
-            found = [n for n in names if n in weights]
-            if not found:
-                problems.append(f"missing {names[0]}")
-                continue
-            value = weights[found[0]]
-            used.add(found[0])
-            if kind is AttnBlock and suffix.endswith(".W"):
-                value = value.t()  # Linear stores [out, in], score_sde's NIN [in, out]
-            if tuple(value.shape) != tuple(param.shape):
-                problems.append(f"{found[0]} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-                continue
-            mapped[f"all_modules.{index}.{suffix}"] = value.to(param.dtype).contiguous().clone()
+        for suffix in module.state_dict():
+            # Linear stores [out, in], score_sde's NIN [in, out]
+            yield (f"all_modules.{index}.{suffix}", tuple(f"{prefix}.{n}" for n in source_names(kind, suffix)),
+                   kind is AttnBlock and suffix.endswith(".W"))
+
+
+def map_state_dict(net: NCSNpp, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The project's state dict from diffusers weights: every parameter mapped, shapes checked, nothing left."""
+    target = net.state_dict()
+    mapped, used, problems = {"sigmas": target["sigmas"]}, set(), []
+    for key, names, transposed in parameter_names(net, config):
+        param = target[key]
+        found = [n for n in names if n in weights]
+        if not found:
+            problems.append(f"missing {names[0]}")
+            continue
+        value = weights[found[0]]
+        used.add(found[0])
+        if transposed:
+            value = value.t()
+        if tuple(value.shape) != tuple(param.shape):
+            problems.append(f"{found[0]} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+            continue
+        mapped[key] = value.to(param.dtype).contiguous().clone()
     problems += [f"unexpected {name}" for name in sorted(set(weights) - used)]
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
@@ -424,6 +504,131 @@ def statistics_buffers(shape: tuple[int, int, int], statistics_from: str | os.Pa
     return buffers
 
 
+# ---- the way out: NCSNpp -> a ScoreSdeVePipeline folder -----------------------------------------------
+PIPELINE_INDEX = {"_class_name": "ScoreSdeVePipeline", "unet": ["diffusers", "UNet2DModel"],
+                  "scheduler": ["diffusers", "ScoreSdeVeScheduler"]}
+SAFETENSORS_METADATA = {"format": "pt"}  # what diffusers' save_pretrained writes in its .safetensors
+EXPORT_IGNORED = {"init_scale"}  # initialisation only: it does not change a trained network's forward
+
+
+def effective_init_args(net: NCSNpp, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A network's init_args with its class's defaults filled in (DDPMpp's over NCSNpp's), as plain data."""
+    import inspect
+
+    args: dict[str, Any] = {}
+    for cls in reversed(type(net).__mro__):
+        if issubclass(cls, NCSNpp):
+            args.update({k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                         if p.default is not inspect.Parameter.empty})
+    args.update((spec or {}).get("init_args") or {})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def unet_config(net_args: dict[str, Any]) -> dict[str, Any]:
+    """The UNet2DModel config.json of an NCSN++ (score_sde's field names): `net_init_args` read backwards. Every
+    field the converter reads is written, since diffusers' defaults for absent ones are not NCSN++'s."""
+    size, nf = int(net_args["image_size"]), int(net_args["nf"])
+    channels = [nf * int(m) for m in net_args["ch_mult"]]
+    attention = [size // 2 ** i in net_args["attn_resolutions"] for i in range(len(channels))]
+    down = {attn: name for name, attn in DOWN_BLOCKS.items()}
+    up = {attn: name for name, attn in UP_BLOCKS.items()}
+    return {"_class_name": "UNet2DModel", "sample_size": size, "in_channels": net_args["num_channels"],
+            "out_channels": net_args["num_channels"], "center_input_sample": not net_args["centered"],
+            "time_embedding_type": "fourier", "down_block_types": [down[a] for a in attention],
+            "mid_block_type": "UNetMidBlock2D", "up_block_types": [up[a] for a in reversed(attention)],
+            "block_out_channels": channels, "layers_per_block": net_args["num_res_blocks"],
+            "mid_block_scale_factor": math.sqrt(2.0), "dropout": float(net_args["dropout"]), "act_fn": "silu",
+            "attention_head_dim": None, "norm_num_groups": None, "norm_eps": EPS, "add_attention": True}
+
+
+def exportable(module) -> tuple[dict[str, Any], VESDE]:
+    """(UNet2DModel config, VE SDE) of a ScoreModule whose network diffusers computes exactly; refuses in one
+    line what a ScoreSdeVePipeline cannot represent, naming the setting."""
+    net, sde = module.ema_net, module.sde
+    spec = module.hparams.get("net")
+    if not isinstance(sde, VESDE):
+        raise ConversionError(f"the model's SDE is a {type(sde).__name__}: diffusers' ScoreSdeVeScheduler is the VE "
+                              "SDE only, so VP / sub-VP models cannot be exported to diffusers")
+    if not isinstance(net, NCSNpp) or not isinstance(spec, dict):
+        raise ConversionError(f"the model's network is {(spec or {}).get('class_path', type(net).__name__)}: the "
+                              "diffusers export writes NCSN++ networks (pds_lightning.models.NCSNpp) built from a "
+                              "config (fit, convert-*)")
+    if module.centered or not module.continuous:
+        raise ConversionError(f"model centered={module.centered}, continuous={module.continuous}: diffusers' "
+                              "ScoreSdeVePipeline samples data in [0, 1] with sigma as the noise input (centered: "
+                              "false, continuous: true)")
+    ours = effective_init_args(net, spec)
+    if ours.get("num_classes"):
+        raise ConversionError(f"model.net num_classes={ours['num_classes']}: UNet2DModel's class embedding is not "
+                              "NCSN++'s, so class-conditional models cannot be exported to diffusers")
+    # NCSN++ attends only at its own resolutions; others listed in attn_resolutions change nothing
+    ours["attn_resolutions"] = [r for r in (ours["image_size"] // 2 ** i for i in range(len(ours["ch_mult"])))
+                                if r in ours["attn_resolutions"]]
+    config = unet_config(ours)
+    try:
+        theirs = net_init_args(config, sde)
+        differ = [k for k in theirs if k not in EXPORT_IGNORED and ours.get(k) != theirs[k]]
+        if differ:
+            raise ConversionError(
+                f"model.net {', '.join(f'{k}={ours.get(k)!r}' for k in differ)} differs from what diffusers' NCSN++ "
+                f"layout (UNet2DModel with Skip blocks) computes: {', '.join(f'{k}={theirs[k]!r}' for k in differ)}")
+        for _ in parameter_names(net, config):  # refuses norms that diffusers groups otherwise
+            pass
+    except ConversionError as err:
+        raise ConversionError(f"cannot export to diffusers: {err}") from err
+    return config, sde
+
+
+def unet_weights(net: NCSNpp, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's parameters under diffusers' names (`parameter_names`, the converter's table read backwards)."""
+    state = net.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, names, transposed in parameter_names(net, config):
+        value = state[key].detach().cpu()
+        out[names[0]] = (value.t() if transposed else value).contiguous().clone()
+    if len(out) != len(state) - 1:  # all but NCSNpp's `sigmas` buffer, which diffusers computes from the scheduler
+        raise RuntimeError(f"{len(out)} of {len(state) - 1} network tensors mapped; converter and network disagree")
+    return out
+
+
+def scheduler_of(sde: VESDE, sampler: Any) -> dict[str, Any]:
+    """The ScoreSdeVeScheduler config: the SDE, and the PC sampler's Langevin snr, steps and eps where the
+    model's sampler has them (ScoreSdeVeScheduler's defaults otherwise)."""
+    settings = dict(SCHEDULER_DEFAULTS, num_train_timesteps=sde.N, sigma_min=sde.sigma_min, sigma_max=sde.sigma_max)
+    if isinstance(sampler, PC):
+        if isinstance(sampler.corrector, Langevin):
+            settings.update(snr=sampler.corrector.snr, correct_steps=sampler.corrector.steps_per_level)
+        elif sampler.corrector is None:
+            settings["correct_steps"] = 0
+        if sampler.eps is not None:
+            settings["sampling_eps"] = float(sampler.eps)
+    return {"_class_name": "ScoreSdeVeScheduler", **settings}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def write_diffusers_folder(module, out_dir: str | os.PathLike, *, force: bool = False,
+                           inputs: tuple = ()) -> Path:
+    """Write a ScoreModule's EMA network and VE SDE as a ScoreSdeVePipeline folder: model_index.json,
+    unet/config.json + unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json. The folder
+    appears whole or not at all (`fileio.atomic_folder`); an existing one only with `force`, never one that is
+    or holds `inputs`. Returns its path."""
+    check_new_folder(out_dir, force, inputs)
+    config, sde = exportable(module)
+    weights = unet_weights(module.ema_net, config)
+    from safetensors.torch import save_file
+
+    with atomic_folder(out_dir, force, inputs) as tmp:
+        write_json(tmp / "model_index.json", PIPELINE_INDEX)
+        write_json(tmp / "unet" / "config.json", config)
+        save_file(weights, str(tmp / "unet" / WEIGHTS[0]), metadata=SAFETENSORS_METADATA)
+        write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_of(sde, module.sampler))
+    return Path(out_dir)
+
+
 # ---- the converter -------------------------------------------------------------------------------------
 def model_config(net_args: dict[str, Any], sde: VESDE, sampler: PC) -> dict[str, Any]:
     """The config's ``model:`` section: NCSNpp and VESDE as class specs, PDS with the scheduler's PC settings."""
@@ -445,14 +650,17 @@ def predict_config(model_cfg: dict[str, Any], output: Path) -> dict[str, Any]:
 def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
                       statistics_from: str | os.PathLike | None = None, *, statistics_images: int = 0,
                       sigma_min: float | None = None, sigma_max: float | None = None, num_scales: int | None = None,
-                      safetensors: bool = False, force: bool = False) -> Path:
-    """Convert a downloaded diffusers NCSN++ folder; writes OUTPUT (.ckpt), OUTPUT.yaml (the predict config)
-    and, with `safetensors`, OUTPUT.safetensors. Returns the checkpoint path. An output in the model or images
-    folder is refused, an existing one unless `force`."""
+                      safetensors: bool = False, force: bool = False, revision: str | None = None) -> Path:
+    """Convert a diffusers NCSN++ folder or Hub repo id (at `revision`); writes OUTPUT (.ckpt), OUTPUT.yaml (the
+    predict config) and, with `safetensors`, OUTPUT.safetensors. Returns the checkpoint path. An output in the
+    model or images folder is refused, an existing one unless `force`."""
     output = Path(output)
     outputs, config_path = checkpoint_outputs(output, safetensors, what="OUTPUT"), output.with_suffix(".yaml")
     check_outputs([*outputs, ("the predict config", config_path)], [model_dir, statistics_from], force)
-    source = open_model(model_dir)
+    root, origin = resolve(model_dir, revision)
+    check_outputs([*outputs, ("the predict config", config_path)], [root, statistics_from], force)
+    source = open_model(root)
+    check_score_model(source.config, str(model_dir))
     sde, sampler = ve_sde(source.scheduler, sigma_min, sigma_max, num_scales)
     net_args = net_init_args(source.config, sde)
     net = NCSNpp(**net_args)
@@ -465,16 +673,19 @@ def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
     state_dict.update({f"ema_net.{k}": v.clone() for k, v in weights.items()})  # released weights sample
     state_dict["ema_num_updates"] = torch.zeros((), dtype=torch.long)
     state_dict.update(statistics_buffers(shape, statistics_from, statistics_images))
-    record = {"diffusers": {"folder": str(Path(model_dir).resolve()), "weights": source.weights.name,
-                            "config": source.config, "scheduler": source.scheduler}}
+    record = {"diffusers": {"folder": str(root.resolve()), "weights": source.weights.name,
+                            "config": source.config, "scheduler": source.scheduler},
+              "source": source_record(root, source, origin)}
     checkpoint = lightning_checkpoint(state_dict, hyper_parameters(model_cfg, shape, False), extra=record)
-    config = yaml.safe_dump(predict_config(model_cfg, output), sort_keys=False).encode()
-    return write_outputs(checkpoint, outputs, extra={config_path: config})
+    config = source_comment(record["source"]) + yaml.safe_dump(predict_config(model_cfg, output), sort_keys=False)
+    return write_outputs(checkpoint, outputs, extra={config_path: config.encode()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning convert-diffusers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", help="downloaded diffusers folder (config.json + weights, scheduler config)")
+    parser.add_argument("model_dir", help="diffusers folder (config.json + weights, scheduler config), or a Hub repo "
+                                          "id org/name, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE)")
+    parser.add_argument("--revision", default=None, help="with a Hub repo id: branch, tag or commit (default main)")
     parser.add_argument("output", help="Lightning checkpoint to write (.ckpt); OUTPUT.yaml is the predict config")
     parser.add_argument("--statistics-from", default=None,
                         help="folder of training images: PDS data statistics computed as fit does")
@@ -487,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = convert_diffusers(args.model_dir, args.output, args.statistics_from,
                              statistics_images=args.statistics_images, sigma_min=args.sigma_min,
                              sigma_max=args.sigma_max, num_scales=args.num_scales, safetensors=args.safetensors,
-                             force=args.force)
+                             force=args.force, revision=args.revision)
     print(f"wrote {path} and {path.with_suffix('.yaml')}"
           + (f" and {path.with_suffix('.safetensors')}" if args.safetensors else ""))
     print(f"sample: pds-lightning predict --config {path.with_suffix('.yaml')} --ckpt_path {path}")

@@ -16,7 +16,8 @@ Prints JSON (strict: a non-finite number is an error, not `Infinity`); every FID
 and fewer than 10k samples add a warning. `--feature-extractor` takes a name of FEATURE_EXTRACTORS; the
 class path of a user's own nn.Module is imported only with `--allow-custom-features`. `--output` and
 `--write-reference-stats` never write over an input (a sample, a reference file) nor, without `--force`, any
-existing file.
+existing file. Feature extraction over many images takes long: a progress bar per folder (images done / total,
+images/s) goes to stderr, as fit and predict show theirs (tqdm), unless `--quiet`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,25 @@ class _Uniform:
         return x
 
 
-def _batches(dataset, batch_size: int, device: torch.device) -> Iterable[torch.Tensor]:
-    for x in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        yield x.to(device)
+# Progress bars are redrawn at most once per PROGRESS_INTERVAL seconds, so a log file gets a bounded number of
+# updates; the rate is the average since the start (smoothing 0, as Lightning's bars of fit / predict).
+PROGRESS_INTERVAL = 1.0
+
+
+def _batches(dataset, batch_size: int, device: torch.device, progress: str | None = None) -> Iterable[torch.Tensor]:
+    """The images of `dataset` in batches on `device`; with `progress` (the folder's label) a progress bar on
+    stderr counting images done / total and images/s (stdout carries the JSON result)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(dataset), desc=progress, unit="img", file=sys.stderr, disable=progress is None,
+              mininterval=PROGRESS_INTERVAL, smoothing=0, leave=True) as bar:
+        for x in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            yield x.to(device)
+            bar.update(len(x))
+
+
+def _label(reference: str | os.PathLike | Mapping[str, Any]) -> str:
+    return f"reference {reference['source'] if isinstance(reference, Mapping) else reference}"
 
 
 def _reference_images(reference: str | Mapping[str, Any], shape: tuple[int, int, int] | None,
@@ -98,14 +115,15 @@ def evaluate_folder(samples_dir: str | os.PathLike,
                     reference: ImageStatistics | str | os.PathLike | Mapping[str, Any] | None,
                     feature_extractor: nn.Module | None = None, batch_size: int = 64,
                     num_reference: int | None = None, device: str | torch.device | None = None,
-                    fid_reference: FIDStatistics | str | os.PathLike | None = None) -> dict[str, Any]:
+                    fid_reference: FIDStatistics | str | os.PathLike | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Spectral error (and FID / KID with `feature_extractor`) of the images below `samples_dir`.
 
     `reference`: `ImageStatistics`, a statistics cache file (`.pt`), or data options (a source string or a
     mapping with keys `REFERENCE_OPTIONS`); with data options the reference spectrum is computed from the
     same `num_reference` images (default all) that give the FID reference. `fid_reference`: precomputed
     FID statistics (`FIDStatistics` or an EDM / ADM `.npz`) used instead of reference images for FID (no
-    KID); `reference` may then be None (no spectral error).
+    KID); `reference` may then be None (no spectral error). `progress`: a progress bar per folder on stderr.
     """
     device = torch.device(device or "cpu")
     if reference is None and fid_reference is None:
@@ -137,13 +155,13 @@ def evaluate_folder(samples_dir: str | os.PathLike,
         if fid_reference is not None:
             features.set_reference_statistics(fid_reference)
     sample_stats = ImageStatistics(shape, device=device)
-    for x in _batches(samples, batch_size, device):
+    for x in _batches(samples, batch_size, device, f"samples {samples_dir}" if progress else None):
         sample_stats.update(x)
         if features is not None:
             features.update(x, real=False)
     if ref_images is not None:
         ref_stats = ImageStatistics(shape, device=device)
-        for x in _batches(ref_images, batch_size, device):
+        for x in _batches(ref_images, batch_size, device, _label(reference) if progress else None):
             ref_stats.update(x)
             if features is not None and fid_reference is None:
                 features.update(x, real=True)
@@ -173,14 +191,14 @@ def evaluate_folder(samples_dir: str | os.PathLike,
 def write_reference_statistics(reference: str | Mapping[str, Any], output: str | os.PathLike,
                                feature_extractor: nn.Module, image_shape: tuple[int, int, int] | None = None,
                                num_reference: int | None = None, batch_size: int = 64,
-                               device: str | torch.device | None = None) -> FIDStatistics:
+                               device: str | torch.device | None = None, progress: bool = False) -> FIDStatistics:
     """FID statistics of a data source's images (at `image_shape`, default the data's own), written to
-    `output` as an EDM / ADM `.npz` atomically; returns them."""
+    `output` as an EDM / ADM `.npz` atomically; returns them. `progress`: a progress bar on stderr."""
     device = torch.device(device or "cpu")
     images = _reference_images(reference, image_shape, num_reference)
     shape = tuple(images[0].shape)
     features = FeatureMetrics(feature_extractor, shape, kid=False).to(device)
-    for x in _batches(images, batch_size, device):
+    for x in _batches(images, batch_size, device, _label(reference) if progress else None):
         features.update(x, real=True)
     stats = features.reference_statistics()
     stats.save(output)
@@ -213,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     parser.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars on stderr (images done / total, images/s per folder)")
     args = parser.parse_args(argv)
     try:
         result = _run(args)
@@ -289,12 +309,13 @@ def _run(args) -> dict[str, Any]:
         shape = (args.num_channels, args.image_size, args.image_size) if args.image_size else None
         stats = write_reference_statistics(reference, args.write_reference_stats, extractor, shape,
                                            num_reference=args.num_reference, batch_size=args.batch_size,
-                                           device=args.device)
+                                           device=args.device, progress=not args.quiet)
         result = {"written": str(args.write_reference_stats), "num_images": stats.count, "feature_dim": stats.dim}
         warning = fid_sample_warning(stats.count)
         return dict(result, warnings=[warning]) if warning else result
     return evaluate_folder(args.samples_dir, reference, extractor, batch_size=args.batch_size,
-                           num_reference=args.num_reference, device=args.device, fid_reference=args.fid_reference)
+                           num_reference=args.num_reference, device=args.device, fid_reference=args.fid_reference,
+                           progress=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,44 @@ def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], inputs: Iter
                                       "input: give another output path")
         if not force:
             raise FileExistsError(f"{what} {path} exists; pass --force to replace it or give another output path")
+
+
+def check_new_folder(path: str | os.PathLike, replace: bool = False, inputs: tuple = ()) -> None:
+    """Refuse to write the folder `path` where it exists (unless `replace`), is not a folder, or is or holds one
+    of `inputs` (never replaced: replacing would delete what is being read)."""
+    path = Path(path)
+    target = path.resolve()
+    for item in inputs:
+        item = Path(item).resolve()
+        if item == target or target in item.parents:
+            raise ValueError(f"{path} is or holds the input {item}; write to another folder")
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another output folder")
+    if path.exists() and not replace:
+        raise FileExistsError(f"{path} exists; choose a new folder or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = False, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` (a hidden temp name); on success it becomes `path`, on any error it
+    is removed, so readers never see a half-written folder. `check_new_folder` rules on an existing `path`; one
+    that is replaced is moved aside, then removed after the rename. Made with mode 0o777 less the umask."""
+    import shutil
+
+    check_new_folder(path, replace, inputs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.{os.getpid()}@{this_host()}."
+    tmp, old = (path.parent / f"{prefix}{secrets.token_hex(4)}{suffix}" for suffix in (".dir.tmp", ".old.tmp"))
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.rename(old, path)  # put the replaced folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
