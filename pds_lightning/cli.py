@@ -143,7 +143,12 @@ class RunConfigCallback(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(True)
 class OneLineErrorParser(LightningArgumentParser):
     """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
-    is not accepted" for a field of another sampler) over an indented list of Union subtypes."""
+    is not accepted" for a field of another sampler) over an indented list of Union subtypes. Options must be
+    spelled out: argparse's prefix matching took `--data.seed 0-3` for `--data.seeds`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         lines = [line.strip().lstrip("- ") for line in str(message).splitlines()]

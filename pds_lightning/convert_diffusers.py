@@ -473,7 +473,8 @@ def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning convert-diffusers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning convert-diffusers", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("model_dir", help="downloaded diffusers folder (config.json + weights, scheduler config)")
     parser.add_argument("output", help="Lightning checkpoint to write (.ckpt); OUTPUT.yaml is the predict config")
     parser.add_argument("--statistics-from", default=None,

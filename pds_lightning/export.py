@@ -30,7 +30,8 @@ def export(checkpoint_path: str | os.PathLike, output: str | os.PathLike | None 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt)")
     parser.add_argument("--output", default=None, help="file to write (default: CHECKPOINT with .safetensors)")
     args = parser.parse_args(argv)

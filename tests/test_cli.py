@@ -169,3 +169,32 @@ def test_an_alias_bomb_config_is_refused_in_one_line_before_it_expands(tmp_path,
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "max_steps: 2\n" in out and "val_check_interval: 2\n" in out
+
+
+# Issue 31 item 14: argparse took an option's prefix for the option (`--data.seed 0-3` ran as `--data.seeds`).
+ABBREVIATED = {
+    "predict": (["predict", "--config", ROOT / "tests/configs/tiny.yaml", "--data.seed", "0-3", "--print_config"],
+                "error: unrecognized arguments: --data.seed 0-3"),
+    "convert-score-sde": (["convert-score-sde", "in.pth", "--config", "x.yaml", "--output", "o.ckpt", "--safe"],
+                          "pds-lightning convert-score-sde: error: unrecognized arguments: --safe"),
+    "convert-diffusers": (["convert-diffusers", "in", "o.ckpt", "--statistics-f", "images"],
+                          "pds-lightning convert-diffusers: error: unrecognized arguments: --statistics-f images"),
+    "export": (["export", "in.ckpt", "--out", "o.safetensors"],
+               "pds-lightning export: error: unrecognized arguments: --out o.safetensors"),
+    "evaluate": (["evaluate", "samples", "--ref", "mnist"], "pds-lightning evaluate: error: unrecognized arguments: "
+                                                            "--ref mnist"),
+    "configs": (["configs", "write", "demo", "--forc"], "pds-lightning configs: error: unrecognized arguments: --forc"),
+}
+
+
+@pytest.mark.parametrize("command", ABBREVIATED)
+def test_an_abbreviated_option_is_refused_naming_it(command, tmp_path, capsys, monkeypatch):
+    from pds_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args, message = ABBREVIATED[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert list(tmp_path.iterdir()) == []
