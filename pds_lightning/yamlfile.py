@@ -58,18 +58,23 @@ def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
 
 
 def string_size(text: str, limit: int = MAX_EXPANDED_NODES) -> int:
-    """Nodes of the YAML a string value holds with aliases expanded (1 for text that is not YAML). Only an alias
-    (`*name`) expands text beyond its own length, so only a string holding a `*` is composed."""
+    """Nodes of the YAML a string value holds with aliases expanded (1 for text that is not YAML)."""
+    node = _aliased_node(text)
+    return 1 if node is None else expanded_size(node, limit)
+
+
+def _aliased_node(text: str) -> yaml.Node | None:
+    """The node graph of `text` where it may expand beyond the text's own length, else None (also for text that
+    is not YAML). Only an alias (`*name`) expands, so only a text holding a `*` is composed."""
     if "*" not in text:
-        return 1
+        return None
     loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
+        return loader.get_single_node()
     except yaml.YAMLError:
-        return 1
+        return None
     finally:
         loader.dispose()
-    return 1 if node is None else expanded_size(node, limit)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -116,16 +121,7 @@ def check_text(text: str, where: str) -> None:
 def check_value(text: str, where: str) -> None:
     """Refuse a value whose YAML expands beyond MAX_EXPANDED_NODES (ConfigFileError); text that is not YAML
     passes (the parser that reads it reports that, or takes it as a plain string)."""
-    if "*" not in text:  # without an alias (nor one in a string it holds) the YAML is no larger than the text
-        return
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.YAMLError:
-        return
-    finally:
-        loader.dispose()
-    _bounded(node, where)
+    _bounded(_aliased_node(text), where)
 
 
 def check_file(path: str | os.PathLike) -> None:
