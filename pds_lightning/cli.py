@@ -9,6 +9,8 @@ import re
 import sys
 from typing import Any
 
+import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -21,7 +23,7 @@ from pds_lightning.fileio import write_new
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
-from pds_lightning.yamlfile import check_file, check_text
+from pds_lightning.yamlfile import check_file, check_text, check_value
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -155,7 +157,12 @@ class RunConfigCallback(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(True)
 class OneLineErrorParser(LightningArgumentParser):
     """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
-    is not accepted" for a field of another sampler) over an indented list of Union subtypes."""
+    is not accepted" for a field of another sampler) over an indented list of Union subtypes. Options must be
+    spelled out: argparse's prefix matching took `--data.seed 0-3` for `--data.seeds`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         lines = [line.strip().lstrip("- ") for line in str(message).splitlines()]
@@ -164,12 +171,39 @@ class OneLineErrorParser(LightningArgumentParser):
         return super().error(" ".join(keep), ex)
 
 
+def value_name(text: str) -> str:
+    """How an error names a YAML value that came from no file: its start."""
+    text = " ".join(text.split())
+    return f"value {text[:40] + '...' if len(text) > 40 else text!r}"
+
+
+def bounded(load):
+    """jsonargparse's YAML loader `load`, refusing first a text whose aliases expand beyond the bound
+    (yamlfile.check_value; ConfigFileError, one line): jsonargparse parses with it every config file and every
+    YAML value, from the command line or inside a config, and copies what it gets node by node."""
+
+    def load_bounded(text: str, path: str | None = None) -> Any:
+        check_value(text, str(path) if path else value_name(text))
+        return load(text)
+
+    load_bounded.bounds = load
+    return load_bounded
+
+
+def bound_yaml_loader() -> None:
+    """Route the YAML that jsonargparse parses (its "yaml" parser mode, LightningCLI's) through `bounded`, once."""
+    load = get_loader("yaml")
+    if not hasattr(load, "bounds"):
+        set_loader("yaml", bounded(load), exceptions=(yaml.YAMLError,))
+
+
 class PDSLightningCLI(LightningCLI):
     """LightningCLI whose model and data agree on the image geometry by construction,
     and whose checkpoints are always loaded with `weights_only=True`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", OneLineErrorParser)
+        bound_yaml_loader()
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -236,9 +270,11 @@ def with_shipped_configs(argv: list[str]) -> list[str]:
 
 def check_config_files(argv: list[str]) -> None:
     """Refuse a `--config` (or any option value naming a .yaml / .yml file, which jsonargparse reads as a nested
-    config, e.g. `--data data.yaml`) that is not YAML or whose aliases expand without bound (yamlfile), before
-    jsonargparse reads it: jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred
-    bytes would take minutes and gigabytes there (ConfigFileError, a ValueError: one line)."""
+    config, e.g. `--data data.yaml`) that is not YAML or whose aliases expand without bound (yamlfile), and any
+    other option value whose YAML expands without bound (`--model '{...}'`), before jsonargparse reads it:
+    jsonargparse copies the loaded data node by node, so an alias bomb of a few hundred bytes would take minutes
+    and gigabytes there (ConfigFileError, a ValueError: one line). The parser's own loader is bounded too
+    (`bound_yaml_loader`: config files named inside configs, the Python API)."""
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
         if not flag.startswith("-"):
@@ -250,6 +286,8 @@ def check_config_files(argv: list[str]) -> None:
             check_file(value)
         elif flag in ("--config", "-c"):  # jsonargparse also takes the YAML itself as the value
             check_text(value, "given inline")
+        else:  # jsonargparse parses any value as YAML
+            check_value(value, value_name(value))
 
 
 def main(argv: list[str] | None = None) -> None:

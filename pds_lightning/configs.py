@@ -38,9 +38,10 @@ def write_config(name: str, dest: str | os.PathLike | None = None, force: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning configs", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1],
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command")
-    write = commands.add_parser("write", help="write a shipped config to a file")
+    write = commands.add_parser("write", help="write a shipped config to a file", allow_abbrev=False)
     write.add_argument("name", help="a name that `pds-lightning configs` lists, e.g. demo")
     write.add_argument("dest", nargs="?", default=None, help="file or folder (default: ./<basename>.yaml)")
     write.add_argument("--force", action="store_true", help="overwrite DEST if it exists")

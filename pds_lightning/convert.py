@@ -295,7 +295,8 @@ def convert_score_sde(checkpoint_path: str | os.PathLike, config: str | os.PathL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning convert-score-sde", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning convert-score-sde", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("checkpoint", help="score_sde checkpoint (.pth)")
     parser.add_argument("--config", required=True,
                         help="shipped config name (configs/score_sde/NAME.yaml) or a YAML path")

@@ -682,7 +682,8 @@ def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning convert-diffusers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning convert-diffusers", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("model_dir", help="diffusers folder (config.json + weights, scheduler config), or a Hub repo "
                                           "id org/name, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE)")
     parser.add_argument("--revision", default=None, help="with a Hub repo id: branch, tag or commit (default main)")

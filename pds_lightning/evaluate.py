@@ -206,7 +206,8 @@ def write_reference_statistics(reference: str | Mapping[str, Any], output: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning evaluate", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("samples_dir", nargs="?", help="folder of sample images (e.g. a predict output_dir)")
     parser.add_argument("--reference", default=None,
                         help="statistics cache file (.pt) or data source (mnist, folder, .npz, torchvision:NAME)")

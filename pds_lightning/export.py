@@ -48,7 +48,8 @@ def export_diffusers(checkpoint_path: str | os.PathLike, out_dir: str | os.PathL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt)")
     parser.add_argument("out", nargs="?", default=None, help="with --format diffusers: the folder to write")
     parser.add_argument("--output", default=None, help="file to write (default: CHECKPOINT with .safetensors)")

@@ -5,11 +5,15 @@ atomically, skips seeds already on disk (a killed run resumes) and keeps a `mani
 `TaskWriter` does the same per (input index, seed): `{index:06d}/{seed:06d}.png`.
 
 One output folder holds the samples of one run identity (`run_identity`: sampler settings, model
-fingerprint and hyper-parameters, image shape, classes, task, layout), recorded in `manifest.json` before
+fingerprint and hyper-parameters, image shape, classes, task, layout, and the numerics: trainer precision,
+the model's compile setting, device type, deterministic algorithms), recorded in `manifest.json` before
 the first file is written. A predict whose identity differs from the folder's is refused before it writes
 anything, naming the difference: its files would otherwise sit beside, and be counted with, samples of
-another model or settings. Concurrent predicts into one folder are safe: temp files carry their writer's
-pid and host (pds_lightning.fileio), and only dead writers' temps are removed.
+another model or settings. A manifest written before the numerics were recorded is read as what that code
+ran by default (`IMPLIED_NUMERICS`: 32-true, no compile, no deterministic algorithms); it recorded no device
+type, so any device type resumes it (as before), and the run that completes it records its own. Concurrent
+predicts into one folder are safe: temp files carry their writer's pid and host (pds_lightning.fileio), and
+only dead writers' temps are removed.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ class SampleWriteError(RuntimeError):
 # ---- what made a folder's samples ------------------------------------------------------------------------
 MANIFEST = "manifest.json"
 # The manifest keys that say how the samples were made; a folder's samples share them.
-IDENTITY_KEYS = ("settings", "model", "image_shape", "classes", "class_seeds", "task", "layout")
+IDENTITY_KEYS = ("settings", "model", "image_shape", "classes", "class_seeds", "task", "layout", "numerics")
+#: What a manifest without (some of) the `numerics` entry ran: the defaults of the code that wrote it.
+IMPLIED_NUMERICS = {"precision": "32-true", "compile": False, "deterministic_algorithms": False}
 #: The module hyper-parameters that decide a sample besides the weights and the sampler settings.
 SAMPLING_HPARAMS = ("net", "sde", "continuous", "centered", "image_size", "num_channels")
 
@@ -152,14 +158,25 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def numerics(trainer, module) -> dict[str, Any]:
+    """The settings that change a sample's bytes for the same weights and sampler: the trainer's precision
+    (autocast rounds the network), the model's compile setting (compiled kernels fuse and reorder float ops),
+    the device type (CPU and CUDA kernels round differently) and torch's deterministic algorithms."""
+    return {"precision": str(trainer.precision),
+            "compile": dict(getattr(module, "hparams", {})).get("compile", False),
+            "device_type": module.device.type,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
 def run_identity(trainer, module, layout: str) -> dict[str, Any]:
     """What decides the files of a predict: sampler settings, the model (fingerprint and the hyper-parameters
     the tensors do not hold, e.g. the SDE), image shape, classes with the seed list they are cycled over
-    (together they fix each seed's class), the inpainting / colorization task and the file layout."""
+    (together they fix each seed's class), the inpainting / colorization task, the file layout and the
+    numerics (`numerics`)."""
     dm = getattr(trainer, "datamodule", None)
     classes = getattr(dm, "classes", None)
     task = getattr(dm, "task", None)
-    # Only what changes the images beside the weights: training settings (lr, loss, compile, ...) do not.
+    # Only what changes the images beside the weights: training settings (lr, loss, ...) do not.
     hparams = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if k in SAMPLING_HPARAMS}
     return plain({
         "settings": settings_dict(module),
@@ -169,6 +186,7 @@ def run_identity(trainer, module, layout: str) -> dict[str, Any]:
         "class_seeds": getattr(dm, "seeds", None) if classes is not None else None,
         "task": dataclasses.asdict(task) if dataclasses.is_dataclass(task) else task,
         "layout": layout,
+        "numerics": numerics(trainer, module),
     })
 
 
@@ -183,10 +201,21 @@ def _shown(value: Any) -> str:
     return text[:19] + "..." if len(text) > 22 else text
 
 
+def with_implied_numerics(recorded: dict, identity: dict) -> dict:
+    """`recorded` with the numerics an older manifest leaves out read as IMPLIED_NUMERICS, and its device type,
+    which it cannot tell, as this run's."""
+    there = recorded.get("numerics", {})
+    if not isinstance(there, dict):
+        return recorded  # compared as it is: the refusal shows it
+    implied = {**IMPLIED_NUMERICS, "device_type": identity["numerics"]["device_type"]}
+    return {**recorded, "numerics": {**implied, **there}}
+
+
 def identity_differences(recorded: dict, identity: dict) -> list[str]:
     """'key: value there -> value now' for each identity entry (nested keys dotted) a manifest records otherwise."""
     missing = object()
     found = []
+    recorded = with_implied_numerics(recorded, identity)
     for key in IDENTITY_KEYS:
         if key not in recorded:
             found.append(f"{key}: not recorded there")

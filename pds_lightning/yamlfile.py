@@ -4,6 +4,8 @@ PyYAML shares an anchored node between its aliases, so a "billion laughs" file (
 to the level above) composes in microseconds; whoever walks or copies the data afterwards (jsonargparse
 does, for every `--config`) expands it to exponentially many nodes. The size is measured on the composed
 node graph (each node counted once per path that reaches it, shared counts memoised), before anything is built.
+A string value counts as the YAML it holds: jsonargparse parses a string again where it expects a list, a
+mapping or a number (`model: '{a: &a [...], b: [*a, *a]}'`), so a bomb can hide inside quotes.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def _describe(err: yaml.YAMLError) -> str:
 
 
 def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
-    """Nodes of the document with aliases expanded, counted up to just past `limit`; ValueError on an alias
-    to an enclosing node (a recursive structure expands without end)."""
+    """Nodes of the document with aliases expanded, a string holding YAML as its own expanded nodes
+    (`string_size`), counted up to just past `limit`; ValueError on an alias to an enclosing node (a recursive
+    structure expands without end)."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -41,7 +44,8 @@ def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
         key = id(node)
         if children_done:
             open_nodes.discard(key)
-            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in _children(node)))
+            own = string_size(node.value, limit) if isinstance(node, yaml.ScalarNode) else 1
+            sizes[key] = min(limit + 1, own + sum(sizes[id(c)] for c in _children(node)))
             continue
         if key in sizes:
             continue
@@ -51,6 +55,26 @@ def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
         stack.append((node, True))
         stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
     return sizes[id(root)]
+
+
+def string_size(text: str, limit: int = MAX_EXPANDED_NODES) -> int:
+    """Nodes of the YAML a string value holds with aliases expanded (1 for text that is not YAML)."""
+    node = _aliased_node(text)
+    return 1 if node is None else expanded_size(node, limit)
+
+
+def _aliased_node(text: str) -> yaml.Node | None:
+    """The node graph of `text` where it may expand beyond the text's own length, else None (also for text that
+    is not YAML). Only an alias (`*name`) expands, so only a text holding a `*` is composed."""
+    if "*" not in text:
+        return None
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -67,6 +91,11 @@ def _compose(loader: yaml.SafeLoader, where: str) -> yaml.Node | None:
         node = loader.get_single_node()
     except yaml.YAMLError as err:
         raise ConfigFileError(f"config {where} is not valid YAML: {_describe(err)}") from err
+    return _bounded(node, where)
+
+
+def _bounded(node: yaml.Node | None, where: str) -> yaml.Node | None:
+    """`node`, refused when it expands beyond MAX_EXPANDED_NODES."""
     if node is None:
         return None
     try:
@@ -87,6 +116,12 @@ def check_text(text: str, where: str) -> None:
         _compose(loader, where)
     finally:
         loader.dispose()
+
+
+def check_value(text: str, where: str) -> None:
+    """Refuse a value whose YAML expands beyond MAX_EXPANDED_NODES (ConfigFileError); text that is not YAML
+    passes (the parser that reads it reports that, or takes it as a plain string)."""
+    _bounded(_aliased_node(text), where)
 
 
 def check_file(path: str | os.PathLike) -> None:
@@ -114,4 +149,5 @@ def load_file(path: str | os.PathLike) -> Any:
         loader.dispose()
 
 
-__all__ = ["ConfigFileError", "MAX_EXPANDED_NODES", "check_file", "check_text", "expanded_size", "load_file"]
+__all__ = ["ConfigFileError", "MAX_EXPANDED_NODES", "check_file", "check_text", "check_value", "expanded_size",
+           "load_file", "string_size"]

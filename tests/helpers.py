@@ -15,6 +15,7 @@ pytest puts tests/ on sys.path via `pythonpath` in pyproject.toml; `clean_env` p
 - `score_sde_loss`: score_sde's training loss (losses.py get_sde_loss_fn) written out for given draws t, z.
 - `tiny_net`, `tiny_module`, `image_loader`: the 8 px NCSN++ ScoreModule (VE 0.01..16, 100 scales) and a
   loader of fixed random images that the module and training tests share.
+- `flow_bomb`: a "billion laughs" YAML flow mapping, small enough for a quoted string or one CLI argument.
 """
 
 import errno
@@ -360,3 +361,11 @@ def run_sampler(settings, score_fn, sde, shape, noise, statistics=None):
 
     return sampler_from_hparam(settings)(score_fn, sde, shape, noise=noise,
                                          preconditioner=preconditioner_of(settings, statistics))
+
+
+def flow_bomb(levels: int, width: int = 10) -> str:
+    """A "billion laughs" flow mapping: each level a list of `width` aliases to the level above (width**levels
+    values once expanded), in a few hundred bytes on one line."""
+    parts = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    parts += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "{" + ", ".join(parts) + "}"

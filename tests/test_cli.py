@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import clean_env
+from helpers import clean_env, flow_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -169,3 +169,78 @@ def test_an_alias_bomb_config_is_refused_in_one_line_before_it_expands(tmp_path,
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "max_steps: 2\n" in out and "val_check_interval: 2\n" in out
+
+
+
+def test_an_alias_bomb_inside_a_string_is_refused_in_one_line(tmp_path, capsys):
+    """Issue 31 item 8: jsonargparse parses a string value as YAML again, from the command line or inside a
+    config (10 levels: 10**10 values; it ran past 60 s and 3 GB). Every YAML parse of the CLI is bounded."""
+    import time
+
+    from pds_lightning.cli import cli_main, main
+    from pds_lightning.yamlfile import ConfigFileError
+
+    tiny = ROOT / "tests/configs/tiny.yaml"
+    bomb = flow_bomb(levels=10)
+    quoted, inner, outer = tmp_path / "quoted.yaml", tmp_path / "inner.yaml", tmp_path / "outer.yaml"
+    quoted.write_text(f"model: '{bomb}'\n")
+    inner.write_text(f"lr: '{bomb}'\n")
+    outer.write_text(f"model: {inner}\n")  # a config naming a config that holds the bomb in a float's string
+    shown = "config value '{l0: &l0 [lol, lol, lol, lol, lol, lol, ...' is refused"
+    # (arguments, message, seconds): what the command line names is refused before the parser is built (~0.05 s
+    # measured); a config named inside a config is refused by the parser's loader, after the ~1-2 s the parser
+    # takes to build on 2 busy cores (unbounded, the parse ran for minutes).
+    cases = {"--model": (["--model", bomb], shown, 1.0), "--model.lr": ([f"--model.lr={bomb}"], shown, 1.0),
+             "quoted in a config": (["--config", quoted], f"config {quoted} is refused", 1.0),
+             "in a config a config names": (["--config", outer], """config value "lr: '{l0: &l0 [lol, lol, lol, """
+                                                                 """lol, lol, ..." is refused""", 15.0)}
+    for case, (args, message, seconds) in cases.items():
+        start = time.perf_counter()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(tiny), *map(str, args), "--print_config"])
+        assert time.perf_counter() - start < seconds, case
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.count("\n") == 1, (case, err)
+        assert err.startswith(f"pds-lightning: error: {message}: its aliases (*name) expand to more than 100,000 "
+                              "values (an alias bomb?)"), (case, err)
+    with pytest.raises(ConfigFileError, match="config value .* is refused"):  # the Python API: the parser's loader
+        cli_main(["fit", "--config", str(tiny), "--model", bomb, "--print_config"])
+    # YAML with aliases in a value, small as configs are, is read as before
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("trainer: '{max_steps: &n 2, val_check_interval: *n}'\n")
+    for args in (["--config", shared], ["--trainer", "{max_steps: &n 4, val_check_interval: *n}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(tiny), *map(str, args), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        out = capsys.readouterr().out
+        steps = 2 if args[0] == "--config" else 4
+        assert f"max_steps: {steps}\n" in out and f"val_check_interval: {steps}\n" in out
+
+
+# Issue 31 item 14: argparse took an option's prefix for the option (`--data.seed 0-3` ran as `--data.seeds`).
+ABBREVIATED = {
+    "predict": (["predict", "--config", ROOT / "tests/configs/tiny.yaml", "--data.seed", "0-3", "--print_config"],
+                "error: unrecognized arguments: --data.seed 0-3"),
+    "convert-score-sde": (["convert-score-sde", "in.pth", "--config", "x.yaml", "--output", "o.ckpt", "--safe"],
+                          "pds-lightning convert-score-sde: error: unrecognized arguments: --safe"),
+    "convert-diffusers": (["convert-diffusers", "in", "o.ckpt", "--statistics-f", "images"],
+                          "pds-lightning convert-diffusers: error: unrecognized arguments: --statistics-f images"),
+    "export": (["export", "in.ckpt", "--out", "o.safetensors"],
+               "pds-lightning export: error: unrecognized arguments: --out o.safetensors"),
+    "evaluate": (["evaluate", "samples", "--ref", "mnist"], "pds-lightning evaluate: error: unrecognized arguments: "
+                                                            "--ref mnist"),
+    "configs": (["configs", "write", "demo", "--forc"], "pds-lightning configs: error: unrecognized arguments: --forc"),
+}
+
+
+@pytest.mark.parametrize("command", ABBREVIATED)
+def test_an_abbreviated_option_is_refused_naming_it(command, tmp_path, capsys, monkeypatch):
+    from pds_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args, message = ABBREVIATED[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from pds_lightning.fileio import this_host
-from pds_lightning.writer import scan_written_seeds
+from pds_lightning.writer import IDENTITY_KEYS, scan_written_seeds
 from pds_lightning.cli import main
 from helpers import clean_env, dead_pid, disk_full_on_write, save_png
 
@@ -369,10 +369,27 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     record = json.loads((out / "manifest.json").read_text())
     assert scan_written_seeds(out) == list(range(6)) and (record["num_written"], record["num_skipped_existing"]) == (2, 4)
     first = json.loads(before["manifest.json"])
-    assert record["earlier_runs"] == [{k: v for k, v in first.items() if k != "earlier_runs" and k not in (
-        "settings", "model", "image_shape", "classes", "class_seeds", "task", "layout")}]
+    assert record["earlier_runs"] == [{k: v for k, v in first.items() if k != "earlier_runs" and k not in IDENTITY_KEYS}]
     assert record["model"] == first["model"] and record["model"]["fingerprint"].startswith("sha256:")
     assert all((out / n).read_bytes() == b for n, b in before.items() if n.endswith(".png"))
+
+
+def test_output_dir_of_other_precision_or_compile_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 31 item 7: bf16-mixed (or a compiled network) changes the bytes of the same weights' samples, so a
+    float32 folder is refused to it; the tiny config's untrained weights (seed_everything 0) are the model."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", "--config", TINY, "--trainer.logger", "false", "--data.seeds", "0-1",
+            "--data.predict_batch_size", "2", "--model.sampler.pds", "null", "--model.sampler.pc_steps", "2",
+            "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out]
+    main([str(a) for a in args])
+    before = contents(out)
+    status, line = cli_error(capsys, *args, "--data.seeds", "0-3", "--trainer.precision", "bf16-mixed")
+    assert status == 1 and line.startswith("pds-lightning: error: ") and "predict into a new output_dir" in line
+    assert 'holds the samples of another run (numerics.precision: "32-true" there -> "bf16-mixed" now)' in line, line
+    status, line = cli_error(capsys, *args, "--data.seeds", "0-3", "--model.compile", "true")
+    assert status == 1 and "holds the samples of another run (numerics.compile: false there -> true now)" in line
+    assert contents(out) == before
 
 
 def test_concurrent_predicts_into_one_folder_keep_each_others_files(ckpt, tmp_path, monkeypatch):

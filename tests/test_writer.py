@@ -19,11 +19,12 @@ from pds_lightning.writer import SampleWriteError, model_fingerprint, sample_pat
 from helpers import GaussianModule, cpu_trainer, dead_pid, disk_full_on_write
 
 
-def predict(tmp_path, out, seeds="0-9", batch=4, model=None, **writer_kw):
+def predict(tmp_path, out, seeds="0-9", batch=4, model=None, trainer_kw=None, **writer_kw):
     model = model or GaussianModule()
     dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
     writer = SampleWriter(out, **writer_kw)
-    cpu_trainer(tmp_path, callbacks=[writer]).predict(model, datamodule=dm, return_predictions=False)
+    cpu_trainer(tmp_path, callbacks=[writer], **(trainer_kw or {})).predict(model, datamodule=dm,
+                                                                            return_predictions=False)
     return model, writer
 
 
@@ -169,3 +170,48 @@ def test_samples_without_a_manifest_are_not_resumed(tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(ValueError, match="holds 2 samples but no manifest.json recording the model"):
         predict(tmp_path, out, seeds="0-3")
+
+
+@pytest.fixture
+def deterministic_restored(monkeypatch):
+    """Trainer(deterministic=True) switches torch's deterministic algorithms on for the whole process (and sets
+    CUBLAS_WORKSPACE_CONFIG): switch them off again after the test."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_folder_of_other_numerics_is_refused_before_writing(tmp_path, deterministic_restored):
+    """Issue 31 item 7: deterministic algorithms (like precision, compile, device type) change a sample's bytes."""
+    out = tmp_path / "samples"
+    predict(tmp_path, out, seeds="0-3")
+    assert json.loads((out / "manifest.json").read_text())["numerics"] == {
+        "precision": "32-true", "compile": False, "device_type": "cpu", "deterministic_algorithms": False}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    model = GaussianModule()
+    with pytest.raises(ValueError, match=r"holds the samples of another run \(numerics.deterministic_algorithms: "
+                                         r"false there -> true now\)"):
+        predict(tmp_path, out, seeds="0-5", model=model, trainer_kw={"deterministic": True})
+    assert model.predicted_seeds == []
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_manifest_without_numerics_is_read_as_the_old_defaults(tmp_path, deterministic_restored):
+    """A folder written before the numerics were recorded: the run the old code made (32-true, no compile, no
+    deterministic algorithms, any device type) resumes it and records its numerics; another run is refused."""
+    out = tmp_path / "samples"
+    predict(tmp_path, out, seeds="0-1")
+    manifest = json.loads((out / "manifest.json").read_text())
+    old = {k: v for k, v in manifest.items() if k != "numerics"}
+    (out / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"another run \(numerics.deterministic_algorithms: false there -> true now\)"):
+        predict(tmp_path, out, seeds="0-3", trainer_kw={"deterministic": True})
+    torch.use_deterministic_algorithms(False)
+    (out / "manifest.json").write_text(json.dumps({**old, "numerics": {"device_type": "cuda"}}))
+    with pytest.raises(ValueError, match=r"another run \(numerics.device_type: \"cuda\" there -> \"cpu\" now\)"):
+        predict(tmp_path, out, seeds="0-3")
+    (out / "manifest.json").write_text(json.dumps(old))
+    predict(tmp_path, out, seeds="0-3")
+    resumed = json.loads((out / "manifest.json").read_text())
+    assert scan_written_seeds(out) == [0, 1, 2, 3] and resumed["num_written"] == 2
+    assert resumed["numerics"] == manifest["numerics"]
