@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
-from pds_lightning.classpath import allow_list, instantiate, spec_of
+from pds_lightning.classpath import allow_list, allowing, check_class_paths, instantiate, spec_of
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
@@ -30,6 +30,35 @@ from pds_lightning.statistics import ImageStatistics
 #: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only);
 #: the sampler component is stored as {'class_path', 'init_args'} (Sampler.config()).
 SETTINGS_HPARAMS = {"likelihood": LikelihoodSettings}
+
+
+#: torch.compile's own backends, the only ones a checkpoint may name: another backend is code the file picks.
+BUILTIN_COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
+#: torch.compile keywords a checkpoint may set, with their plain types; its `options` (inductor settings, which
+#: can name a compiler program to run) and any other keyword come only from the user.
+FILE_COMPILE_KEYWORDS = {"fullgraph": (bool,), "dynamic": (bool, type(None)), "backend": (str,),
+                         "mode": (str, type(None)), "disable": (bool,)}
+
+
+def check_compile(value: Any, where: str) -> None:
+    """Refuse a `compile` hyper-parameter read from a file unless it is true / false or a mapping of the
+    torch.compile keywords in FILE_COMPILE_KEYWORDS with plain values and a built-in backend: the file must not
+    pick code to run at compile time. The user's own choice (load_from_checkpoint(..., compile=...), or
+    --model.compile) is not restricted."""
+    fix = "pass compile=... to load_from_checkpoint (or --model.compile) yourself if you want it"
+    if isinstance(value, bool):
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: compile takes true/false or torch.compile options (a mapping), got {value!r}")
+    for key, option in value.items():
+        if key not in FILE_COMPILE_KEYWORDS:
+            raise ValueError(f"{where}: compile option {key!r} is refused from a file (it may take only "
+                             f"{sorted(FILE_COMPILE_KEYWORDS)}); {fix}")
+        if not isinstance(option, FILE_COMPILE_KEYWORDS[key]):
+            raise ValueError(f"{where}: compile option {key}={option!r} is not of the plain type torch.compile takes")
+        if key == "backend" and option not in BUILTIN_COMPILE_BACKENDS:
+            raise ValueError(f"{where}: compile backend {option!r} is refused from a file (only torch's built-in "
+                             f"{list(BUILTIN_COMPILE_BACKENDS)}); {fix}")
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -153,18 +182,22 @@ class ScoreModule(L.LightningModule):
                                  f"built in Python from instances); pass {name}=... to load_from_checkpoint")
             if isinstance(value, dict):
                 specs[name] = value
-        trusted = allow_list(allowed)
-        net = instantiate(net, "model.net", nn.Module, trusted) if isinstance(net, dict) else net
-        sde = instantiate(sde, "model.sde", SDE, trusted) if isinstance(sde, dict) else sde
-        if isinstance(hparams.get("loss"), dict):
-            hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss, trusted)
-        for key, settings_type in SETTINGS_HPARAMS.items():
-            if isinstance(hparams.get(key), dict):
-                try:
-                    hparams[key] = settings_type(**hparams[key])
-                except TypeError as err:
-                    raise ValueError(f"model.{key}: {err}") from err
-        model = cls(net=net, sde=sde, **hparams)
+        # `allowed` reaches every nested spec, also those a component builds itself (EDMPrecond's net)
+        with allowing(allowed):
+            trusted = allow_list()
+            for key, value in {"net": net, "sde": sde, **hparams}.items():  # every class path, before any import
+                check_class_paths(value, f"model.{key}", trusted)
+            net = instantiate(net, "model.net", nn.Module, trusted) if isinstance(net, dict) else net
+            sde = instantiate(sde, "model.sde", SDE, trusted) if isinstance(sde, dict) else sde
+            if isinstance(hparams.get("loss"), dict):
+                hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss, trusted)
+            for key, settings_type in SETTINGS_HPARAMS.items():
+                if isinstance(hparams.get(key), dict):
+                    try:
+                        hparams[key] = settings_type(**hparams[key])
+                    except TypeError as err:
+                        raise ValueError(f"model.{key}: {err}") from err
+            model = cls(net=net, sde=sde, **hparams)  # the sampler spec is built in here (legacy.build_component)
         model.set_class_specs(specs.get("net"), specs.get("sde"))
         return model
 
@@ -175,10 +208,11 @@ class ScoreModule(L.LightningModule):
         """The module a checkpoint of `fit` or `convert-*` holds (or its `.safetensors` export), in one call and
         with no config.
 
-        The file is read with weights_only=True (no pickled objects run); net and sde are rebuilt from their
-        recorded class paths, refused before import unless they name classes of pds_lightning or torch.nn, or
-        names in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or module prefixes you trust), and
-        refused before they run unless they are subclasses of nn.Module / SDE. `kwargs` override the saved
+        The file is read with weights_only=True (no pickled objects run); net, sde, loss and sampler (nested parts
+        included) are rebuilt from their recorded class paths, each refused before import unless it names a class
+        of pds_lightning or torch.nn, or a name in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or
+        module prefixes you trust), and refused before it runs unless it is a subclass of nn.Module / SDE / Loss /
+        Sampler. The file's `compile` is refused unless plain (`check_compile`). `kwargs` override the saved
         hyper-parameters (e.g. sampler=PC(pc_steps=10)), or supply net / sde when none is recorded.
         """
         if hparams_file is not None:
@@ -198,6 +232,8 @@ class ScoreModule(L.LightningModule):
         names = inspect.signature(cls.__init__).parameters
         saved = checkpoint.get("hyper_parameters") or {}
         hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
+        if "compile" not in kwargs:  # the file's choice, unlike the caller's
+            check_compile(hparams.get("compile", False), f"{checkpoint_path}: model.compile")
         hparams.update(kwargs)
         model = cls.from_hyper_parameters(allowed=allowed, **hparams)
         model.on_load_checkpoint(checkpoint)
