@@ -12,9 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from pds_lightning.module import ScoreModule
+from pds_lightning.module import ScoreModule, read_checkpoint
 from pds_lightning.safetensors_io import save_checkpoint_weights
 
 
@@ -24,14 +22,16 @@ def export(checkpoint_path: str | os.PathLike, output: str | os.PathLike | None 
     output = checkpoint_path.with_suffix(".safetensors") if output is None else Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"output {output} must end in .safetensors (that suffix is how loaders recognise it)")
+    if output.exists() and checkpoint_path.exists() and os.path.samefile(output, checkpoint_path):
+        raise ValueError(f"output {output} is the input {checkpoint_path} (it is a .safetensors export already); "
+                         "give --output another path")
     ScoreModule.load_from_checkpoint(checkpoint_path)  # refuses, in one line, what could not be loaded back
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    return save_checkpoint_weights(checkpoint, output)
+    return save_checkpoint_weights(read_checkpoint(checkpoint_path), output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt)")
+    parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt, or a .safetensors export)")
     parser.add_argument("--output", default=None, help="file to write (default: CHECKPOINT with .safetensors)")
     args = parser.parse_args(argv)
     print(f"wrote {export(args.checkpoint, args.output)}")

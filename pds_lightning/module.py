@@ -7,10 +7,14 @@ import dataclasses
 import inspect
 import math
 import os
+import pickle
+import re
 from typing import Any, Iterable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
@@ -38,6 +42,50 @@ BUILTIN_COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 #: can name a compiler program to run) and any other keyword come only from the user.
 FILE_COMPILE_KEYWORDS = {"fullgraph": (bool,), "dynamic": (bool, type(None)), "backend": (str,),
                          "mode": (str, type(None)), "disable": (bool,)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be loaded (truncated, not a pds_lightning checkpoint, or holding objects that are
+    not plain data)."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch marks words with terminal escapes
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The dict a checkpoint file holds (a `.safetensors` export: its state_dict and hyper_parameters), read
+    without running code, with one-line errors that say what is wrong and what to do.
+
+    torch.load(weights_only=True) refuses any pickled object other than tensors and plain containers *before*
+    building it, so a crafted file cannot run code while it is read."""
+    if not get_filesystem(path).exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (--ckpt_path)")
+    if str(path).endswith(".safetensors"):  # `export` / convert-* --safetensors: tensors + checked JSON, no pickle
+        state_dict, hparams = load_weights(path)
+        return {"state_dict": state_dict, "hyper_parameters": hparams}
+    try:
+        checkpoint = pl_load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
+            f"containers ({_first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
+            "pds_lightning (or convert-score-sde) from a source you trust") from err
+    except Exception as err:  # truncated zip, wrong format: torch raises RuntimeError, EOFError, ...
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); the file is truncated or "
+            "not a PyTorch checkpoint: copy it again or use another checkpoint (e.g. the previous one)") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        held = (f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)
+                else f"a {type(checkpoint).__name__}")
+        raise CheckpointError(f"{path} is not a pds_lightning checkpoint: it holds {held}, no 'state_dict' mapping; "
+                              "use a checkpoint of fit or convert-* (convert a score_sde checkpoint with "
+                              "`pds-lightning convert-score-sde` first)")
+    if not isinstance(checkpoint.get("hyper_parameters") or {}, dict):
+        raise CheckpointError(f"{path}: 'hyper_parameters' is a {type(checkpoint['hyper_parameters']).__name__}, "
+                              "not a mapping; it is not a pds_lightning checkpoint")
+    return checkpoint
 
 
 def check_compile(value: Any, where: str) -> None:
@@ -218,17 +266,7 @@ class ScoreModule(L.LightningModule):
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
                              "keyword arguments (e.g. sampler=...)")
-        if str(checkpoint_path).endswith(".safetensors"):  # `pds-lightning export` / convert-* --safetensors
-            state_dict, saved = load_weights(checkpoint_path)
-            checkpoint = {"state_dict": state_dict, "hyper_parameters": saved}
-        else:
-            try:
-                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist") from err
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-            raise ValueError(f"{checkpoint_path} is not a pds_lightning checkpoint (no 'state_dict'); convert a "
-                             "score_sde checkpoint with `pds-lightning convert-score-sde` first")
+        checkpoint = read_checkpoint(checkpoint_path)  # also a `.safetensors` export (export, convert-* --safetensors)
         names = inspect.signature(cls.__init__).parameters
         saved = checkpoint.get("hyper_parameters") or {}
         hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
