@@ -3,11 +3,14 @@ shipped configs (`--config` takes a shipped config name where no such file exist
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 import warnings
 from typing import Any
+
+import yaml
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -15,12 +18,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pds_lightning.checkpoints import as_lightning_checkpoint
+from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
 from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (CheckpointError: cli's name)
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
-from pds_lightning.yamlfile import check_file, check_text
+from pds_lightning.yamlfile import check_file, check_text, load_file
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -167,6 +171,9 @@ class PDSLightningCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.num_channels", "model.num_channels")
         parser.link_arguments("data.centered", "model.centered")
+        sampler = next((action for action in parser._actions if action.dest == "model.sampler"), None)
+        if sampler is not None:
+            sampler.__class__ = _switch_action(type(sampler))
 
 
 def drop_monitors_without_logger(trainer) -> None:
@@ -178,6 +185,51 @@ def drop_monitors_without_logger(trainer) -> None:
     if trainer.is_global_zero:
         warnings.warn("LearningRateMonitor dropped: the run has no logger (--trainer.logger false) for it to write "
                       "to; give a logger to keep it", stacklevel=2)
+
+
+class SwitchStartsFromDefaults:
+    """Mixed into the `--model.sampler` action: a value naming another class than the one configured so far
+    starts from that class's defaults, as LightningCLI users expect. jsonargparse keeps the old init_args that
+    the new class also takes: PC's `pds` and `name` went over to EDMHeun (which then refused the PDS, or was
+    recorded under the PC's name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        if len(args) == 4:
+            _, cfg, value, option = args
+            before = cfg.get(self.dest)
+            new = named_class(value) if option in self.option_strings else None
+            if new is not None and isinstance(getattr(before, "class_path", None), str) and \
+                    not same_class(new, before.class_path):
+                cfg[self.dest] = None  # no previous value: jsonargparse starts from the class's defaults
+        return super().__call__(*args, **kwargs)
+
+
+@functools.cache
+def _switch_action(action_type: type) -> type:
+    return type(f"SwitchStartsFromDefaults{action_type.__name__}", (SwitchStartsFromDefaults, action_type), {})
+
+
+def named_class(value: Any) -> str | None:
+    """The class path (or bare class name) a `--model.sampler VALUE` names: a class path, or a mapping with
+    'class_path' inline or in a YAML file; None for anything else (null, init_args alone)."""
+    if isinstance(value, str) and os.path.isfile(value):
+        value = load_file(value)
+    elif isinstance(value, str) and value.lstrip().startswith("{"):
+        check_text(value, "given inline")
+        value = yaml.safe_load(value)
+    if isinstance(value, dict):
+        value = value.get("class_path")
+    return value if isinstance(value, str) and value not in ("null", "None", "") else None
+
+
+def same_class(a: str, b: str) -> bool:
+    """Two spellings of one class ('pds_lightning.sampling.PC', 'pds_lightning.sampling.pc.PC', or 'PC')."""
+    if "." not in a or "." not in b:
+        return a.rpartition(".")[2] == b.rpartition(".")[2]
+    try:
+        return import_class(a) is import_class(b)  # the user's own command line: any class may be imported
+    except ValueError:
+        return a == b
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PDSLightningCLI:
