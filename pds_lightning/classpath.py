@@ -37,7 +37,8 @@ def allow_list(extra: Iterable[str] = ()) -> tuple[str, ...]:
     """The names an untrusted file may use: TRUSTED, the PDS_LIGHTNING_ALLOWED_CLASSES entries, the names of an
     enclosing `allowing` and `extra`."""
     env = [name.strip() for name in os.environ.get(ALLOWED_ENV, "").split(",")]
-    return TRUSTED + tuple(dotted(name) for name in [*env, *_ALLOWED_NOW.get(), *_names(extra)] if name and name.strip())
+    names = [*env, *_ALLOWED_NOW.get(), *_names(extra)]
+    return TRUSTED + tuple(dotted(name) for name in names if name and name.strip())
 
 
 def _names(extra: Iterable[str]) -> list[str]:

@@ -21,7 +21,7 @@ from pds_lightning.checkpoints import as_lightning_checkpoint
 from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
-from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (CheckpointError: cli's name)
+from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (kept as cli's name)
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
 from pds_lightning.yamlfile import check_file, check_text, load_file

@@ -213,7 +213,7 @@ def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSetting
 
 def sampler_from_hparam(value) -> Sampler:
     """The sampler a hyper-parameter holds: a component, {'class_path', 'init_args'} (nested components too;
-    only sampler components are imported: a checkpoint is untrusted), or an old checkpoint's flat dict."""
+    only allow-listed sampler components are imported: a checkpoint is untrusted), or an old checkpoint's flat dict."""
     if isinstance(value, Sampler):
         return value
     if hasattr(value, "to_sampler"):
