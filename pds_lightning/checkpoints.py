@@ -72,4 +72,18 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """A `.safetensors` export as a Lightning checkpoint at step 0 (weights, statistics, hyper-parameters; no
     optimizer state): what `predict` / `validate` / `test` / a fine-tuning `fit` read with `--ckpt_path`."""
     state_dict, hparams = load_weights(path)
-    return lightning_checkpoint(state_dict, hparams)
+    return as_lightning_checkpoint({"state_dict": state_dict, "hyper_parameters": hparams})
+
+
+def as_lightning_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """`checkpoint` ({'state_dict', 'hyper_parameters'} at least) with Lightning's keys filled in where it has
+    none (no 'pytorch-lightning_version'): a `.safetensors` export and the project's older checkpoints, saved as
+    that plain dict, lack them, and every entry point restores from them. What the file holds is kept; a
+    Lightning checkpoint comes back as it is."""
+    if "pytorch-lightning_version" in checkpoint:
+        return checkpoint
+    step = checkpoint.get("global_step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"checkpoint global_step must be an int >= 0, got {step!r}")
+    filled = lightning_checkpoint(checkpoint["state_dict"], checkpoint.get("hyper_parameters") or {}, step=step)
+    return {**filled, **checkpoint}

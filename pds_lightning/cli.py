@@ -3,27 +3,28 @@ shipped configs (`--config` takes a shipped config name where no such file exist
 
 from __future__ import annotations
 
+import functools
 import os
-import pickle
 import re
 import sys
+import warnings
 from typing import Any
 
 import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _load as pl_load
-from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pds_lightning.checkpoints import read_safetensors, save_checkpoint
+from pds_lightning.checkpoints import as_lightning_checkpoint, save_checkpoint
+from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
-from pds_lightning.module import ScoreModule
+from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (kept as cli's name)
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
-from pds_lightning.yamlfile import check_file, check_text, check_value
+from pds_lightning.yamlfile import check_file, check_text, check_value, load_file
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -44,36 +45,10 @@ ALIASES = {"likelihood": ("test", "bits/dim of --data.source images through the 
 TRACEBACK_ENV = "PDS_LIGHTNING_TRACEBACK"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint could not be loaded (missing, truncated, or holding objects that are not plain data)."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` with one-line errors that say what is wrong and what to do.
-
-    weights_only=True refuses any pickled object other than tensors and plain containers *before*
-    building it, so a crafted file cannot run code while it is read.
-    """
-    if not get_filesystem(path).exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path")
-    if str(path).endswith(".safetensors"):  # `export` / convert-* --safetensors: tensors + checked JSON, no pickle
-        return read_safetensors(path)
-    try:
-        return pl_load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
-            f"containers ({_first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
-            "pds_lightning (or convert-score-sde) from a source you trust") from err
-    except Exception as err:  # truncated zip, wrong format: torch raises RuntimeError, EOFError, ...
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); the file is truncated or "
-            "not a PyTorch checkpoint: copy it again or use another checkpoint (e.g. the previous one)") from err
+    """`module.read_checkpoint` (weights_only=True, one-line errors; `.safetensors` too) in Lightning's layout,
+    filled in where the file lacks it (`checkpoints.as_lightning_checkpoint`)."""
+    return as_lightning_checkpoint(read_checkpoint(path, map_location=map_location))
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -218,13 +193,14 @@ class PDSLightningCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         # "last" / "best" / "hpc" / "registry..." are resolved by the Trainer, which loads through SafeCheckpointIO.
         if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
-            load_checkpoint_safely(ckpt_path)
+            read_checkpoint(ckpt_path)
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own IO plugin
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         trainer.callbacks.extend(sigterm_callbacks(trainer))  # stop promptly, keep a checkpoint (preemption.py)
+        drop_monitors_without_logger(trainer)
         return trainer
 
     def instantiate_classes(self) -> None:
@@ -239,6 +215,65 @@ class PDSLightningCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.num_channels", "model.num_channels")
         parser.link_arguments("data.centered", "model.centered")
+        sampler = next((action for action in parser._actions if action.dest == "model.sampler"), None)
+        if sampler is not None:
+            sampler.__class__ = _switch_action(type(sampler))
+
+
+def drop_monitors_without_logger(trainer) -> None:
+    """Drop LearningRateMonitor, with a warning, when the run has no logger (`--trainer.logger false` with a
+    config that names one): it has nothing to write to, and Lightning would stop the fit at its start."""
+    if trainer.loggers or not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
+        return
+    trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+    if trainer.is_global_zero:
+        warnings.warn("LearningRateMonitor dropped: the run has no logger (--trainer.logger false) for it to write "
+                      "to; give a logger to keep it", stacklevel=2)
+
+
+class SwitchStartsFromDefaults:
+    """Mixed into the `--model.sampler` action: a value naming another class than the one configured so far
+    starts from that class's defaults, as LightningCLI users expect. jsonargparse keeps the old init_args that
+    the new class also takes: PC's `pds` and `name` went over to EDMHeun (which then refused the PDS, or was
+    recorded under the PC's name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        if len(args) == 4:
+            _, cfg, value, option = args
+            before = cfg.get(self.dest)
+            new = named_class(value) if option in self.option_strings else None
+            if new is not None and isinstance(getattr(before, "class_path", None), str) and \
+                    not same_class(new, before.class_path):
+                cfg[self.dest] = None  # no previous value: jsonargparse starts from the class's defaults
+        return super().__call__(*args, **kwargs)
+
+
+@functools.cache
+def _switch_action(action_type: type) -> type:
+    return type(f"SwitchStartsFromDefaults{action_type.__name__}", (SwitchStartsFromDefaults, action_type), {})
+
+
+def named_class(value: Any) -> str | None:
+    """The class path (or bare class name) a `--model.sampler VALUE` names: a class path, or a mapping with
+    'class_path' inline or in a YAML file; None for anything else (null, init_args alone)."""
+    if isinstance(value, str) and os.path.isfile(value):
+        value = load_file(value)
+    elif isinstance(value, str) and value.lstrip().startswith("{"):
+        check_text(value, "given inline")
+        value = yaml.safe_load(value)
+    if isinstance(value, dict):
+        value = value.get("class_path")
+    return value if isinstance(value, str) and value not in ("null", "None", "") else None
+
+
+def same_class(a: str, b: str) -> bool:
+    """Two spellings of one class ('pds_lightning.sampling.PC', 'pds_lightning.sampling.pc.PC', or 'PC')."""
+    if "." not in a or "." not in b:
+        return a.rpartition(".")[2] == b.rpartition(".")[2]
+    try:
+        return import_class(a) is import_class(b)  # the user's own command line: any class may be imported
+    except ValueError:
+        return a == b
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PDSLightningCLI:

@@ -31,7 +31,7 @@ from pds_lightning import classpath, yamlfile
 from pds_lightning.checkpoints import checkpoint_bytes, lightning_checkpoint
 from pds_lightning.fileio import check_outputs, write_atomic_all
 from pds_lightning.models.checkpoint import state_dict_mismatch
-from pds_lightning.module import ScoreModule
+from pds_lightning.module import ScoreModule, check_compile
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
 from pds_lightning.safetensors_io import checkpoint_weights_bytes
@@ -86,6 +86,12 @@ def load_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ConversionError(f"config {path}: model: has unknown keys {unknown}; ScoreModule takes "
                               f"{sorted(score_module_arguments())}")
+    try:  # untrusted: every class path (sampler and nested parts too) before any import; no compile backend
+        for key, value in model.items():
+            classpath.check_class_paths(value, f"model.{key}", classpath.allow_list())
+        check_compile(model.get("compile", False), f"config {path}: model.compile")
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
     return model
 
 

@@ -16,11 +16,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from pds_lightning.convert_diffusers import write_diffusers_folder
 from pds_lightning.fileio import check_new_folder, check_outputs
-from pds_lightning.module import ScoreModule
+from pds_lightning.module import ScoreModule, read_checkpoint
 from pds_lightning.safetensors_io import save_checkpoint_weights
 
 
@@ -33,8 +31,7 @@ def export(checkpoint_path: str | os.PathLike, output: str | os.PathLike | None 
         raise ValueError(f"output {output} must end in .safetensors (that suffix is how loaders recognise it)")
     check_outputs([("--output", output)], [checkpoint_path], force)
     ScoreModule.load_from_checkpoint(checkpoint_path)  # refuses, in one line, what could not be loaded back
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    return save_checkpoint_weights(checkpoint, output)
+    return save_checkpoint_weights(read_checkpoint(checkpoint_path), output)
 
 
 def export_diffusers(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike | None,
@@ -50,7 +47,7 @@ def export_diffusers(checkpoint_path: str | os.PathLike, out_dir: str | os.PathL
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pds-lightning export", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt)")
+    parser.add_argument("checkpoint", help="checkpoint of fit or convert-* (.ckpt, or a .safetensors export)")
     parser.add_argument("out", nargs="?", default=None, help="with --format diffusers: the folder to write")
     parser.add_argument("--output", default=None, help="file to write (default: CHECKPOINT with .safetensors)")
     parser.add_argument("--format", choices=("safetensors", "diffusers"), default="safetensors",

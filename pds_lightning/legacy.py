@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from pds_lightning.alpha.choosers import Pilot, Surrogate
-from pds_lightning.classpath import import_class
+from pds_lightning.classpath import allow_list, check_class_paths, import_class
 from pds_lightning.sampling import (ALD, Component, EDMHeun, EDMStochastic, PC, PDS, AncestralSampling, DPMSolverPP2M, Euler,
                                     EulerMaruyama, Karras, Langevin, ProbabilityFlowODE, ReverseDiffusion, Sampler,
                                     SDEGrid)
@@ -213,7 +213,7 @@ def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSetting
 
 def sampler_from_hparam(value) -> Sampler:
     """The sampler a hyper-parameter holds: a component, {'class_path', 'init_args'} (nested components too;
-    only sampler components are imported: a checkpoint is untrusted), or an old checkpoint's flat dict."""
+    only allow-listed sampler components are imported: a checkpoint is untrusted), or an old checkpoint's flat dict."""
     if isinstance(value, Sampler):
         return value
     if hasattr(value, "to_sampler"):
@@ -225,13 +225,18 @@ def sampler_from_hparam(value) -> Sampler:
     raise ValueError(f"model.sampler wants a sampler component or {{'class_path', 'init_args'}}, got {value!r}")
 
 
-def build_component(spec: dict, what: str, base: type = Component):
-    """{'class_path', 'init_args'} -> the component, nested specs built first; non-components refused."""
-    cls = import_class(spec["class_path"], what, base)
+def build_component(spec: dict, what: str, base: type = Component, allowed: tuple[str, ...] | None = None):
+    """{'class_path', 'init_args'} -> the component, nested specs built first; non-components refused.
+
+    A spec may come from a checkpoint: every class path in it (any depth) is checked against `allowed`
+    (default `classpath.allow_list()`) before the first import, as for net and sde."""
+    allowed = allow_list() if allowed is None else allowed
+    check_class_paths(spec, what, allowed)
+    cls = import_class(spec["class_path"], what, base, allowed)
     init_args = spec.get("init_args") or {}
     if not isinstance(init_args, dict):
         raise ValueError(f"{what} init_args must be a mapping, got {type(init_args).__name__}")
-    args = {k: build_component(v, f"{what}.{k}") if isinstance(v, dict) and "class_path" in v else v
+    args = {k: build_component(v, f"{what}.{k}", allowed=allowed) if isinstance(v, dict) and "class_path" in v else v
             for k, v in init_args.items()}
     try:
         return cls(**args)

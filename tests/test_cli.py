@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import clean_env, flow_bomb
+from pds_lightning.sampling import PC, PDS, EDMHeun, Euler
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -244,3 +245,34 @@ def test_an_abbreviated_option_is_refused_naming_it(command, tmp_path, capsys, m
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == message
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- issue 31 item 12: the README's sampler switch starts from the new class's defaults --------------------------
+def switched(*args: str):
+    """The predict sampler of configs/demo.yaml (PC named pds_100, with PDS) after the command-line `args`."""
+    from pds_lightning.cli import cli_main
+
+    return cli_main(["--config", str(ROOT / "configs" / "demo.yaml"), *args], run=False).model
+
+
+SWITCHES = {  # command line -> (the sampler built, the name the manifest records)
+    "class path": (["--model.sampler", "pds_lightning.sampling.EDMHeun", "--model.sampler.levels", "18"],
+                   EDMHeun(levels=18), "edmheun"),
+    "class name, pds null": (["--model.sampler", "EDMHeun", "--model.sampler.levels", "18", "--model.sampler.pds",
+                              "null"], EDMHeun(levels=18), "edmheun"),
+    "inline spec": (["--model.sampler", "{class_path: pds_lightning.sampling.Euler, init_args: {levels: 5}}"],
+                    Euler(levels=5), "euler"),
+    # the same class under another spelling is no switch: the config's fields stay
+    "same class": (["--model.sampler", "pds_lightning.sampling.pc.PC", "--model.sampler.pc_steps", "7"],
+                   PC(pc_steps=7, pds=PDS(filters="both", alpha=5.0), name="pds_100"), "pds_100"),
+}
+
+
+@pytest.mark.parametrize("case", SWITCHES, ids=str)
+def test_switching_the_sampler_class_on_the_command_line_starts_from_its_defaults(case):
+    from pds_lightning.writer import settings_dict
+
+    args, expected, name = SWITCHES[case]
+    model = switched(*args)
+    assert model.sampler == expected
+    assert settings_dict(model)["init_args"]["name"] == name  # what predict's manifest records

@@ -299,6 +299,17 @@ BAD_SETTINGS = {
     "sampler_method": (lambda m: m.update(sampler={"method": "pds_fast"}),
                        r"model: settings are refused \(flat sampler settings: unknown method 'pds_fast'; choose one of "),
     "no_sde": (lambda m: m.pop("sde"), r"has no 'model: sde: class_path:' section"),
+    # issue 31 item 13: a field of the wrong type or value is named (it was a TypeError / "math domain error")
+    "net_field_type": (lambda m: m["net"]["init_args"].update(nf="abc"),
+                       r"^error: model\.net init_args: nf wants int, got 'abc'\n$"),
+    "net_field_value": (lambda m: m["net"]["init_args"].update(sigma_max=-5),
+                        r"^error: model\.net \(pds_lightning\.models\.NCSNpp\): NCSNpp: sigma_min and sigma_max must be "
+                        r"finite numbers > 0 .*, got sigma_min=0\.01, sigma_max=-5\n$"),
+    "sde_field_value": (lambda m: m["sde"]["init_args"].update(sigma_max=-5),
+                        r"^error: model\.sde \(pds_lightning\.sde\.VESDE\): need 0 < sigma_min < sigma_max, got 0\.01, -5"),
+    # issue 31 item 1: a config's compile backend is code it picks
+    "compile_backend": (lambda m: m.update(compile={"backend": "mybackend"}),
+                        r"model\.compile: compile backend 'mybackend' is refused from a file"),
 }
 
 

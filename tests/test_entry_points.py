@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pds_lightning.checkpoints import read_safetensors
-from pds_lightning.cli import main
+from pds_lightning.cli import load_checkpoint_safely, main
 from pds_lightning.module import ScoreModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SCORE_SDE_CKPT = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.checkpoint.pth"
 SCORE_SDE_CONFIG = ROOT / "tests" / "fixtures" / "ncsnpp_ve_tiny.yaml"
+OLD_PLAIN_CKPT = ROOT / "tests" / "fixtures" / "tiny_flat_sampler_conditional.ckpt"
 
 SEEDS = 2
 # Cheap settings shared by every entry point: no logger, 2 sampler / ODE steps, one validation batch.
@@ -95,13 +95,22 @@ def safetensors_export(fit_checkpoint, tmp_path_factory) -> Kind:
     return Kind(out, fit_checkpoint.args, 0)
 
 
+@pytest.fixture(scope="module")
+def old_plain_checkpoint() -> Kind:
+    """An older checkpoint of the project saved as the plain {'state_dict', 'hyper_parameters'} (no Lightning keys
+    such as 'pytorch-lightning_version'; a flat sampler dict; class-conditional tiny MNIST model, step 0)."""
+    args = ["--config", TINY, *CHEAP, "--data.conditional", "true", "--model.net.init_args.num_classes", 10]
+    return Kind(OLD_PLAIN_CKPT, args, 0)
+
+
 KINDS = {"fit": "fit_checkpoint", "convert-score-sde": "converted_checkpoint",
-         "convert-diffusers": "diffusers_checkpoint", "export (.safetensors)": "safetensors_export"}
+         "convert-diffusers": "diffusers_checkpoint", "export (.safetensors)": "safetensors_export",
+         "older plain checkpoint": "old_plain_checkpoint"}
 
 
 def saved(path: Path) -> dict:
-    """A checkpoint file as the entry points read it (a .safetensors export in the converters' layout)."""
-    return read_safetensors(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    """A checkpoint file as the entry points read it (in Lightning's layout, filled in where the file lacks it)."""
+    return load_checkpoint_safely(path)
 
 
 @pytest.fixture(params=KINDS, ids=str)

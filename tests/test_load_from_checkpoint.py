@@ -1,6 +1,8 @@
 """`ScoreModule.load_from_checkpoint(path)` with no config (checkpoints of fit and of the converter), the one-call
 `generate_images`, and class paths in checkpoints / configs refused unless they name a network or an SDE."""
 
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +237,157 @@ def test_import_class_checks_the_base_only_when_asked():
         import_class("pds_lightning.models.NCSNpp", "model.sde", SDE)
     with pytest.raises(ValueError, match="wants a mapping with 'class_path'"):
         instantiate("pds_lightning.sde.VESDE", "model.sde", SDE)
+
+
+# ---- issue 31 item 1: every class path of a file (sampler and its parts too) is checked before import ---------
+EVIL = {"class_path": "evilmod.Net"}
+PC_PATH, PDS_PATH = "pds_lightning.sampling.PC", "pds_lightning.sampling.PDS"
+SAMPLERS_NAMING_EVILMOD = {  # where the class path sits -> the sampler hyper-parameter holding it
+    "sampler": ("model.sampler", EVIL),
+    "predictor": ("model.sampler.predictor", {"class_path": PC_PATH, "init_args": {"predictor": EVIL}}),
+    "corrector": ("model.sampler.corrector", {"class_path": PC_PATH, "init_args": {"corrector": EVIL}}),
+    "pds": ("model.sampler.pds", {"class_path": PC_PATH, "init_args": {"pds": EVIL}}),
+    "alpha chooser": ("model.sampler.pds.alpha", {"class_path": PC_PATH, "init_args": {
+        "pds": {"class_path": PDS_PATH, "init_args": {"alpha": EVIL}}}}),
+    "schedule": ("model.sampler.schedule", {"class_path": "pds_lightning.sampling.EDMHeun",
+                                            "init_args": {"schedule": EVIL}}),
+}
+
+
+@pytest.fixture(scope="module")
+def converted_bytes(tmp_path_factory) -> bytes:
+    """The converted tiny checkpoint, converted once for the tests below (each writes its own edited copy)."""
+    out = convert_score_sde(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth", FIXTURE_CONFIG,
+                            tmp_path_factory.mktemp("converted") / "tiny.ckpt")
+    return out.read_bytes()
+
+
+@pytest.fixture
+def evilmod(tmp_path, monkeypatch):
+    """`evilmod.py` importable from the working directory (as a file shipped beside a download); its import writes
+    the returned marker file. Cleans sys.modules after."""
+    marker = tmp_path / "evilmod.imported"
+    (tmp_path / "evilmod.py").write_text(MARKING_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PDS_LIGHTNING_ALLOWED_CLASSES", raising=False)
+    yield marker
+    sys.modules.pop("evilmod", None)
+
+
+def edited_checkpoint(converted_bytes: bytes, path: Path, **hparams) -> Path:
+    checkpoint = torch.load(io.BytesIO(converted_bytes), weights_only=True)
+    checkpoint["hyper_parameters"].update(hparams)
+    torch.save(checkpoint, path)
+    return path
+
+
+def refused_unimported(what: str, name: str = "evilmod.Net") -> str:
+    return f"refused {what} '{name}' unimported: it is outside the allow-list"
+
+
+@pytest.mark.parametrize("case", SAMPLERS_NAMING_EVILMOD, ids=str)
+def test_a_sampler_naming_a_module_next_to_the_checkpoint_is_refused_unimported(converted_bytes, evilmod, tmp_path,
+                                                                                 case):
+    what, sampler = SAMPLERS_NAMING_EVILMOD[case]
+    ckpt = edited_checkpoint(converted_bytes, tmp_path / "sampler_evil.ckpt", sampler=sampler)
+    with pytest.raises(ValueError, match=refused_unimported(what)):
+        ScoreModule.load_from_checkpoint(ckpt)
+    assert not evilmod.exists() and "evilmod" not in sys.modules
+
+
+def test_a_sampler_in_safetensors_metadata_is_refused_unimported(converted_bytes, evilmod, tmp_path):
+    from pds_lightning.safetensors_io import save_checkpoint_weights
+
+    checkpoint = torch.load(edited_checkpoint(converted_bytes, tmp_path / "x.ckpt",
+                                              sampler=SAMPLERS_NAMING_EVILMOD["alpha chooser"][1]), weights_only=True)
+    path = save_checkpoint_weights(checkpoint, tmp_path / "sampler_evil.safetensors")
+    with pytest.raises(ValueError, match=refused_unimported("model.sampler.pds.alpha")):
+        ScoreModule.load_from_checkpoint(path)
+    assert not evilmod.exists() and "evilmod" not in sys.modules
+
+
+def test_export_of_a_checkpoint_naming_a_foreign_sampler_is_one_line_and_imports_nothing(converted_bytes, evilmod,
+                                                                                           tmp_path, capsys):
+    from pds_lightning.cli import main
+
+    ckpt = edited_checkpoint(converted_bytes, tmp_path / "sampler_evil.ckpt", sampler=EVIL)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(ckpt)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and refused_unimported("model.sampler") in err[0], err
+    assert not evilmod.exists() and "evilmod" not in sys.modules and not (tmp_path / "sampler_evil.safetensors").exists()
+
+
+def test_a_converter_config_naming_a_foreign_sampler_is_refused_unimported(evilmod, tmp_path, capsys):
+    from pds_lightning.cli import main
+
+    cfg = yaml.safe_load(FIXTURE_CONFIG.read_text())
+    cfg["model"]["sampler"] = SAMPLERS_NAMING_EVILMOD["corrector"][1]
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert-score-sde", str(FIXTURES / "ncsnpp_ve_tiny.checkpoint.pth"), "--config", "evil.yaml",
+              "--output", "out.ckpt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and refused_unimported("model.sampler.corrector") in err[0]
+    assert not evilmod.exists() and "evilmod" not in sys.modules and not (tmp_path / "out.ckpt").exists()
+
+
+def test_a_sampler_this_foo_is_refused_unimported(converted_bytes, tmp_path, capsys, monkeypatch):
+    ckpt = edited_checkpoint(converted_bytes, tmp_path / "this.ckpt", sampler={"class_path": "this.Foo"})
+    monkeypatch.delitem(sys.modules, "this", raising=False)  # importing `this` prints the Zen of Python
+    with pytest.raises(ValueError, match=refused_unimported("model.sampler", "this.Foo")):
+        ScoreModule.load_from_checkpoint(ckpt)
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+
+
+def test_allowed_reaches_the_network_inside_edm_precond(tmp_path, monkeypatch):
+    """`allowed=` of load_from_checkpoint reaches the spec EDMPrecond builds itself, as the variable does."""
+    marker = tmp_path / "outside_net.imported"
+    (tmp_path / "outside_net.py").write_text(MARKING_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("PDS_LIGHTNING_ALLOWED_CLASSES", raising=False)
+    tiny = dict(nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0, image_size=8,
+                num_channels=1, centered=True, scale_by_sigma=False)
+    edm = "pds_lightning.models.edm.EDMPrecond"
+    sde = {"class_path": "pds_lightning.sde.VPSDE", "init_args": {}}
+    module = ScoreModule.from_hyper_parameters(
+        net={"class_path": edm, "init_args": {"net": {"class_path": "pds_lightning.models.NCSNpp", "init_args": tiny}}},
+        sde=sde, image_size=8, num_channels=1, centered=True)
+    hparams = {**module.hparams, "net": {"class_path": edm, "init_args": {
+        "net": {"class_path": "outside_net.Net", "init_args": tiny}}}}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, tmp_path / "edm.ckpt")
+    try:
+        with pytest.raises(ValueError, match="refused model.net.net 'outside_net.Net' unimported"):
+            ScoreModule.load_from_checkpoint(tmp_path / "edm.ckpt")
+        assert not marker.exists()
+        loaded = ScoreModule.load_from_checkpoint(tmp_path / "edm.ckpt", allowed=["outside_net.Net"])
+        assert marker.exists() and type(loaded.net.net).__module__ == "outside_net"
+        assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())
+    finally:
+        sys.modules.pop("outside_net", None)
+
+
+# `compile` of a file is untrusted: a backend (or inductor options, which can name a compiler) is code it picks
+COMPILE_REFUSED = {
+    "backend": ({"backend": "evilmod_backend"}, "compile backend 'evilmod_backend' is refused from a file"),
+    "options": ({"options": {"cpp.cxx": ["/tmp/evil-cc"]}}, "compile option 'options' is refused from a file"),
+    "unknown keyword": ({"module_hook": 1}, "compile option 'module_hook' is refused from a file"),
+    "not plain": ({"fullgraph": "yes"}, "compile option fullgraph='yes' is not of the plain type"),
+}
+
+
+@pytest.mark.parametrize("case", COMPILE_REFUSED, ids=str)
+def test_a_checkpoint_compile_option_that_picks_code_is_refused(converted_bytes, tmp_path, case):
+    option, message = COMPILE_REFUSED[case]
+    ckpt = edited_checkpoint(converted_bytes, tmp_path / "compile.ckpt", compile=option)
+    with pytest.raises(ValueError, match=re.escape(f"{ckpt}: model.compile: {message}")):
+        ScoreModule.load_from_checkpoint(ckpt)
+    # the caller's own choice is not the file's: it is taken as given
+    assert ScoreModule.load_from_checkpoint(ckpt, compile=option).hparams["compile"] == option
+
+
+def test_a_plain_compile_option_of_a_checkpoint_loads(converted_bytes, tmp_path):
+    option = {"backend": "inductor", "mode": "max-autotune", "fullgraph": False, "dynamic": None}
+    ckpt = edited_checkpoint(converted_bytes, tmp_path / "compile.ckpt", compile=option)
+    assert ScoreModule.load_from_checkpoint(ckpt).hparams["compile"] == option

@@ -266,6 +266,99 @@ def test_score_sde_checkpoint_without_ema_is_refused(tmp_path, capsys):
     assert files_under(tmp_path) == ["no_ema.pth"]
 
 
+# ---- 5b. checkpoints that are broken or not ours: one line from export and every entry point (issue 31 item 13) ----
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    """A whole pds_lightning checkpoint, cheap to make (the tiny score_sde model converted)."""
+    from pds_lightning.convert import convert_score_sde
+
+    return convert_score_sde(SCORE_SDE_CKPT, SCORE_SDE_CONFIG, tmp_path_factory.mktemp("converted") / "tiny.ckpt")
+
+
+def broken_checkpoint(case: str, good: Path, path: Path) -> str:
+    """Write the `case` checkpoint to `path`; returns the message expected for it."""
+    if case == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return (f"cannot read checkpoint {path} (RuntimeError: PytorchStreamReader failed reading zip archive: "
+                "failed finding central directory.")
+    if case == "pickle payload":
+        checkpoint = torch.load(good, weights_only=True)
+        checkpoint["hyper_parameters"]["payload"] = WritesMarker(path.parent / "pwned")
+        torch.save(checkpoint, path)
+        return (f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
+                "containers (Weights only load failed.")
+    torch.save({"epoch": 3, "optimizer_states": []} if case == "dict without state" else [1, 2], path)
+    held = "a dict with keys ['epoch', 'optimizer_states']" if case == "dict without state" else "a list"
+    return (f"{path} is not a pds_lightning checkpoint: it holds {held}, no 'state_dict' mapping; use a checkpoint "
+            "of fit or convert-* (convert a score_sde checkpoint with `pds-lightning convert-score-sde` first) "
+            "(set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
+
+
+BROKEN = ["truncated", "pickle payload", "dict without state", "list"]
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_export_of_a_broken_checkpoint_is_one_line(case, converted, tmp_path, capsys):
+    expected = broken_checkpoint(case, converted, tmp_path / "bad.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(tmp_path / "bad.ckpt")])
+    lines = capsys.readouterr().err.splitlines()
+    assert info.value.code == 1 and len(lines) == 1 and lines[0].startswith("pds-lightning: error: " + expected), lines
+    assert files_under(tmp_path) == ["bad.ckpt"]  # no .safetensors, and the payload never ran (no pwned)
+
+
+@pytest.mark.parametrize("command", ["predict", "validate", "fit"])
+@pytest.mark.parametrize("case", ["dict without state", "list"])
+def test_an_entry_point_refuses_a_checkpoint_that_is_not_ours_in_one_line(command, case, converted, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = broken_checkpoint(case, converted, tmp_path / "bad.ckpt")
+    status, line = cli_error(capsys, command, "--config", TINY, "--ckpt_path", tmp_path / "bad.ckpt",
+                             "--trainer.logger", "false", "--trainer.default_root_dir", tmp_path / "run",
+                             "--data.stats_cache_dir", tmp_path / "stats")
+    assert status == 1 and line == "pds-lightning: error: " + expected, line
+    assert files_under(tmp_path) == ["bad.ckpt"]
+
+
+def export_ok(*args) -> None:
+    with pytest.raises(SystemExit) as info:  # extra commands end in sys.exit(their status)
+        main(["export", *map(str, args)])
+    assert info.value.code == 0
+
+
+def test_export_of_a_safetensors_export_never_writes_over_it(converted, tmp_path, capsys, monkeypatch):
+    from pds_lightning.safetensors_io import load_weights
+
+    monkeypatch.chdir(tmp_path)
+    export_ok(converted, "--output", "tiny.safetensors")
+    before = (tmp_path / "tiny.safetensors").read_bytes()
+    status, line = cli_error(capsys, "export", "tiny.safetensors")  # the default output is the input itself
+    assert status == 1 and line == ("pds-lightning: error: output tiny.safetensors is the input tiny.safetensors (it is "
+                                    "a .safetensors export already); give --output another path (set "
+                                    "PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
+    assert (tmp_path / "tiny.safetensors").read_bytes() == before
+    export_ok("tiny.safetensors", "--output", "again.safetensors")  # to another path it exports the same
+    (state, hparams), (again, again_hparams) = load_weights("tiny.safetensors"), load_weights("again.safetensors")
+    assert hparams == again_hparams and set(state) == set(again)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+
+
+def test_no_logger_drops_the_configs_learning_rate_monitor_with_a_warning(tmp_path, monkeypatch):
+    """`--trainer.logger false` with a shipped config's LearningRateMonitor (which Lightning refuses at fit start
+    with no logger): the monitor is dropped, with a warning naming both settings."""
+    from pds_lightning.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"LearningRateMonitor dropped: the run has no logger \(--trainer.logger "
+                                         r"false\) for it to write to; give a logger to keep it"):
+        cli = cli_main(["--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.logger", "false"], run=False)
+    assert cli.trainer.loggers == []
+    assert [type(c).__name__ for c in cli.trainer.callbacks if "Monitor" in type(c).__name__] == []
+    assert "SamplingCallback" in [type(c).__name__ for c in cli.trainer.callbacks]  # the others are kept
+
+
 # ---- 6. numerical faults ----------------------------------------------------------------------------------------
 def nan_checkpoint(ckpt: Path, tmp_path: Path) -> Path:
     """The trained checkpoint with one EMA bias set to NaN: every score, hence every sample, turns NaN."""

@@ -79,6 +79,10 @@ class NCSNpp(nn.Module):
 
         self.act = act = activation(nonlinearity)
         # score_sde keeps the SMLD noise levels (geometric, sigma_max -> sigma_min) as a buffer
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+                   for s in (sigma_min, sigma_max)):
+            raise ValueError(f"NCSNpp: sigma_min and sigma_max must be finite numbers > 0 (its noise levels, geometric "
+                             f"from sigma_max to sigma_min), got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales, dtype=torch.float64))
         self.register_buffer("sigmas", sigmas.float())
         self.nf, self.ch_mult, self.num_res_blocks = nf, tuple(ch_mult), num_res_blocks
