@@ -46,7 +46,7 @@ from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProje
 from pds_lightning.models.ncsnpp import NCSNpp
 from pds_lightning.models.resblocks import ResnetBlockBigGAN
 from pds_lightning.sampling import PC, PDS, Langevin
-from pds_lightning.sde import VESDE
+from pds_lightning.sde import VESDE, check_step_count
 
 NET_CLASS = "pds_lightning.models.NCSNpp"
 SDE_CLASS = "pds_lightning.sde.VESDE"
@@ -257,6 +257,7 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
         if len(given) != 3:
             raise ConversionError("the folder has no scheduler_config.json; give the model's VE SDE with "
                                   "--sigma-min, --sigma-max and --num-scales (score_sde's config of the model)")
+        check_step_count(int(num_scales), "--num-scales")
         return VESDE(**given), PC(name="pds", pds=PDS(filters="both", alpha=5.0))
     if given:
         raise ConversionError(f"the folder's scheduler_config.json sets the SDE; drop {', '.join(given)}")
@@ -268,8 +269,9 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
     if unknown:
         raise ConversionError(f"scheduler_config.json has fields this converter does not know: {', '.join(unknown)}")
     # ScoreSdeVeScheduler's defaults for absent fields
-    sde = VESDE(float(scheduler.get("sigma_min", 0.01)), float(scheduler.get("sigma_max", 1348.0)),
-                int(scheduler.get("num_train_timesteps", 2000)))
+    steps = int(scheduler.get("num_train_timesteps", 2000))
+    check_step_count(steps, "scheduler_config.json num_train_timesteps")
+    sde = VESDE(float(scheduler.get("sigma_min", 0.01)), float(scheduler.get("sigma_max", 1348.0)), steps)
     sampler = PC(name="pds", eps=float(scheduler.get("sampling_eps", 1e-5)), pds=PDS(filters="both", alpha=5.0),
                  corrector=Langevin(snr=float(scheduler.get("snr", 0.15)),
                                     steps_per_level=int(scheduler.get("correct_steps", 1))))
