@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pds_lightning.checkpoints import read_safetensors
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
+from pds_lightning.models.checkpoint import check_finite_weights
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
@@ -60,7 +61,16 @@ def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
     if not get_filesystem(path).exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path")
     if str(path).endswith(".safetensors"):  # `export` / convert-* --safetensors: tensors + checked JSON, no pickle
-        return read_safetensors(path)
+        checkpoint = read_safetensors(path)
+    else:
+        checkpoint = _load_pickled(path, map_location)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        check_finite_weights(checkpoint["state_dict"], f"checkpoint {path}")
+    return checkpoint
+
+
+def _load_pickled(path, map_location: Any) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a .ckpt / .pth, its errors as CheckpointError lines."""
     try:
         return pl_load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -261,8 +271,9 @@ def _user_error(err: BaseException) -> bool:
     """ValueError / OSError are the package's bad-input errors; of RuntimeErrors only its own named ones."""
     from pds_lightning.writer import SampleWriteError
     from pds_lightning.sampling import NonFiniteSampleError
+    from pds_lightning.module import NonFiniteLossError
 
-    return isinstance(err, (ValueError, OSError, NonFiniteSampleError, SampleWriteError))
+    return isinstance(err, (ValueError, OSError, NonFiniteSampleError, NonFiniteLossError, SampleWriteError))
 
 
 def _main(argv: list[str] | None = None) -> None:
