@@ -393,7 +393,8 @@ class ScoreModule(L.LightningModule):
                         ) -> torch.Tensor:
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
         `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1. Seeds
-        follow predict's rules (`data.seeds.seed_values`): integers in [0, 2**63 - 1], at most 1,000,000 a call.
+        follow predict's rules and messages (`data.seeds.seed_values`: integers in [0, MAX_SEED], at most
+        MAX_SEEDS a call); non-finite weights are refused before sampling.
 
         `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
         not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to

@@ -75,7 +75,7 @@ def seed_values(seeds: Any, what: str = "seed") -> list[int]:
         if seeds > MAX_SEEDS:
             raise _too_many(f"{plural}={seeds} lists", f"{seeds:,}", _calls_hint())
         seeds = range(int(seeds))
-    elif isinstance(seeds, (numbers.Number, str, bytes)) or (hasattr(seeds, "dim") and seeds.dim() != 1):
+    elif isinstance(seeds, (numbers.Number, str, bytes)) or getattr(seeds, "ndim", 1) != 1:  # tensors, arrays
         raise ValueError(f"{plural} wants an int n ({what}s 0..n-1), a range or a 1-d sequence of integers in "
                          f"{SEED_RULE}, got {seeds!r}")
     if hasattr(seeds, "dtype") and not _integer_dtype(seeds.dtype):
