@@ -147,6 +147,10 @@ CONFIG_ERRORS = {
     "net num_scales 10**12": (["--model.net.init_args.num_scales", "1000000000000"], 1,
                               "model.net num_scales gives 1,000,000,000,000 steps, more than the 10,000,000 a run may "
                               "take"),
+    "likelihood n_steps 10**9": (["--model.likelihood.n_steps", "1000000000"], 1,
+                                 "likelihood n_steps gives 1,000,000,000 steps, more than the 10,000,000 a run may "
+                                 "take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
+                                 "uses at most 2000); lower likelihood n_steps (set"),
     "speed_up 1e-9": (["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "1e-9"], 1,
                       "speed_up=1e-09 (int(100 / 1e-09)) gives 100,000,000,000 steps, more than the 10,000,000 a "
                       "run may take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
