@@ -21,6 +21,7 @@ from pds_lightning.checkpoints import as_lightning_checkpoint, save_checkpoint
 from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
+from pds_lightning.models.checkpoint import check_finite_weights
 from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (kept as cli's name)
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
@@ -47,8 +48,10 @@ TRACEBACK_ENV = "PDS_LIGHTNING_TRACEBACK"
 
 def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
     """`module.read_checkpoint` (weights_only=True, one-line errors; `.safetensors` too) in Lightning's layout,
-    filled in where the file lacks it (`checkpoints.as_lightning_checkpoint`)."""
-    return as_lightning_checkpoint(read_checkpoint(path, map_location=map_location))
+    filled in where the file lacks it (`checkpoints.as_lightning_checkpoint`); non-finite weights named."""
+    checkpoint = as_lightning_checkpoint(read_checkpoint(path, map_location=map_location))
+    check_finite_weights(checkpoint["state_dict"], f"checkpoint {path}")
+    return checkpoint
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -346,8 +349,9 @@ def _user_error(err: BaseException) -> bool:
     """ValueError / OSError are the package's bad-input errors; of RuntimeErrors only its own named ones."""
     from pds_lightning.writer import SampleWriteError
     from pds_lightning.sampling import NonFiniteSampleError
+    from pds_lightning.module import NonFiniteLossError
 
-    return isinstance(err, (ValueError, OSError, NonFiniteSampleError, SampleWriteError))
+    return isinstance(err, (ValueError, OSError, NonFiniteSampleError, NonFiniteLossError, SampleWriteError))
 
 
 def _main(argv: list[str] | None = None) -> None:

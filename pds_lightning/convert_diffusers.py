@@ -55,7 +55,7 @@ from pds_lightning.models.layers import AttnBlock, Combine, GaussianFourierProje
 from pds_lightning.models.ncsnpp import NCSNpp
 from pds_lightning.models.resblocks import ResnetBlockBigGAN
 from pds_lightning.sampling import PC, PDS, Langevin
-from pds_lightning.sde import VESDE
+from pds_lightning.sde import VESDE, check_step_count
 
 NET_CLASS = "pds_lightning.models.NCSNpp"
 SDE_CLASS = "pds_lightning.sde.VESDE"
@@ -330,6 +330,7 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
         if len(given) != 3:
             raise ConversionError("the folder has no scheduler_config.json; give the model's VE SDE with "
                                   "--sigma-min, --sigma-max and --num-scales (score_sde's config of the model)")
+        check_step_count(int(num_scales), "--num-scales")
         return VESDE(**given), PC(name="pds", pds=PDS(filters="both", alpha=5.0))
     if given:
         raise ConversionError(f"the folder's scheduler_config.json sets the SDE; drop {', '.join(given)}")
@@ -341,6 +342,7 @@ def ve_sde(scheduler: dict[str, Any] | None, sigma_min: float | None = None, sig
     if unknown:
         raise ConversionError(f"scheduler_config.json has fields this converter does not know: {', '.join(unknown)}")
     settings = {**SCHEDULER_DEFAULTS, **scheduler}
+    check_step_count(int(settings["num_train_timesteps"]), "scheduler_config.json num_train_timesteps")
     sde = VESDE(float(settings["sigma_min"]), float(settings["sigma_max"]), int(settings["num_train_timesteps"]))
     steps = int(settings["correct_steps"])  # 0: ScoreSdeVePipeline runs no corrector step
     sampler = PC(name="pds", eps=float(settings["sampling_eps"]), pds=PDS(filters="both", alpha=5.0),

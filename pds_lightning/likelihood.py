@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from pds_lightning.images import to_model_space, to_unit_range
-from pds_lightning.sde import SDE
+from pds_lightning.sde import SDE, check_step_count
 
 #: Divergence estimators: Hutchinson with Rademacher or Gaussian probes, or the exact trace.
 ESTIMATORS = ("rademacher", "gaussian", "exact")
@@ -51,6 +51,7 @@ class LikelihoodSettings:
             raise ValueError(f"unknown likelihood solver {self.solver!r}; choose one of {SOLVERS}")
         if self.n_steps < 1:
             raise ValueError(f"likelihood n_steps must be >= 1, got {self.n_steps}")
+        check_step_count(self.n_steps, "likelihood n_steps")  # its time grid is a table of n_steps + 1 times
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"rtol and atol must be > 0, got {self.rtol}, {self.atol}")
         if not 0 < self.eps < 1:

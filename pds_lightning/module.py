@@ -20,11 +20,11 @@ from torch import nn
 
 from pds_lightning.alpha import resolve_alpha
 from pds_lightning.classpath import allow_list, allowing, check_class_paths, instantiate, spec_of
-from pds_lightning.data.seeds import derived_seed
+from pds_lightning.data.seeds import derived_seed, seed_values
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
-from pds_lightning.models.checkpoint import state_dict_mismatch
+from pds_lightning.models.checkpoint import check_finite_weights, state_dict_mismatch
 from pds_lightning.legacy import sampler_from_hparam
 from pds_lightning.models.score import LabelledScore, ScoreModel
 from pds_lightning.safetensors_io import load_weights
@@ -111,6 +111,18 @@ def check_compile(value: Any, where: str) -> None:
         if key == "backend" and option not in BUILTIN_COMPILE_BACKENDS:
             raise ValueError(f"{where}: compile backend {option!r} is refused from a file (only torch's built-in "
                              f"{list(BUILTIN_COMPILE_BACKENDS)}); {fix}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss is NaN / Inf at global step `step`: fit stops before that step's update, so no NaN reaches
+    the weights and the checkpoints already saved stay the last good ones."""
+
+    def __init__(self, step: int, loss: float | None):
+        self.step = step
+        value = "non-finite on another rank" if loss is None else f"{loss}"
+        super().__init__(f"fit stopped: the training loss is {value} at global step {step}, before that step's "
+                         "update (the weights and the saved checkpoints are those of earlier steps); check the data "
+                         "for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path last")
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -272,6 +284,7 @@ class ScoreModule(L.LightningModule):
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
                              "keyword arguments (e.g. sampler=...)")
         checkpoint = read_checkpoint(checkpoint_path)  # also a `.safetensors` export (export, convert-* --safetensors)
+        check_finite_weights(checkpoint["state_dict"], f"checkpoint {checkpoint_path}")
         names = inspect.signature(cls.__init__).parameters
         saved = checkpoint.get("hyper_parameters") or {}
         hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
@@ -395,9 +408,22 @@ class ScoreModule(L.LightningModule):
         with self.step_draws(batch_idx, x.device) as generator:
             score = self._class_score(False, labels, self.hparams.get("label_dropout", 0.0), generator)
             loss = self.loss(score, self.sde, x, generator=generator)
+        self._check_finite_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
+
+    def _check_finite_loss(self, loss: torch.Tensor) -> None:
+        """NonFiniteLossError before backward when the loss is NaN / Inf on this rank or any other: one isfinite per
+        step (not detect_anomaly). Under DDP the decision is all-reduced, so every rank stops at the same step;
+        a rank that went on alone would wait forever in the gradient all-reduce."""
+        loss = loss.detach()
+        finite = bool(torch.isfinite(loss))
+        # The strategy all-reduces the decision (on one process it is the decision itself).
+        strategy = None if self._trainer is None else self.trainer.strategy
+        all_finite = finite if strategy is None else strategy.reduce_boolean_decision(finite, all=True)
+        if not all_finite:
+            raise NonFiniteLossError(int(self.global_step), float(loss) if not finite else None)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, labels = _images_labels(batch)
@@ -469,16 +495,17 @@ class ScoreModule(L.LightningModule):
                         batch_size: int | None = None, classes: Iterable[int] | torch.Tensor | None = None
                         ) -> torch.Tensor:
         """Images `[len(seeds), C, H, W]` in [0, 1] (float32, on the CPU) for the given seeds, e.g.
-        `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1.
+        `ScoreModule.load_from_checkpoint(path).generate_images(range(16))`; an int n means seeds 0..n-1. Seeds
+        follow predict's rules and messages (`data.seeds.seed_values`: integers in [0, MAX_SEED], at most
+        MAX_SEEDS a call); non-finite weights are refused before sampling.
 
         `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
         not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
         float rounding when the batches differ). `classes`: one class per seed (class-conditional models).
         """
-        seeds = torch.arange(seeds) if isinstance(seeds, int) else torch.as_tensor(
-            seeds if torch.is_tensor(seeds) else list(seeds), dtype=torch.long)
-        if seeds.dim() != 1 or seeds.numel() == 0:
-            raise ValueError(f"seeds wants an int, a range or a 1-d sequence of ints, got shape {tuple(seeds.shape)}")
+        seeds = torch.tensor(seed_values(seeds), dtype=torch.long)  # the CLI's seed rules (data.seeds)
+        # Weights that turned NaN after loading (e.g. training in this process) would give NaN images.
+        check_finite_weights({k: v for k, v in self.state_dict().items() if not k.startswith("net.")}, "ScoreModule")
         settings = self.sampler if sampler is None else sampler_from_hparam(sampler)
         step = seeds.numel() if batch_size is None else int(batch_size)
         if step < 1:

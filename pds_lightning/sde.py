@@ -14,6 +14,22 @@ import torch
 from torch import Tensor
 
 
+#: Most steps (noise levels) an SDE's discretisation or a sampling run may have. Each step costs table entries
+#: (VP: five float32 tables, 20 bytes a step; the time grid 4 more) and at least one network evaluation, so this
+#: bound holds the tables to ~240 MB and is far above any useful run (score_sde uses at most 2000 steps; 10**7
+#: evaluations of even a tiny network take days), while 10**8 steps grew past 20 GB before a kernel kill.
+MAX_STEPS = 10**7
+
+
+def check_step_count(count: float, setting: str, fix: str | None = None) -> None:
+    """ValueError naming `setting` (and `fix`, default: lower it) when `count` steps exceed MAX_STEPS; called
+    before any table is allocated."""
+    if count > MAX_STEPS:
+        raise ValueError(f"{setting} gives {count:,.0f} steps, more than the {MAX_STEPS:,} a run may take (each step "
+                         "adds to the SDE's tables and costs a network evaluation; score_sde uses at most 2000); "
+                         f"{fix or 'lower ' + setting}")
+
+
 def per_sample(v: Tensor) -> Tensor:
     """[B] -> [B, 1, 1, 1] so a per-sample scalar multiplies an image batch."""
     return v[:, None, None, None]
@@ -29,8 +45,11 @@ def resolve_steps(num_scales: int, default_eps: float, n_steps: int | None = Non
     checks only what depends on the SDE.
     """
     if n_steps is not None:
+        check_step_count(int(n_steps), "n_steps")
         N, factor = int(n_steps), num_scales / int(n_steps)
     else:
+        check_step_count(num_scales / speed_up, f"speed_up={speed_up} (int({num_scales} / {speed_up}))",
+                         f"raise speed_up to at least {num_scales / MAX_STEPS:.4g}")
         N, factor = int(num_scales / speed_up), float(speed_up)
         if N < 1:
             raise ValueError(f"speed_up={speed_up} leaves int({num_scales} / {speed_up}) = {N} steps; "
@@ -52,6 +71,7 @@ class SDE:
     def __init__(self, num_scales: int):
         if int(num_scales) < 1:
             raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        check_step_count(int(num_scales), "num_scales")
         self.N = int(num_scales)
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ in float64 sums, so batches can be streamed and the partial results of several p
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Mapping, Sequence
 
 import torch
@@ -21,6 +22,8 @@ from pds_lightning.distributed import is_distributed
 from pds_lightning.fileio import atomic_path
 
 MOMENTS = ("power_mean", "mean", "sq_mean")
+#: What to do with a statistics file that cannot be read.
+_FIX = "use a file written by ImageStatistics.save, or delete a statistics cache file to estimate it again"
 
 
 class ImageStatistics:
@@ -140,6 +143,9 @@ class ImageStatistics:
         count = int(state["count"])
         if count < 0:
             raise ValueError(f"ImageStatistics state has a negative count {count}")
+        problem = moments_problem({k: state[k] for k in MOMENTS})
+        if problem:
+            raise ValueError(f"ImageStatistics state {problem}: not moments of images in [0, 1]")
         self.count = count
         for k in MOMENTS:
             self._sums[k] = state[k].detach().to(self.device, torch.float64) * count
@@ -172,14 +178,50 @@ class ImageStatistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImageStatistics":
-        """Read a file written by `save`."""
+        """Read a file written by `save` (tensors only: weights_only=True)."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's message advises weights_only=False, which would run whatever code an untrusted file holds
+            raise ValueError(f"cannot read image statistics from {path}: the tensors-only reader refused it (a "
+                             f"corrupt file, or pickled objects that could run code: do not load it otherwise); "
+                             f"{_FIX}") from err
         except Exception as err:  # a truncated or foreign file: say which one
-            raise ValueError(f"cannot read image statistics from {path}: {err}") from err
+            reason = _first_line(err).split(". ")[0]  # torch's first sentence, not its advice after it
+            raise ValueError(f"cannot read image statistics from {path} ({type(err).__name__}: {reason}); "
+                             f"{_FIX}") from err
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} does not hold an ImageStatistics state dict")
-        return cls.from_state_dict(state)
+        try:
+            return cls.from_state_dict(state)
+        except (KeyError, ValueError) as err:  # missing moments, another shape, values no image set gives
+            raise ValueError(f"image statistics file {path}: {str(err).strip(chr(34) + chr(39))}") from err
 
     def __repr__(self) -> str:
         return f"ImageStatistics(shape={self.shape}, count={self.count})"
+
+
+def moments_problem(moments: Mapping[str, torch.Tensor]) -> str:
+    """'' when the moments can be those of images in [0, 1] (all finite, power_mean >= 0, mean and sq_mean in
+    [0, 1]), else what is wrong with the first that cannot. Exact bounds: a float sum of values <= 1 divided by
+    their count cannot round above 1."""
+    for key in MOMENTS:
+        value = moments[key]
+        low, high = 0.0, (None if key == "power_mean" else 1.0)
+        nonfinite = ~torch.isfinite(value)
+        if bool(nonfinite.any()):
+            return f"{key!r} holds {_values(int(nonfinite.sum()))} NaN/Inf"
+        outside = (value < low) if high is None else (value < low) | (value > high)
+        if bool(outside.any()):
+            where = ">= 0" if high is None else "in [0, 1]"
+            return f"{key!r} holds {_values(int(outside.sum()))} not {where} (e.g. {float(value[outside][0]):.4g})"
+    return ""
+
+
+def _values(n: int) -> str:
+    return f"{n} value{'' if n == 1 else 's'}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -37,6 +37,7 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.legacy import SamplerSettings, sampler_from_hparam
+from pds_lightning.losses import DSMLoss
 from pds_lightning.module import ScoreModule
 from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
@@ -248,6 +249,24 @@ def tiny_module(net: nn.Module | None = None, sde=None, statistics: bool = False
         x = torch.rand(32, *module.image_shape, generator=torch.Generator().manual_seed(0))
         module.set_statistics(ImageStatistics(module.image_shape).update(x))
     return module
+
+
+class NaNOnOneRank(DSMLoss):
+    """DSMLoss that turns NaN on rank `rank` of a process group from training step `step` (0-based) on: a divergence
+    only one rank sees (validation calls, without gradients, are not counted). `--model.loss helpers.NaNOnOneRank`."""
+
+    def __init__(self, rank: int = 1, step: int = 2):
+        super().__init__()
+        self.rank, self.step, self._calls = rank, step, 0
+
+    def __call__(self, model, sde, x, *, generator=None):
+        loss = super().__call__(model, sde, x, generator=generator)
+        if torch.is_grad_enabled():
+            self._calls += 1
+            on_rank = torch.distributed.is_initialized() and torch.distributed.get_rank() == self.rank
+            if on_rank and self._calls > self.step:
+                return loss * float("nan")
+        return loss
 
 
 def image_loader(n: int = 16, channels: int = 1, size: int = 8, batch_size: int = 4, labels: int = 0):

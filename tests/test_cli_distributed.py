@@ -189,6 +189,23 @@ def test_sigkill_two_processes_then_resume_on_two(work):
     assert manifest["num_skipped_existing"] == len(done)
 
 
+def test_a_loss_that_turns_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Issue 31 item 5: the non-finite-loss decision is all-reduced, so the rank whose loss is finite stops too
+    (alone, it would wait for the other in the gradient all-reduce) and no NaN update is applied."""
+    proc = run(CLI + ["fit", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir",
+                      str(tmp_path), "--data.stats_cache_dir", str(tmp_path / "stats"), "--model.loss",
+                      "helpers.NaNOnOneRank", "--trainer.max_steps", "6", "--trainer.devices", "2", "--trainer.strategy",
+                      "ddp", "--trainer.accelerator", "cpu"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    rest = (" at global step 2, before that step's update (the weights and the saved checkpoints are those of earlier "
+            "steps); check the data for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path "
+            "last (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
+    for value in ("nan", "non-finite on another rank"):  # rank 1's loss, rank 0's (the ranks share one stderr)
+        line = f"pds-lightning: error: fit stopped: the training loss is {value}{rest}"
+        assert proc.stderr.count(line) == 1, proc.stderr[-4000:]
+    assert proc.stderr.count("pds-lightning: error:") == 2
+
+
 def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
     """Class-conditional predict with guidance: (seed, class) fixes the PNG whatever the batch or world size,
     and the class reaches the network (another class list changes the images of the seeds it changes)."""

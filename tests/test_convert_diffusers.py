@@ -210,6 +210,18 @@ def test_the_sde_comes_from_the_scheduler_or_from_the_options(tmp_path):
         cd.convert_diffusers(folder, tmp_path / "b.ckpt")
 
 
+def test_a_scheduler_of_more_steps_than_a_run_may_take_is_refused_before_allocating(tmp_path):
+    """Issue 31 item 6: num_train_timesteps 1e12 failed with an allocation error (one table entry per step)."""
+    folder = save_flat(unet(*LAYOUTS["skip"]), tmp_path / "m")
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    (folder / "scheduler_config.json").write_text(json.dumps({**config, "num_train_timesteps": 10**12}))
+    with pytest.raises(ValueError, match=r"^scheduler_config\.json num_train_timesteps gives 1,000,000,000,000 steps, "
+                                         r"more than the 10,000,000 a run may take .*; lower scheduler_config\.json "
+                                         r"num_train_timesteps$"):
+        cd.convert_diffusers(folder, tmp_path / "m.ckpt")
+    assert not (tmp_path / "m.ckpt").exists() and not (tmp_path / "m.yaml").exists()
+
+
 def write_images(folder: Path, n: int) -> torch.Tensor:
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -1,11 +1,13 @@
 """ScoreModule: EMA rule, validation with the averaged weights, checkpoint contents, training times, warm-up,
 and the network's copies of the SDE's and the data's facts."""
 
+import re
+
 import lightning as L
 import pytest
 import torch
 
-from helpers import VE_ARGS, VP_ARGS, image_loader as loader, score_sde_loss, tiny_module, tiny_net
+from helpers import TINY_SDE, VE_ARGS, VP_ARGS, image_loader as loader, score_sde_loss, tiny_module, tiny_net
 from pds_lightning.losses import DSMLoss
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.module import ScoreModule, ema_decay_at
@@ -177,3 +179,22 @@ def test_learning_rate_warmup_matches_score_sde(tmp_path, warmup):
     lr = module.hparams.lr
     expected = [lr * min(n / warmup, 1.0) if warmup > 0 else lr for n in range(6)]
     assert rec.used == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_nan_weights_are_named_when_loaded_and_before_sampling(tmp_path):
+    """Issue 31 item 5: a checkpoint with NaN weights loaded, and generate_images returned NaN images."""
+    model = tiny_module()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["ema_net.all_modules.3.bias"][:2] = float("nan")
+    state["ema_net.all_modules.3.bias"][2] = float("inf")
+    torch.save({"state_dict": state, "hyper_parameters": {}}, tmp_path / "nan.ckpt")
+    fix = ("; a model with non-finite weights samples and trains only NaN: use an earlier checkpoint (one saved before "
+           "the loss became non-finite)")
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {tmp_path / 'nan.ckpt'}: parameter "
+                                                   f"ema_net.all_modules.3.bias holds 2 NaN values and 1 Inf value{fix}")):
+        ScoreModule.load_from_checkpoint(tmp_path / "nan.ckpt", net=tiny_net(), sde=VESDE(**TINY_SDE))
+    with torch.no_grad():  # weights that turn NaN in this process (e.g. a diverged training loop)
+        model.ema_net.all_modules[3].bias[0] = float("nan")
+    with pytest.raises(ValueError, match=re.escape(f"ScoreModule: parameter ema_net.all_modules.3.bias holds 1 NaN "
+                                                   f"value{fix}")):
+        model.generate_images(2)

@@ -6,6 +6,8 @@ SIGKILL cases and one exit-status check). An error case asserts a non-zero exit,
 naming the problem and the fix, and no partial output.
 """
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -135,6 +137,24 @@ CONFIG_ERRORS = {
     "foreign sampler key": (["--model.sampler.init_args.S_churn", "40"], 2, "Option 'S_churn' is not accepted"),
     "snr nan": (["--model.sampler.corrector.snr", ".nan"], 1, "snr must be a finite number > 0, got nan"),
     "snr inf": (["--model.sampler.corrector.snr", ".inf"], 1, "snr must be a finite number > 0, got inf"),
+    # issue 31 item 6: step counts bounded before anything is allocated (10**8 steps grew to 21 GB)
+    "pc_steps 10**8": (["--model.sampler.pc_steps", "100000000"], 1,
+                       "pds_10: pc_steps gives 100,000,000 steps, more than the 10,000,000 a run may take (each step "
+                       "adds to the SDE's tables and costs a network evaluation; score_sde uses at most 2000); lower "
+                       "pc_steps (set"),
+    "num_scales 10**12": (["--model.sde.init_args.num_scales", "1000000000000"], 1,
+                          "num_scales gives 1,000,000,000,000 steps, more than the 10,000,000 a run may take"),
+    "net num_scales 10**12": (["--model.net.init_args.num_scales", "1000000000000"], 1,
+                              "model.net num_scales gives 1,000,000,000,000 steps, more than the 10,000,000 a run may "
+                              "take"),
+    "likelihood n_steps 10**9": (["--model.likelihood.n_steps", "1000000000"], 1,
+                                 "likelihood n_steps gives 1,000,000,000 steps, more than the 10,000,000 a run may "
+                                 "take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
+                                 "uses at most 2000); lower likelihood n_steps (set"),
+    "speed_up 1e-9": (["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "1e-9"], 1,
+                      "speed_up=1e-09 (int(100 / 1e-09)) gives 100,000,000,000 steps, more than the 10,000,000 a "
+                      "run may take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
+                      "uses at most 2000); raise speed_up to at least 1e-05"),
 }
 
 
@@ -199,6 +219,90 @@ def test_data_error_is_one_line_and_leaves_no_checkpoint(case, tmp_path, capsys,
                              "--data.stats_cache_dir", tmp_path / "stats")
     assert status == 1 and line.startswith("pds-lightning: error: ") and DATA_ERRORS[case] in line, line
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "stats").exists()
+
+
+def test_nan_images_in_an_npz_are_refused_naming_the_file_and_index(tmp_path, capsys, monkeypatch):
+    """Issue 31 item 5: two NaN images used to train a NaN model with exit status 0."""
+    monkeypatch.chdir(tmp_path)
+    images = np.random.default_rng(0).random((12, 16, 16), dtype=np.float32)
+    images[3, 5, 5] = np.nan
+    images[7, 0, 0] = np.inf
+    np.savez(tmp_path / "nan.npz", images=images)
+    status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source",
+                             tmp_path / "nan.npz", "--data.val_size", "0", "--data.stats_num_images", "12",
+                             "--trainer.default_root_dir", tmp_path / "run", "--data.stats_cache_dir", tmp_path / "stats")
+    assert status == 1 and line == (f"pds-lightning: error: {tmp_path / 'nan.npz'}: image 3 holds NaN/Inf values (2 "
+                                    "image(s) do: 3, 7); remove or repair them: float images must be finite values in "
+                                    "[0, 1] (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
+    assert files_under(tmp_path) == ["nan.npz"]  # no checkpoint, no statistics cache
+
+
+def run_main(*args) -> tuple[int | None, str]:
+    """(exit status, last stderr line) of the command in this process; status None when it returned (success)."""
+    err = io.StringIO()
+    status = None
+    with contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_info:
+            status = exit_info.code
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    return status, lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def diverged_fit(tmp_path_factory):
+    """tiny.yaml fit at lr 1e30 saving last.ckpt after every step: the loss turns NaN at global step 2.
+    Returns (work folder, exit status, last stderr line)."""
+    work = tmp_path_factory.mktemp("diverged")
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        status, line = run_main("fit", "--config", TINY, "--trainer.default_root_dir", work, "--trainer.logger", "false",
+                                "--data.stats_cache_dir", work / "stats", "--model.lr", "1e30", "--trainer.max_steps",
+                                6, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                                "--trainer.callbacks.dirpath", work / "ckpt", "--trainer.callbacks.save_last", "true",
+                                "--trainer.callbacks.every_n_train_steps", 1)
+    finally:
+        os.chdir(here)
+    return work, status, line
+
+
+def test_a_non_finite_loss_stops_fit_naming_the_step_and_keeps_the_last_good_checkpoint(diverged_fit):
+    """Issue 31 item 5: one isfinite per step stops fit before the NaN update; the last checkpoint stays finite."""
+    work, status, line = diverged_fit
+    assert status == 1 and line == (
+        "pds-lightning: error: fit stopped: the training loss is nan at global step 2, before that step's update (the "
+        "weights and the saved checkpoints are those of earlier steps); check the data for NaN/Inf, or lower "
+        "model.lr / raise model.warmup, then resume with --ckpt_path last (set PDS_LIGHTNING_TRACEBACK=1 for the "
+        "traceback)"), line
+    assert files_under(work / "ckpt") == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    last = torch.load(work / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and int(last["state_dict"]["ema_num_updates"]) == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("command", ["predict", "validate", "fit", "export"])
+def test_nan_weights_are_named_by_every_entry_point(diverged_fit, tmp_path, command, monkeypatch):
+    """Issue 31 item 5: NaN weights made validate, fit and export exit 0 and predict blame alpha / speed_up."""
+    monkeypatch.chdir(tmp_path)
+    state = torch.load(diverged_fit[0] / "ckpt" / "last.ckpt", weights_only=True)
+    key = next(k for k in state["state_dict"] if k.startswith("ema_net.") and k.endswith(".bias"))
+    state["state_dict"][key][:3] = float("nan")
+    torch.save(state, tmp_path / "nan.ckpt")
+    args = {"predict": predict_args(tmp_path / "nan.ckpt", tmp_path / "out"),
+            "validate": ["validate", "--config", TINY, "--ckpt_path", tmp_path / "nan.ckpt", "--trainer.logger", "false",
+                         "--data.stats_cache_dir", tmp_path / "stats"],
+            "fit": ["fit", "--config", TINY, "--ckpt_path", tmp_path / "nan.ckpt", "--trainer.logger", "false",
+                    "--trainer.max_steps", 4, "--trainer.default_root_dir", tmp_path / "run",
+                    "--data.stats_cache_dir", tmp_path / "stats"],
+            "export": ["export", tmp_path / "nan.ckpt", "--output", tmp_path / "nan.safetensors"]}[command]
+    status, line = run_main(*args)
+    assert status == 1 and line == (
+        f"pds-lightning: error: checkpoint {tmp_path / 'nan.ckpt'}: parameter {key} holds 3 NaN values; a model with "
+        "non-finite weights samples and trains only NaN: use an earlier checkpoint (one saved before the loss became "
+        "non-finite) (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
+    assert [name for name in files_under(tmp_path) if not name.startswith("stats/")] == ["nan.ckpt"]
 
 
 # ---- 5. checkpoint errors ----------------------------------------------------------------------------------------
@@ -360,19 +464,20 @@ def test_no_logger_drops_the_configs_learning_rate_monitor_with_a_warning(tmp_pa
 
 
 # ---- 6. numerical faults ----------------------------------------------------------------------------------------
-def nan_checkpoint(ckpt: Path, tmp_path: Path) -> Path:
-    """The trained checkpoint with one EMA bias set to NaN: every score, hence every sample, turns NaN."""
+def overflow_checkpoint(ckpt: Path, tmp_path: Path) -> Path:
+    """The trained checkpoint with one EMA bias set to 3e38: finite (a NaN weight is refused on loading), but the
+    network's activations overflow, so every score, hence every sample, turns NaN."""
     state = torch.load(ckpt, weights_only=True)
     bias = next(k for k in state["state_dict"] if k.startswith("ema_net.") and k.endswith(".bias"))
-    state["state_dict"][bias][0] = float("nan")
-    torch.save(state, tmp_path / "nan.ckpt")
-    return tmp_path / "nan.ckpt"
+    state["state_dict"][bias][0] = 3e38
+    torch.save(state, tmp_path / "overflow.ckpt")
+    return tmp_path / "overflow.ckpt"
 
 
 @pytest.mark.slow
 def test_nan_during_sampling_is_reported_with_step_and_hint(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    bad = nan_checkpoint(ckpt, tmp_path)
+    bad = overflow_checkpoint(ckpt, tmp_path)
     out = tmp_path / "out"
     status, line = cli_error(capsys, *predict_args(bad, out, "--model.sampler.check_finite_every", "4"))
     # Checked every 4 steps: the NaN of step 0 is seen at step index 3.

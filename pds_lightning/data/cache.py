@@ -1,16 +1,20 @@
 """Pre-resized image cache: a source decoded, resized and cropped once to the training size, kept as uint8.
 
-The cache is one `.npy` array (N, C, H, W), uint8, written atomically (`pds_lightning.fileio`) and read as a
-memory map, so workers share the page cache and no decoded image is held in Python memory. Its file name
-carries a hash of the source's identity (for folders: every file's path, size and mtime) and of the
-preparation options, so a changed file or option selects another cache file and the stale one is unused. A file
-that does not validate (truncated, foreign, another shape: `cache_problem`) is rebuilt by the data module.
+The cache is one `.npy` array of N records (`cache_dtype`): an image's uint8 pixels (C, H, W) and their CRC32,
+written atomically (`pds_lightning.fileio`) and read as a memory map, so workers share the page cache and no
+decoded image is held in Python memory. Each image is checked against its CRC32 when read, so changed bytes in
+the data section (a disk or copy error) are named with the image instead of training on them, at no extra I/O.
+Its file name carries a hash of the source's identity (for folders: every file's path, size and mtime) and of
+the preparation options, so a changed file or option selects another cache file and the stale one is unused. A
+file that does not validate (truncated, foreign, another shape, an older format without checksums:
+`cache_problem`) is rebuilt by the data module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +44,30 @@ def cache_shape(images) -> tuple[int, int, int, int]:
     return (len(images), images.num_channels, images.image_size, images.image_size)
 
 
+def cache_dtype(shape: tuple[int, int, int, int]) -> np.dtype:
+    """One record of the cache of images `shape` (N, C, H, W): the uint8 pixels and their CRC32."""
+    return np.dtype([("pixels", np.uint8, tuple(shape[1:])), ("crc32", "<u4")])
+
+
 def cache_problem(path: Path, shape: tuple[int, int, int, int]) -> str | None:
-    """Why the file at `path` cannot be the uint8 cache of shape `shape` (unreadable, truncated, another
-    shape or type), or None when it can. The pixels themselves are not checked (that would read them all)."""
+    """Why the file at `path` cannot be the cache of images `shape` (unreadable, truncated, another shape or
+    type), or None when it can. The pixels are checked against their CRC32 when read (`CachedImages`), not here
+    (that would read them all)."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         return f"is unreadable or truncated ({' '.join(str(err).split())})"
     if not isinstance(array, np.ndarray):
         return "is not a .npy array"
-    if array.dtype != np.uint8 or array.shape != tuple(shape):
-        return f"holds {array.dtype} {array.shape}, not uint8 {tuple(shape)}"
+    if array.dtype != cache_dtype(shape) or array.shape != tuple(shape[:1]):
+        return (f"holds {array.dtype} {array.shape}, not {shape[0]} records of uint8 {tuple(shape[1:])} images with "
+                "their CRC32")
     return None
+
+
+def crc32(pixels: np.ndarray) -> int:
+    """CRC32 of one image's uint8 pixels (C-order bytes)."""
+    return zlib.crc32(np.ascontiguousarray(pixels).tobytes())
 
 
 def build_cache(images, path: Path, num_workers: int = 0, batch_size: int = 64) -> Path:
@@ -59,7 +75,7 @@ def build_cache(images, path: Path, num_workers: int = 0, batch_size: int = 64) 
     shape = cache_shape(images)
     loader = DataLoader(_Indexed(images), batch_size=batch_size, num_workers=num_workers)
     with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=cache_dtype(shape), shape=shape[:1])
         for first, x in loader:
             levels = x.mul(255.0)
             q = levels.round()
@@ -70,8 +86,9 @@ def build_cache(images, path: Path, num_workers: int = 0, batch_size: int = 64) 
                     f"{images.source.describe(i)} is not 8-bit (values between the 256 levels) and the image cache "
                     "stores uint8; unset `cache_dir` for this source"
                 )
-            start = int(first[0])
-            array[start:start + len(x)] = q.to(torch.uint8).numpy()
+            start, pixels = int(first[0]), q.to(torch.uint8).numpy()
+            array["pixels"][start:start + len(x)] = pixels
+            array["crc32"][start:start + len(x)] = [crc32(image) for image in pixels]
         array.flush()
         del array
     return path
@@ -110,4 +127,9 @@ class CachedImages(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._array[i])).float().div_(255.0)
+        record = self._array[i]
+        pixels = np.array(record["pixels"])
+        if crc32(pixels) != int(record["crc32"]):
+            raise ValueError(f"image cache {self.path}: image {i} ({self.source.describe(i)}) does not match its "
+                             "CRC32 (the file changed after it was written: a disk or copy error); delete it to rebuild")
+        return torch.from_numpy(pixels).float().div_(255.0)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import warnings
 from pathlib import Path
@@ -361,22 +360,20 @@ class ImageDataModule(L.LightningDataModule):
 
     def _cached_statistics(self, path: Path) -> dict | None:
         """The state of the statistics cache at `path`, or None with a warning naming the file when it does not
-        validate (unreadable, another image shape or count, non-finite): the caller recomputes and rewrites it."""
+        validate (unreadable, another image shape or count, or moments no image set gives, which
+        `ImageStatistics.load` refuses): the caller recomputes and rewrites it."""
         expected = len(self.stats_indices())
         try:
             stats = ImageStatistics.load(path)
-        except (ValueError, KeyError) as err:
-            problem = f"is unreadable ({' '.join(str(err).split())})"
+        except ValueError as err:  # unreadable, or values no image set gives (non-finite, negative power, ...)
+            problem = f"cannot be used ({' '.join(str(err).split())})"
         else:
-            state = stats.state_dict()
             if stats.shape != self.image_shape:
                 problem = f"holds statistics of images {stats.shape}, not {self.image_shape}"
             elif stats.count != expected:
                 problem = f"holds statistics of {stats.count} images, not {expected}"
-            elif not all(math.isfinite(float(state[k].abs().sum())) for k in state):
-                problem = "holds non-finite values"
             else:
-                return state
+                return stats.state_dict()
         warnings.warn(f"statistics cache {path} {problem}; recomputing it", stacklevel=2)
         return None
 

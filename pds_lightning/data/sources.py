@@ -64,8 +64,7 @@ class ArraySource:
         if images.dtype == np.uint8:
             self.scale = 255.0
         elif np.issubdtype(images.dtype, np.floating):
-            if images.min() < 0 or images.max() > 1:
-                raise ValueError(f"{path}: float images must be in [0, 1], got [{images.min()}, {images.max()}]")
+            check_float_images(images, path)
             self.scale = 1.0
         else:
             raise ValueError(f"{path}: images must be uint8 or float in [0, 1], got {images.dtype}")
@@ -92,6 +91,21 @@ class ArraySource:
 
     def describe(self, i: int) -> str:
         return f"image {i} of {self.path}"
+
+
+def check_float_images(images: np.ndarray, path: Path, chunk: int = 1024) -> None:
+    """ValueError naming the file and the first image index holding NaN / Inf (which would make the loss, then
+    every weight, NaN), or values outside [0, 1]; read in chunks of images, so no array-sized mask is built."""
+    nonfinite: list[int] = []
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(min(chunk, len(images) - start), -1)
+        nonfinite.extend(start + np.flatnonzero(~np.isfinite(block).all(1)))
+    if nonfinite:
+        shown = ", ".join(map(str, nonfinite[:5])) + (", ..." if len(nonfinite) > 5 else "")
+        raise ValueError(f"{path}: image {nonfinite[0]} holds NaN/Inf values ({len(nonfinite)} image(s) do: {shown}); "
+                         "remove or repair them: float images must be finite values in [0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"{path}: float images must be in [0, 1], got [{images.min()}, {images.max()}]")
 
 
 def scan_images(root: Path) -> list[tuple[str, int, int]]:

@@ -19,6 +19,7 @@ from pds_lightning.models.layers import (AttnBlock, Combine, GaussianFourierProj
                                          check_class_labels, conv3x3, dense, group_norm, timestep_embedding)
 from pds_lightning.models.resampling import Downsample, Upsample
 from pds_lightning.models.resblocks import ResnetBlockBigGAN, ResnetBlockDDPM
+from pds_lightning.sde import check_step_count
 
 _CHOICES = {
     "progressive": ("none", "output_skip", "residual"),
@@ -83,6 +84,7 @@ class NCSNpp(nn.Module):
                    for s in (sigma_min, sigma_max)):
             raise ValueError(f"NCSNpp: sigma_min and sigma_max must be finite numbers > 0 (its noise levels, geometric "
                              f"from sigma_max to sigma_min), got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+        check_step_count(num_scales, "model.net num_scales")
         sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales, dtype=torch.float64))
         self.register_buffer("sigmas", sigmas.float())
         self.nf, self.ch_mult, self.num_res_blocks = nf, tuple(ch_mult), num_res_blocks

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pds_lightning.sde import SDE
+from pds_lightning.sde import SDE, check_step_count
 
 
 @dataclass
@@ -121,9 +121,11 @@ class Sampler(Component):
 
 def check_budget(owner: str, count_name: str, count: int | None, speed_up: float, eps: float | None,
                  minimum: int = 1) -> None:
-    """The step budget: a count, or speed_up (count = int(num_scales / speed_up)), not both; eps > 0 or None."""
+    """The step budget: a count (at most sde.MAX_STEPS), or speed_up (count = int(num_scales / speed_up)), not both;
+    eps > 0 or None."""
     if count is not None:
         check_number(owner, count_name, count, low=minimum, integer=True)
+        check_step_count(count, f"{owner}: {count_name}", f"lower {count_name}")
     check_number(owner, "speed_up", speed_up, low=0, low_open=True)
     if count is not None and speed_up != 1.0:
         raise ValueError(f"{owner}: give either {count_name} ({count}) or speed_up ({speed_up}), not both")

@@ -3,6 +3,7 @@
 import os
 import re
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,12 @@ def test_cache_equals_the_uncached_pipeline_exactly(tmp_path, crop_size):
     names = cache_files(tmp_path / "cache")
     assert len(names) == 1 and names[0].startswith("imgs_12px_3ch_") and names[0].endswith(".npy")
     array = np.load(tmp_path / "cache" / names[0])
-    assert array.dtype == np.uint8 and array.shape == (10, 3, 12, 12)
+    assert array.shape == (10,) and array.dtype.names == ("pixels", "crc32")
+    assert array["pixels"].dtype == np.uint8 and array["pixels"].shape == (10, 3, 12, 12)
     x = images(plain)
     assert torch.equal(images(cached), x)
-    assert torch.equal(torch.from_numpy(array).float() / 255, x)  # the file holds the prepared pixels
+    assert torch.equal(torch.from_numpy(array["pixels"]).float() / 255, x)  # the file holds the prepared pixels
+    assert array["crc32"].tolist() == [zlib.crc32(image.tobytes()) for image in array["pixels"]]
     assert torch.equal(train_epoch(cached), train_epoch(plain))  # augmentation and order unchanged
 
 
@@ -170,7 +173,24 @@ def stats_run(folder, tmp_path, **kwargs):
     return datamodule(folder, tmp_path, stats_num_images=6, stats_cache_dir=str(tmp_path / "stats"), **kwargs)
 
 
-@pytest.mark.parametrize("corruption", ["other_shape", "other_count", "garbage", "nan"])
+STATS_CORRUPTIONS = {  # corruption -> what the warning says of the file
+    "other_shape": "holds statistics of images (1, 12, 12), not (3, 12, 12)",
+    "other_count": "holds statistics of 5 images, not 6",
+    "garbage": "cannot be used (cannot read image statistics from {path} (RuntimeError: PytorchStreamReader failed "
+               "reading zip archive: failed finding central directory); use a file written by ImageStatistics.save, "
+               "or delete a statistics cache file to estimate it again)",
+    # issue 31 item 14: torch's advice to load with weights_only=False must not reach the user
+    "random_bytes": "cannot be used (cannot read image statistics from {path}: the tensors-only reader refused it (a "
+                    "corrupt file, or pickled objects that could run code: do not load it otherwise); use a file",
+    "nan": "cannot be used (image statistics file {path}: ImageStatistics state 'power_mean' holds 432 values "
+           "NaN/Inf: not moments of images in [0, 1])",
+    # issue 31 item 14: a mean power below 0 is no mean of squares
+    "negative_power": "cannot be used (image statistics file {path}: ImageStatistics state 'power_mean' holds 1 value "
+                      "not >= 0 (e.g. -2): not moments of images in [0, 1])",
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(STATS_CORRUPTIONS))
 def test_a_statistics_cache_that_does_not_validate_is_named_and_recomputed(tmp_path, corruption):
     from pds_lightning.statistics import ImageStatistics
 
@@ -180,14 +200,23 @@ def test_a_statistics_cache_that_does_not_validate_is_named_and_recomputed(tmp_p
     good = path.read_bytes()
     if corruption == "garbage":
         path.write_bytes(good[:200])
+    elif corruption == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    elif corruption in ("nan", "negative_power"):
+        power = fresh.power_mean * float("nan") if corruption == "nan" else fresh.power_mean.clone()
+        if corruption == "negative_power":
+            power[0, 0, 1] = -2.0
+        torch.save({**fresh.state_dict(), "power_mean": power}, path)
     else:
         shape, count = ((1, 12, 12), 6) if corruption == "other_shape" else ((3, 12, 12), 5)
         other = ImageStatistics(shape).update(torch.rand(count, *shape, generator=torch.Generator().manual_seed(0)))
-        if corruption == "nan":
-            other = ImageStatistics.from_moments(6, fresh.power_mean * float("nan"), fresh.mean, fresh.sq_mean)
         other.save(path)
-    with pytest.warns(UserWarning, match=f"statistics cache {re.escape(str(path))} .*; recomputing it"):
+    with pytest.warns(UserWarning) as warned:
         again = stats_run(folder, tmp_path).statistics
+    (line,) = [str(w.message) for w in warned if "statistics cache" in str(w.message)]
+    problem = STATS_CORRUPTIONS[corruption].format(path=path)
+    assert line.startswith(f"statistics cache {path} {problem}") and line.endswith("; recomputing it"), line
+    assert "weights_only" not in line
     assert again.count == fresh.count == 6 and again.shape == (3, 12, 12)
     for name in ("power_mean", "mean", "sq_mean"):
         assert torch.equal(getattr(again, name), getattr(fresh, name))
@@ -212,3 +241,27 @@ def test_validate_recomputes_a_statistics_cache_of_another_shape_through_the_cli
         main(args)
     again = ImageStatistics.load(path)
     assert again.shape == (1, 16, 16) and torch.equal(again.power_mean, fresh.power_mean)
+
+
+def test_changed_bytes_in_the_cache_data_are_named_with_the_image(tmp_path):
+    """Issue 31 item 14: random bytes in the data section (the header still validates) are not trained on."""
+    folder = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    datamodule(folder, tmp_path, cache_dir=str(cache))
+    (name,) = cache_files(cache)
+    path = cache / name
+    data = bytearray(path.read_bytes())
+    record = 3 * 12 * 12 + 4  # pixels + CRC32
+    offset = len(data) - 10 * record + 7 * record + 100  # inside image 7's pixels
+    noise = np.random.default_rng(0).integers(0, 256, 16, dtype=np.uint8).tobytes()
+    assert noise != bytes(data[offset:offset + 16])
+    data[offset:offset + 16] = noise
+    path.write_bytes(bytes(data))
+    dm = datamodule(folder, tmp_path, cache_dir=str(cache))  # the header validates: the file is used as it is
+    assert torch.equal(dm.images[6], datamodule(folder, tmp_path).images[6])  # other images still read
+    message = (f"image cache {path}: image 7 ({dm.images.source.describe(7)}) does not match its CRC32 (the file "
+               "changed after it was written: a disk or copy error); delete it to rebuild")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        dm.images[7]
+    with pytest.raises(ValueError, match=re.escape(message)):  # and so does a training epoch
+        train_epoch(dm)

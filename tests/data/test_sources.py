@@ -1,6 +1,7 @@
 """`pds_lightning.data.sources` through the data module: embedded sets, folders, npz, torchvision files on disk,
 and the errors for corrupt, missing and empty sources."""
 
+import re
 import struct
 from pathlib import Path
 
@@ -106,6 +107,18 @@ def test_npz_errors(tmp_path):
         make_dm(tmp_path / "range.npz", tmp_path).setup("fit")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         make_dm(tmp_path / "missing.npz", tmp_path).setup("fit")
+
+
+def test_npz_nan_or_inf_images_are_refused_with_the_file_and_indices(tmp_path):
+    """Issue 31 item 5: NaN slipped past the [0, 1] check (comparisons with NaN are false) into training."""
+    images = np.random.default_rng(0).random((1500, 4, 4, 1), dtype=np.float32)  # two reading chunks of 1024
+    for i in (2, 1100, 1101, 1102, 1103, 1104):
+        images[i, 1, 2, 0] = np.nan if i % 2 else -np.inf
+    np.savez(tmp_path / "bad.npz", images=images)
+    message = (f"{tmp_path / 'bad.npz'}: image 2 holds NaN/Inf values (6 image(s) do: 2, 1100, 1101, 1102, 1103, ...); "
+               "remove or repair them: float images must be finite values in [0, 1]")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make_dm(tmp_path / "bad.npz", tmp_path).setup("fit")
 
 
 # -- torchvision source -------------------------------------------------------------------------------------
