@@ -1,6 +1,6 @@
 """Every checkpoint the project writes works in every entry point, through the `pds-lightning` command.
 
-The matrix is {checkpoint kind} x {fit resume, validate, test, likelihood, predict, load_from_checkpoint}.
+The matrix is {checkpoint kind} x {fit resume, validate, test, likelihood, predict, export, load_from_checkpoint}.
 A checkpoint kind is a module-scoped fixture (built once) returning a `Kind`; adding a converter is one line
 in KINDS plus its fixture.
 """
@@ -96,6 +96,18 @@ def safetensors_export(fit_checkpoint, tmp_path_factory) -> Kind:
 
 
 @pytest.fixture(scope="module")
+def converted_safetensors(tmp_path_factory) -> Kind:
+    """`convert-score-sde --safetensors`: the converted model's tensors + JSON beside its .ckpt (step 0)."""
+    work = tmp_path_factory.mktemp("convert_st")
+    run("convert-score-sde", SCORE_SDE_CKPT, "--config", SCORE_SDE_CONFIG, "--output", work / "converted.ckpt",
+        "--safetensors")
+    args = ["--config", SCORE_SDE_CONFIG, "--trainer.accelerator", "cpu", "--data.source", "patches",
+            "--data.image_size", 16, "--data.num_channels", 3, "--data.batch_size", 2, "--data.val_size", 2,
+            "--data.stats_num_images", 8, *CHEAP]
+    return Kind(work / "converted.safetensors", args, 0)
+
+
+@pytest.fixture(scope="module")
 def old_plain_checkpoint() -> Kind:
     """An older checkpoint of the project saved as the plain {'state_dict', 'hyper_parameters'} (no Lightning keys
     such as 'pytorch-lightning_version'; a flat sampler dict; class-conditional tiny MNIST model, step 0)."""
@@ -105,6 +117,7 @@ def old_plain_checkpoint() -> Kind:
 
 KINDS = {"fit": "fit_checkpoint", "convert-score-sde": "converted_checkpoint",
          "convert-diffusers": "diffusers_checkpoint", "export (.safetensors)": "safetensors_export",
+         "convert-score-sde --safetensors": "converted_safetensors",
          "older plain checkpoint": "old_plain_checkpoint"}
 
 
@@ -157,6 +170,15 @@ def test_predict_writes_every_seed(kind, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.rglob("*.png")) == [f"{s:06d}.png" for s in range(SEEDS)]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_written"] == SEEDS and manifest["nfe_per_sample"] == 2 * kind.nfe_per_step  # 2 PC steps
+
+
+def test_export_writes_the_same_tensors(kind, tmp_path):
+    """`export` takes every kind (a .safetensors export too) and writes its tensors unchanged, loadable again."""
+    out = tmp_path / "exported.safetensors"
+    run("export", kind.ckpt, "--output", out)
+    state, exported = saved(kind.ckpt)["state_dict"], saved(out)["state_dict"]
+    assert set(exported) == set(state) and all(torch.equal(exported[k], v) for k, v in state.items())
+    assert set(ScoreModule.load_from_checkpoint(out).state_dict()) == set(state)
 
 
 def test_load_from_checkpoint_holds_the_ema_weights(kind):
