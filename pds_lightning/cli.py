@@ -196,7 +196,7 @@ class PDSLightningCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         # "last" / "best" / "hpc" / "registry..." are resolved by the Trainer, which loads through SafeCheckpointIO.
         if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
-            read_checkpoint(ckpt_path)
+            load_checkpoint_safely(ckpt_path)
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)

@@ -439,9 +439,9 @@ def test_export_of_a_safetensors_export_never_writes_over_it(converted, tmp_path
     export_ok(converted, "--output", "tiny.safetensors")
     before = (tmp_path / "tiny.safetensors").read_bytes()
     status, line = cli_error(capsys, "export", "tiny.safetensors")  # the default output is the input itself
-    assert status == 1 and line == ("pds-lightning: error: output tiny.safetensors is the input tiny.safetensors (it is "
-                                    "a .safetensors export already); give --output another path (set "
-                                    "PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
+    assert status == 1 and line == ("pds-lightning: error: --output tiny.safetensors is the input file "
+                                    "tiny.safetensors; writing it would replace the input: give another output path "
+                                    "(set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
     assert (tmp_path / "tiny.safetensors").read_bytes() == before
     export_ok("tiny.safetensors", "--output", "again.safetensors")  # to another path it exports the same
     (state, hparams), (again, again_hparams) = load_weights("tiny.safetensors"), load_weights("again.safetensors")
