@@ -18,10 +18,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pds_lightning.checkpoints import read_safetensors
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
+from pds_lightning.legacy import flat_config_error, is_flat
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
-from pds_lightning.yamlfile import check_file, check_text
+from pds_lightning.yamlfile import check_file, check_text, load_file
 
 # Commands that are not Trainer entry points; each module exposes main(argv).
 EXTRA_COMMANDS = {
@@ -240,6 +241,24 @@ def check_config_files(argv: list[str]) -> None:
             check_text(value, "given inline")
 
 
+def check_flat_samplers(argv: list[str]) -> None:
+    """Refuse a config whose `model.sampler` is the flat dict of older versions (predictor: euler_maruyama,
+    n_steps: 12, ...) with one line giving its component form (legacy.flat_config_error); jsonargparse would
+    answer with a multi-line error about union types instead. Checkpoints keep loading it (legacy.py)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if flag not in ("--config", "-c") or value is None or not os.path.isfile(value):
+            continue
+        config = load_file(value)
+        sections = [config] + [v for v in config.values() if isinstance(v, dict)] if isinstance(config, dict) else []
+        for section in sections:  # `model:` at the top, or under a subcommand's key
+            model = section.get("model")
+            sampler = model.get("sampler") if isinstance(model, dict) else None
+            if is_flat(sampler):
+                raise ValueError(flat_config_error(sampler, f"model.sampler in {value}"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
@@ -282,6 +301,7 @@ def _main(argv: list[str] | None = None) -> None:
         print(f"pds-lightning extra commands:\n{extra}\n")
     argv = with_shipped_configs(argv)
     check_config_files(argv)
+    check_flat_samplers(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
         sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)

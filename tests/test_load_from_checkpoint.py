@@ -55,7 +55,7 @@ def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
     assert model.hparams.net == yaml.safe_load(TINY_CONFIG.read_text())["model"]["net"] | {
         "init_args": model.hparams.net["init_args"]}
     assert isinstance(model.net, NCSNpp) and isinstance(model.sde, VESDE) and model.sde.N == 100
-    assert model.image_shape == (1, 16, 16) and model.sampler.pc_steps == 10 and model.sampler.pds.alpha == 5.0
+    assert model.image_shape == (1, 16, 16) and model.sampler.steps == 10 and model.sampler.pds.alpha == 5.0
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert float(model.stat_count) == 32  # the statistics travel in the checkpoint

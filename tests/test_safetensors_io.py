@@ -51,7 +51,7 @@ def test_export_round_trips_and_samples_identically(converted, tmp_path):
     out = export(converted, tmp_path / "shared.safetensors")
     a, b = ScoreModule.load_from_checkpoint(converted), ScoreModule.load_from_checkpoint(out)
     assert_same_module(a, b)
-    settings = a.sampler.replace(pc_steps=3, pds=PDS(filters="both", alpha=2.0))
+    settings = a.sampler.replace(steps=3, pds=PDS(filters="both", alpha=2.0))
     assert torch.equal(a.generate_images([0, 1], sampler=settings), b.generate_images([0, 1], sampler=settings))
     assert out.read_bytes() == converted.with_suffix(".safetensors").read_bytes()  # one file for one model
 

@@ -79,7 +79,7 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
     sde = VESDE(0.01, 16.0, 100)
     target = GaussianScore(0.5, power_law_spectrum(8, 8, variance=0.05, channels=3), sde)
     module = GaussianScoreModule(target, size=8, channels=3,
-                                 sampler=PC(pc_steps=20, pds=PDS(filters="both", restrict="subspace")))
+                                 sampler=PC(steps=20, pds=PDS(filters="both", restrict="subspace")))
     module.set_statistics(ImageStatistics((3, 8, 8)).update(target.sample(64).clamp(0, 1)))
     task = TaskSettings(kind="colorize", source=str(tmp_path / "rgb.npz"), indices="0-1")
     dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, seeds="0", num_channels=3, task=task)
