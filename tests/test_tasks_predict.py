@@ -16,7 +16,6 @@ from pds_lightning.data.tasks import TaskSettings, builtin_mask
 from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sampling import PC, PDS
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -48,7 +47,7 @@ class GaussianScoreModule(ScoreModule):
 @pytest.mark.parametrize("preconditioner", ["none", "both"])
 def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_path, preconditioner):
     images = write_npz(tmp_path / "in.npz", 1)
-    module = tiny_module(sampler=SamplerSettings(n_steps=5, preconditioner=preconditioner))
+    module = tiny_module(sampler=PC(steps=5, pds=None if preconditioner == "none" else PDS(filters=preconditioner)))
     task = TaskSettings(kind="inpaint", source=str(tmp_path / "in.npz"), indices="0-2")
     out = tmp_path / "out"
 
@@ -96,7 +95,7 @@ def test_colorization_of_a_gray_model_is_refused(tmp_path):
     dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="0",
                          task=TaskSettings(kind="colorize", source=str(tmp_path / "in.npz")))
     with pytest.raises(ValueError, match="needs RGB"):
-        cpu_trainer(tmp_path).predict(tiny_module(sampler=SamplerSettings(n_steps=2)), datamodule=dm)
+        cpu_trainer(tmp_path).predict(tiny_module(sampler=PC(steps=2)), datamodule=dm)
 
 
 def test_test_step_logs_bits_per_dim_of_the_closed_form(tmp_path):
