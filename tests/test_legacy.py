@@ -8,9 +8,9 @@ import pytest
 from helpers import tiny_module
 
 from pds_lightning.alpha import Pilot, Surrogate
-from pds_lightning.legacy import SamplerSettings, sampler_from_flat, sampler_from_hparam
-from pds_lightning.sampling import (ALD, PC, PDS, EDMHeun, EDMStochastic, Euler, Karras, Langevin, SDEGrid,
-                                    ReverseDiffusion, generate)
+from pds_lightning.legacy import SamplerSettings, is_flat, sampler_from_flat, sampler_from_hparam
+from pds_lightning.sampling import (ALD, PC, PDS, EDMHeun, EDMStochastic, Euler, EulerMaruyama, Karras, Langevin,
+                                    ReverseDiffusion, Sampler, SDEGrid, generate)
 from pds_lightning.sde import VESDE
 
 FIVE = [dict(method="pc", S_churn=40.0), dict(method="edm_heun", S_churn=40.0),
@@ -97,3 +97,33 @@ def test_only_sampler_from_hparam_reads_the_flat_form():
     assert tiny_module(sampler=PC(steps=3)).sampler == PC(steps=3)
     assert sampler_from_hparam(flat) == PC(steps=3, pds=PDS(filters="both"), name="pc",
                                            predictor=ReverseDiffusion())
+
+
+def test_an_old_config_with_a_flat_sampler_gets_one_line_with_the_component_form(tmp_path, capsys):
+    """`pds-lightning predict --config old.yaml`: one stderr line, exit 1, naming the component that replaces the
+    flat dict (jsonargparse alone answers with a multi-line error about union types)."""
+    from pds_lightning.cli import main
+
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  sampler:\n    name: em12\n    predictor: euler_maruyama\n    corrector: none\n"
+                      "    n_steps: 12\n    preconditioner: freq\n    alpha: 3.0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", str(config)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    component = ('{"class_path": "pds_lightning.sampling.pc.PC", "init_args": {"steps": 12, "predictor": '
+                 '{"class_path": "pds_lightning.sampling.predictors.EulerMaruyama"}, "corrector": null, "pds": '
+                 '{"class_path": "pds_lightning.sampling.pds.PDS", "init_args": {"filters": "freq", "alpha": 3.0}}, '
+                 '"name": "em12"}}')
+    assert exit_info.value.code == 1 and lines == [
+        f"pds-lightning: error: model.sampler in {config} is a flat sampler dict of older versions, which configs no "
+        f"longer take; write it as the component {component} (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"]
+    import json
+    assert Sampler.from_config(json.loads(component)) == PC(steps=12, predictor=EulerMaruyama(), corrector=None,
+                                                           pds=PDS(filters="freq", alpha=3.0), name="em12")
+
+
+def test_a_partial_sampler_override_in_a_second_config_is_not_taken_for_the_flat_form():
+    """jsonargparse merges `model.sampler: {steps: 5}` into the class given before it: no refusal there."""
+    assert not is_flat({"steps": 5, "speed_up": 1.0, "name": "x"})
+    assert is_flat({"n_steps": 5}) and is_flat({"predictor": "euler_maruyama"}) and is_flat({"preconditioner": "both"})
+    assert not is_flat({"class_path": "pds_lightning.sampling.PC"}) and not is_flat({"init_args": {"steps": 2}})

@@ -104,7 +104,7 @@ def test_not_a_safetensors_file_and_non_json_values_are_refused(tmp_path):
     bad.write_bytes(b"\x00" * 5)
     with pytest.raises(ValueError, match="cannot read .* as .safetensors"):
         load_weights(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"weights file .*missing.safetensors does not exist"):
         load_weights(tmp_path / "missing.safetensors")
     spec = {"class_path": "torch.nn.Identity", "init_args": {}}
     with pytest.raises(ValueError, match=r"metadata.hyper_parameters.lr is nan"):

@@ -107,14 +107,14 @@ def _build(value: Any, what: str, base: type, allowed: tuple[str, ...]) -> Any:
 def check_number(owner: str, name: str, value: Any, *, low: float | None = None, low_open: bool = False,
                  integer: bool = False, hint: str = "") -> None:
     """ValueError unless `value` is a finite (integer) number >= low (> low when low_open); nan / inf refused."""
-    kind = "an integer" if integer else "a finite number"
+    expected = "an integer" if integer else "a finite number"
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     ok = ok and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
         bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"{owner}: {name} must be {kind}{bound}{hint}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be {expected}{bound}{hint}, got {value!r}")
 
 
 def check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
