@@ -248,6 +248,19 @@ def renamed_steps(spec: Any) -> Any:
     return {**spec, "init_args": args}
 
 
+def old_step_name(spec: Any) -> str | None:
+    """The previous round's step-count key (`pc_steps` / `levels`) a config's sampler spec or flag still uses."""
+    if isinstance(spec, str):  # a command-line flag such as --model.sampler.pc_steps
+        last = spec.rpartition(".")[2]
+        return last if last in OLD_STEP_NAMES and ".sampler." in spec else None
+    args = spec.get("init_args", spec) if isinstance(spec, dict) else None
+    return next((k for k in OLD_STEP_NAMES if isinstance(args, dict) and k in args), None)
+
+
+def old_step_name_error(old: str, where: str) -> str:
+    return f"{where} names the step count {old!r}, which is now 'steps' for every sampler; rename it to steps"
+
+
 def short_config(component: Component) -> dict:
     """{'class_path', 'init_args'} with only the fields that differ from the class defaults (nested too)."""
     defaults = {k: p.default for k, p in inspect.signature(type(component).__init__).parameters.items()}

@@ -127,3 +127,26 @@ def test_a_partial_sampler_override_in_a_second_config_is_not_taken_for_the_flat
     assert not is_flat({"steps": 5, "speed_up": 1.0, "name": "x"})
     assert is_flat({"n_steps": 5}) and is_flat({"predictor": "euler_maruyama"}) and is_flat({"preconditioner": "both"})
     assert not is_flat({"class_path": "pds_lightning.sampling.PC"}) and not is_flat({"init_args": {"steps": 2}})
+
+
+@pytest.mark.parametrize("where,args", [
+    ("model.sampler in {config}", ["--config", "{config}"]),
+    ("--model.sampler.pc_steps", ["--model.sampler.pc_steps", "4"]),
+    ("trainer.callbacks[0].init_args.samplers[0] in {callbacks}", ["--config", "{callbacks}"]),
+])
+def test_the_previous_step_names_in_a_config_or_flag_get_one_line_naming_steps(where, args, tmp_path, capsys):
+    from pds_lightning.cli import main
+
+    paths = {"config": tmp_path / "prev.yaml", "callbacks": tmp_path / "callbacks.yaml"}
+    paths["config"].write_text("model:\n  sampler:\n    class_path: pds_lightning.sampling.PC\n    init_args:\n"
+                               "      pc_steps: 4\n")
+    paths["callbacks"].write_text("trainer:\n  callbacks:\n    - class_path: pds_lightning.callbacks.SamplingCallback\n"
+                                  "      init_args:\n        samplers:\n          - class_path: pds_lightning.sampling"
+                                  ".EDMHeun\n            init_args: {levels: 4}\n")
+    old = "levels" if "callbacks" in where else "pc_steps"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict"] + [a.format(**paths) for a in args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and lines == [
+        f"pds-lightning: error: {where.format(**paths)} names the step count '{old}', which is now 'steps' for every "
+        "sampler; rename it to steps (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"]
