@@ -198,5 +198,5 @@ def test_sampling_callback_logs_fid_against_reference_statistics(tmp_path, incep
     [fid] = events.Scalars("val/fid@12/pds")
     assert not any(tag.startswith("val/kid") for tag in events.Tags()["scalars"])
     with torch.no_grad():
-        fake = features(model.sample(setting, torch.arange(12)).x)
+        fake = features(model.sample(sampler, torch.arange(12)).x)
     assert fid.value == pytest.approx(frechet_written_out(fake, stats.mu, stats.sigma), rel=1e-5)
