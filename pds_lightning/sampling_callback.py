@@ -43,6 +43,8 @@ class SamplingCallback(Callback):
         if not samplers:
             raise ValueError("SamplingCallback needs at least one sampler")
         samplers = [Sampler.from_config(s, what="SamplingCallback.samplers") for s in samplers]
+        for sampler in samplers:
+            sampler.check_task(None)  # validation samples fill in no task
         names = [s.name for s in samplers]
         if len(set(names)) != len(names):
             raise ValueError(f"sampler names must be unique (they name the logged metrics), got {names}")

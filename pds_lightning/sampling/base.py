@@ -168,7 +168,8 @@ class Sampler(Component):
             raise ValueError(f"sampler {self.name!r} has no PDS component to set alpha on")
         return self.replace(pds=None if alpha is None else self.pds.replace(alpha=float(alpha)))
 
-    def known_unsupported(self, known) -> None:
+    def check_task(self, known) -> None:
+        """A clear error now if this sampler cannot run with the task's known part `known` (None: no task)."""
         if known is not None:
             raise ValueError(f"sampler {self.name!r} ({type(self).__name__}) does not fill in a known part; "
                              "inpainting and colorization run pds_lightning.sampling.PC")

@@ -41,6 +41,7 @@ def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor
     if len(shape) != 3:
         raise ValueError(f"shape must be the image shape [C, H, W], got {shape}")
     sampler.check(sde)  # fail early, with the step-count message
+    sampler.check_task(known)
     preconditioner = None
     if sampler.pds is not None:
         preconditioner = sampler.pds.preconditioner(statistics, sampler.name).to(device)

@@ -29,7 +29,7 @@ class ProbabilityFlowODE(Sampler):
     @torch.no_grad()
     def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None,
                  dtype: torch.dtype = torch.float32) -> SampleResult:
-        self.known_unsupported(known)
+        self.check_task(known)
         if preconditioner is not None and not preconditioner.is_identity:
             raise ValueError("ProbabilityFlowODE cannot use a PDS preconditioner: dx/dt = f - g^2/2 M M^T score is "
                              "not the model's probability-flow ODE (only the matching M-shaped noise of the "

@@ -84,7 +84,8 @@ class PC(Sampler):
                 "EulerMaruyama with corrector: null, which works at any step count")
 
     def check_task(self, known) -> None:
-        """PDS restrict 'subspace' acts on a task's known part only: without one it would be ignored."""
+        """PC fills in any task; its PDS restrict 'subspace' acts on a task's known part only, so without one it
+        would be ignored."""
         if known is None and self.pds is not None and self.pds.restrict != "project":
             raise ValueError(f"{self.name}: PDS restrict {self.pds.restrict!r} keeps M off the known part of a task "
                              "(inpainting, colorization), and this run has no task; remove restrict (or set it "

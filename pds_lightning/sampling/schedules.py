@@ -6,20 +6,21 @@ import torch
 from torch import Tensor
 
 from pds_lightning.sampling.base import Component, check_number
-from pds_lightning.sde import SDE
+from pds_lightning.sde import SDE, resolve_steps
 
 MIN_STEPS = 2  # one noise level is only D(sigma_max z; sigma_max), the data mean: not a sampler
 
 
 class Schedule(Component):
     """`sigmas(sde, n, eps)`: sigma_0 > ... > sigma_{n-1} > sigma_n = 0, [n + 1] float64 on the CPU, for n levels
-    of an SDE sampled down to time eps."""
+    of an SDE sampled down to time eps (None: the end time a sampler with `steps` n has, `resolve_steps`)."""
 
     #: Whether the end time eps sets the levels (False when the schedule fixes its own sigma_min).
     reads_eps = True
 
-    def sigmas(self, sde: SDE, n: int, eps: float) -> Tensor:
+    def sigmas(self, sde: SDE, n: int, eps: float | None = None) -> Tensor:
         check_levels(n)
+        eps = resolve_steps(sde.N, sde.default_eps, steps=n)[1] if eps is None else eps
         levels = self.levels(sde, n, eps)
         return torch.cat([levels, levels.new_zeros(1)])
 

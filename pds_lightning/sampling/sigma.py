@@ -78,7 +78,7 @@ class SigmaSampler(Sampler):
     @torch.no_grad()
     def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None,
                  dtype: torch.dtype = torch.float32) -> SampleResult:
-        self.known_unsupported(known)
+        self.check_task(known)
         if preconditioner is not None and not preconditioner.is_identity and self.corrector is None:
             raise ValueError(f"{self.name}: a PDS preconditioner enters {type(self).__name__} only through its "
                              "Langevin corrector (M M^T in the ODE drift would change its path); give corrector: "

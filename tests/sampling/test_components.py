@@ -16,6 +16,7 @@ from pds_lightning.sampling import (ALD, EDMHeun, EDMStochastic, PC, PDS, AlphaC
                                     ProbabilityFlowODE, RecordedNoise, Restart, Sampler, SDEGrid, SeededNoise, generate)
 from pds_lightning.sampling.schedules import Schedule
 from pds_lightning.sampling.known import KnownPart
+from pds_lightning.sampling_callback import SamplingCallback
 from pds_lightning.sampling.step import StepContext
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -191,6 +192,8 @@ def test_restrict_subspace_without_a_task_is_refused_where_the_sampler_meets_it(
                                          r"\(inpainting, colorization\), and this run has no task; remove restrict "
                                          r"\(or set it to 'project'\) or sample a task"):
         generate(sampler, gaussian(sde), sde, [0, 1], (1, 8, 8), statistics=stats)
+    with pytest.raises(ValueError, match=r"pc: PDS restrict 'subspace' .* this run has no task"):
+        SamplingCallback([sampler])  # validation samples fill in no task: refused when configured
     known = KnownPart(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8).tril())
     assert generate(sampler, gaussian(sde), sde, [0, 1], (1, 8, 8), statistics=stats, known=known).nfe == 6
 

@@ -102,6 +102,9 @@ def test_schedules_return_their_sigmas():
     expected = [(hi ** (1 / 7) + i / 4 * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7 for i in range(5)] + [0.0]
     torch.testing.assert_close(karras, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
     assert Karras(rho=1.0, sigma_min=1.0, sigma_max=3.0).sigmas(sde, 3, 0.5).tolist() == [3.0, 2.0, 1.0, 0.0]
+    # without eps: the end time of a sampler with 5 steps on this SDE (1e-5 * 1000 / 5), as EDMHeun(steps=5) uses
+    torch.testing.assert_close(Karras().sigmas(sde, 5), Karras().sigmas(sde, 5, 2e-3), rtol=1e-15, atol=0)
+    assert EDMHeun(steps=5).sigmas(sde) == Karras().sigmas(sde, 5).tolist()
     grid = SDEGrid().sigmas(sde, 5, 1e-5)
     torch.testing.assert_close(grid[:-1], sde.sigma_of_t(sde.time_grid(5, 1e-5).double()))
     assert grid[-1] == 0
