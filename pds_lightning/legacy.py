@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
 from pds_lightning.alpha.choosers import Pilot, Surrogate
@@ -212,14 +212,6 @@ def _pds(s: dict) -> PDS | None:
     elif isinstance(alpha, str):
         raise ValueError(f"flat sampler settings: alpha must be a number > 1 or 'auto', got {alpha!r}")
     return PDS(filters=s["preconditioner"], alpha=alpha, predictor=s["pds_predictor"])
-
-
-def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
-    """Flat `settings` at a fixed alpha; None means vanilla (preconditioner 'none')."""
-    fixed = dict(auto_method=DEFAULTS["auto_method"], pilot_samples=DEFAULTS["pilot_samples"])
-    if alpha is None:
-        return replace(settings, preconditioner="none", alpha=5.0, pds_predictor="official", **fixed)
-    return replace(settings, alpha=float(alpha), **fixed)
 
 
 def sampler_from_hparam(value: Any, allowed: Iterable[str] = ()) -> Sampler:
