@@ -21,7 +21,8 @@ from benchmarks.common import alpha_text
 from pds_lightning.alpha import choose_alpha
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_atomic
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.alpha import Surrogate
+from pds_lightning.sampling import PC, PDS, Langevin
 from pds_lightning.sde import VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +56,9 @@ def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:
     for name, config in MODELS.items():
         stats, sde, centered = statistics_and_sde(config)
         for n in STEPS:
-            settings = SamplerSettings(n_steps=n, preconditioner="both", alpha="auto", snr=0.16)
+            sampler = PC(steps=n, corrector=Langevin(snr=0.16), pds=PDS(filters="both", alpha=Surrogate()))
             start = time.perf_counter()
-            c = choose_alpha(stats, sde, settings, centered=centered)
+            c = choose_alpha(stats, sde, sampler, centered=centered)
             ms = (time.perf_counter() - start) * 1e3
             lines.append(f"| {name} | {n} | {alpha_text(c.alpha)} | {c.value:.4f} | {c.table[5.0]:.4f} | "
                          f"{c.table['vanilla']:.4f} | {ms:.0f} |")

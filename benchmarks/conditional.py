@@ -21,7 +21,7 @@ import torch
 from benchmarks.common import ROOT, image_stack, load_model
 from pds_lightning.features import load_digit_classifier
 from pds_lightning.fileio import write_atomic
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 
 CONFIG = "configs/demo_conditional.yaml"
 METHODS = {"vanilla": "none", "pds": "both"}
@@ -58,11 +58,11 @@ def main() -> None:
     for steps in [int(s) for s in args.steps.split(",")]:
         for scale in [float(w) for w in args.scales.split(",")]:
             for method in args.methods.split(","):
-                preconditioner = METHODS[method]
-                settings = SamplerSettings(name=f"{method}_{steps}_w{scale:g}", n_steps=steps,
-                                           preconditioner=preconditioner, alpha=5.0, guidance_scale=scale)
+                filters = METHODS[method]
+                sampler = PC(name=f"{method}_{steps}_w{scale:g}", steps=steps, guidance_scale=scale,
+                             pds=None if filters == "none" else PDS(filters=filters, alpha=5.0))
                 t0 = time.perf_counter()
-                x = model.generate_images(seeds, settings, batch_size=args.batch, classes=classes)
+                x = model.generate_images(seeds, sampler, batch_size=args.batch, classes=classes)
                 seconds = time.perf_counter() - t0
                 with torch.no_grad():
                     predicted = classifier(x).argmax(1)

@@ -6,10 +6,10 @@ Sampler: the official PDS PC sampler (reverse-diffusion predictor + Langevin cor
 with the official 256 px VE settings: sigma_min 0.01, sigma_max 378, num_scales 2000, snr 0.075,
 N = int(2000 / speed_up) steps ending at eps = 1e-5 speed_up. Rows 'PDS alpha a' use the official PDS
 predictor (M M^T on the whole drift, which does not keep p_t); rows 'PDS-consistent alpha a' use
-`pds_predictor: consistent` (drift f - (g^2/2)(I + M M^T) score, which keeps p_t), same corrector.
+`PDS(predictor='consistent')` (drift f - (g^2/2)(I + M M^T) score, which keeps p_t), same corrector.
 
-The recursion lives in the library (pds_lightning.alpha.pc_output_moments / predict_w2, used by
-`alpha: auto`); this script only tabulates it. Why it is exact: the score of the target is linear and diagonal in Fourier, and so is the preconditioner
+The recursion lives in the library (pds_lightning.alpha.pc_output_moments / predict_w2, used by the
+Surrogate alpha chooser); this script only tabulates it. Why it is exact: the score of the target is linear and diagonal in Fourier, and so is the preconditioner
 (the frequency filter R built from the target's own statistic; the space filter of a stationary target
 is constant, hence the identity). Every update then maps each Fourier mode k independently,
 x_k <- c_k x_k + s_k z_k, so the output law is Gaussian with per-mode variances v_k propagated in closed
@@ -38,7 +38,7 @@ from pds_lightning.alpha import predict_w2
 from pds_lightning.fileio import write_atomic
 from pds_lightning.models.gaussian import power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner, filter_from_statistic
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS, Langevin
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -71,10 +71,10 @@ def exact_statistics(lam: torch.Tensor) -> ImageStatistics:
 def w2_table(lam: torch.Tensor, n_steps: int, pds_predictor: str = "official") -> list[float]:
     """Exact W2 per pixel of the PC sampler's output law for every alpha in ALPHAS (library recursion:
     pds_lightning.alpha.predict_w2, the moment propagation described above)."""
-    settings = SamplerSettings(speed_up=SPEED_UPS[n_steps], snr=SNR, preconditioner="freq",
-                               pds_predictor=pds_predictor)
+    sampler = PC(speed_up=SPEED_UPS[n_steps], corrector=Langevin(snr=SNR),
+                 pds=PDS(filters="freq", predictor=pds_predictor))
     sde = VESDE(SIGMA_MIN, SIGMA_MAX, NUM_SCALES)
-    return predict_w2(exact_statistics(lam), sde, settings, ALPHAS).tolist()
+    return predict_w2(exact_statistics(lam), sde, sampler, ALPHAS).tolist()
 
 
 def complex_fft_ops(x, R, S):

@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -55,8 +55,8 @@ def build(size: int, device: torch.device) -> ScoreModule:
     return module.to(device)
 
 
-def settings(steps: int) -> SamplerSettings:
-    return SamplerSettings(name="pds", preconditioner="both", alpha=5.0, n_steps=steps)
+def sampler(steps: int) -> PC:
+    return PC(name="pds", steps=steps, pds=PDS(filters="both", alpha=5.0))
 
 
 def sync(device: torch.device) -> None:
@@ -82,11 +82,11 @@ class CpuWatch(TorchFunctionMode):
 def check_placement(device: torch.device, steps: int) -> dict:
     module = build(32, device)
     off = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.device.type != device.type]
-    pre = settings(steps).to_sampler().pds.preconditioner(module.data_statistics).to(device)
+    pre = sampler(steps).pds.preconditioner(module.data_statistics).to(device)
     off += [f"preconditioner.{n}" for n, t in pre.named_buffers() if t.device.type != device.type]
     watch = CpuWatch()
     with watch:
-        x = module.sample(settings(steps), torch.arange(4, device=device)).x
+        x = module.sample(sampler(steps), torch.arange(4, device=device)).x
     if x.device.type != device.type:
         off.append("samples")
     return {"ok": not off and not watch.on_cpu, "not_on_device": off, "ops_returning_cpu_tensors": sorted(watch.on_cpu)}
@@ -111,7 +111,7 @@ def check_multi_gpu_predict(steps: int) -> dict:
             cmd = [sys.executable, "-m", "pds_lightning.cli", "predict", "--config", "configs/demo.yaml",
                    "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.accelerator", "gpu",
                    "--trainer.devices", str(n), "--trainer.strategy", "ddp" if n > 1 else "auto",
-                   "--data.seeds", "0-15", "--model.sampler.n_steps", str(steps),
+                   "--data.seeds", "0-15", "--model.sampler.steps", str(steps),
                    "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir",
                    str(out)]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -142,8 +142,8 @@ def sampler_overhead(device: torch.device, steps: int, batch: int) -> dict:
     x = torch.rand(batch, *module.image_shape, device=device)
     labels = torch.full((batch,), 1.0, device=device)
     forward = seconds(lambda: net(x, labels), device)
-    nfe = module.sample(settings(steps), seeds).nfe
-    sample = seconds(lambda: module.sample(settings(steps), seeds), device)
+    nfe = module.sample(sampler(steps), seeds).nfe
+    sample = seconds(lambda: module.sample(sampler(steps), seeds), device)
     return {"batch": batch, "steps": steps, "nfe": nfe, "forward_s": forward, "sample_s": sample,
             "per_step_s": sample / steps, "overhead_pct": 100 * (sample / (nfe * forward) - 1)}
 
@@ -159,7 +159,7 @@ def throughput(device: torch.device, size: int, steps: int, batch: int) -> dict:
     out = {}
     for name, bf16 in (("float32", False), ("bf16", True)):
         with autocast(device, bf16):
-            out[f"{name}_samples_per_s"] = batch / seconds(lambda: module.sample(settings(steps), seeds), device, 1)
+            out[f"{name}_samples_per_s"] = batch / seconds(lambda: module.sample(sampler(steps), seeds), device, 1)
     out["bf16_speedup"] = out["bf16_samples_per_s"] / out["float32_samples_per_s"]
     return out
 
@@ -177,7 +177,7 @@ def peak_memory(device: torch.device, size: int) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             with autocast(device, bf16):
-                module.sample(settings(2), torch.arange(batch, device=device))
+                module.sample(sampler(2), torch.arange(batch, device=device))
             peaks[batch] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         out[f"{name}_peak_mib_batch1"] = peaks[1]
         out[f"{name}_mib_per_sample"] = (peaks[4] - peaks[1]) / 3

@@ -27,7 +27,7 @@ from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.metrics import log_spectral_distance
 from pds_lightning.sampling import generate
 from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from pds_lightning.statistics import ImageStatistics
 
 METHODS = {"vanilla": ("none", "project"), "pds_project": ("both", "project"), "pds_subspace": ("both", "subspace")}
@@ -131,9 +131,8 @@ def main(argv=None) -> None:
     for n in args.steps:
         vanilla_mse = None
         for name, (preconditioner, restrict) in METHODS.items():
-            sampler = SamplerSettings(name=name, n_steps=n, preconditioner=preconditioner, alpha=args.alpha).to_sampler()
-            if sampler.pds is not None:
-                sampler = sampler.replace(pds=sampler.pds.replace(restrict=restrict))
+            pds = None if preconditioner == "none" else PDS(filters=preconditioner, alpha=args.alpha, restrict=restrict)
+            sampler = PC(name=name, steps=n, pds=pds)
             t0 = time.perf_counter()
             result = generate(sampler, model.score_fn(ema=True), model.sde, seeds, None, model.data_statistics,
                               known=task.known)

@@ -15,7 +15,7 @@ import torch
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.score import ScoreModel
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from pds_lightning.sampling import generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -41,11 +41,11 @@ def main() -> None:
     seeds = torch.arange(args.batch, device=args.device)
 
     def run(k: int) -> float:
-        settings = SamplerSettings(name=f"k{k}", n_steps=args.steps, preconditioner="both", check_finite_every=k)
+        sampler = PC(name=f"k{k}", steps=args.steps, pds=PDS(filters="both"), check_finite_every=k)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        generate(settings, score, sde, seeds, (1, args.size, args.size), statistics=stats)
+        generate(sampler, score, sde, seeds, (1, args.size, args.size), statistics=stats)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0

@@ -27,9 +27,10 @@ from pds_lightning.features import DigitFeatures
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_unit_range
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.solvers import Denoiser, noise_levels
+from pds_lightning.sampling import Karras
+from pds_lightning.sampling.solvers import Denoiser
 
-SOLVERS = ("edm_heun", "dpmpp_2m", "euler")
+FIXED_STEP_ROWS = ("edm_heun", "dpmpp_2m", "euler")  # samplers_vs_nfe rows compared with dopri5
 BUDGET = 200  # NFE per sample of each fixed-step solver (the nearest its step rule allows)
 
 
@@ -37,7 +38,7 @@ def adaptive_ode(model, seeds: torch.Tensor, shape, rtol: float, atol: float,
                  budget: int = BUDGET) -> tuple[torch.Tensor, int]:
     """(samples, NFE): dopri5 between the end points of the solvers' `budget`-level grid, then D(x; sigma_min)."""
     _, N, eps = model.sde.discretised(budget)
-    sigmas = noise_levels(model.sde, N, eps)
+    sigmas = Karras().sigmas(model.sde, N, eps)
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-2])
     denoise, calls = Denoiser(model.score_fn(ema=True), model.sde), [0]
 
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
         rows = [{"solver": "dopri5", "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1)}]
         spread = float((reference - reference.mean(0)).abs().mean())  # how much samples differ from each other
         samplers = sampler_rows()
-        for method in SOLVERS:
+        for method in FIXED_STEP_ROWS:
             sampler, _ = for_budget(samplers[method], model.sde, args.budget)
             result = model.sample(sampler, seeds)
             diff = (result.x - reference).abs()

@@ -27,8 +27,8 @@ from pds_lightning.fileio import write_atomic
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.score import ScoreModel
 from pds_lightning.preconditioner import Preconditioner
+from pds_lightning.sampling import PC
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.samplers import pc_sampler
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -69,8 +69,7 @@ def time_steps(score: ScoreModel, shape, batch: int, steps: int, repeats: int) -
 
     def run(p) -> float:
         start = time.perf_counter()
-        pc_sampler(score, score.sde, (batch,) + shape, noise=SeededNoise(seeds, "cpu"), preconditioner=p,
-                   n_steps=steps)
+        PC(steps=steps)(score, score.sde, (batch,) + shape, noise=SeededNoise(seeds, "cpu"), preconditioner=p)
         return (time.perf_counter() - start) / steps
 
     run(None)

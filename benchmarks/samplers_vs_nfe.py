@@ -9,12 +9,12 @@ then `--merge /tmp/a/samplers_vs_nfe.json /tmp/b/samplers_vs_nfe.json` joins the
 benchmarks/recipes_vs_nfe.py sets the two recipes side by side (issue 25's goal).
 
 Rows (sampler components; the step count per NFE budget is the one whose exact `.nfe(sde)` is closest, and
-printed; the older rows are translated from the flat SamplerSettings they were first measured with, so their
-figures reproduce): vanilla PC, PDS PC (alpha 5; alpha auto by the surrogate; by pilot samples), the SDE-grid
-Heun ODE (method 'ode', 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
+printed; the older rows are the components the flat settings they were first measured with translate to, so
+their figures reproduce): vanilla PC, PDS PC (alpha 5; alpha chosen by the Surrogate; by the Pilot), the SDE-grid
+Heun ODE (ProbabilityFlowODE, 2N + 1 NFE with its noise-free last step), EDM Heun with the Karras schedule (2N - 1),
 EDM stochastic (S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003: EDM's ImageNet-64 values; 2N - 1),
 DPM-Solver++(2M) (N), Euler/DDIM (N), EDM Heun + the PDS Langevin corrector (alpha 5, 3N - 2), PDS PC with
-the consistent predictor (`pds_predictor: consistent`), DPM-Solver++(2M) SDE (eta 1; N) and Restart (EDM Heun
+the consistent predictor (`PDS(predictor='consistent')`), DPM-Solver++(2M) SDE (eta 1; N) and Restart (EDM Heun
 with restarts, 2N - 1 + 2 K (n - 1) per interval) on the interval [[0.03, 0.15]] in sigma with K = 2 repeats
 of n = 3 inner levels: the data here are in [0, 1], so the paper's CIFAR-10 interval [0.06, 0.30] for [-1, 1]
 data is halved. Restart's fewest NFE are 11 (2 levels), which it gets at a budget of 10. PC samplers: 2 NFE
@@ -38,7 +38,6 @@ sample count are skipped).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -49,13 +48,10 @@ import torch
 from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, load_model, markdown_table, pyplot,
                                save_figure, training_images)
 
-from pds_lightning.alpha import resolve_alpha
+from pds_lightning.alpha import Pilot, Surrogate, resolve_alpha
 from pds_lightning.fileio import write_atomic
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import (PC, DPMSolverPP2MSDE, ProbabilityFlowODE, RecordedNoise, Restart, Sampler,
-                                    generate)
-from pds_lightning.sampling.samplers import ode_sampler
-from pds_lightning.sampling.sigma import SigmaSampler
+from pds_lightning.sampling import (PC, PDS, DPMSolverPP2M, DPMSolverPP2MSDE, EDMHeun, EDMStochastic, Euler, Langevin,
+                                    ProbabilityFlowODE, RecordedNoise, Restart, Sampler, generate)
 
 NFE = (10, 20, 40, 80, 132, 200)
 EDM_CHURN = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
@@ -65,34 +61,27 @@ GAUSSIAN_SIZE = 64
 # ---- rows ------------------------------------------------------------------------------------------
 #: Restart's interval in sigma for data in [0, 1] (the paper's [0.06, 0.30] for [-1, 1] data, halved).
 RESTART = dict(intervals=[[0.03, 0.15]], repeats=2, inner_steps=3)
-#: The step-count field of each component kind.
-STEP_FIELD = {PC: "pc_steps", ProbabilityFlowODE: "steps", SigmaSampler: "levels"}
 
 
 def rows() -> dict[str, Sampler]:
     """name -> sampler component without a step count (the model's default one)."""
-    base = SamplerSettings(snr=0.16)
-    pc = lambda **kw: dataclasses.replace(base, method="pc", **kw)
-    solver = lambda method, **kw: dataclasses.replace(base, method=method,
-                                                      **{"preconditioner": "none", "alpha": 5.0, **kw})
-    flat = {"vanilla": pc(preconditioner="none"), "pds_a5": pc(preconditioner="both", alpha=5.0),
-            "pds_auto": pc(preconditioner="both", alpha="auto", auto_method="surrogate"),
-            "pds_pilot": pc(preconditioner="both", alpha="auto", auto_method="pilot"),
-            "pds_consistent": pc(preconditioner="both", alpha=5.0, pds_predictor="consistent"),
-            "heun_sde_grid": solver("ode"), "edm_heun": solver("edm_heun"),
-            "edm_stochastic": solver("edm_stochastic", **EDM_CHURN), "dpmpp_2m": solver("dpmpp_2m"),
-            "euler": solver("euler"),
-            "edm_heun_pds_corrector": solver("edm_heun", ode_corrector="langevin", preconditioner="both")}
-    out = {name: dataclasses.replace(s, name=name).to_sampler() for name, s in flat.items()}
-    out["dpmpp_2m_sde"] = DPMSolverPP2MSDE(eta=1.0, name="dpmpp_2m_sde")
-    out["restart"] = Restart(**RESTART, name="restart")
-    return out
+    both = lambda alpha, **kw: PDS(filters="both", alpha=alpha, **kw)
+    make = {"vanilla": lambda name: PC(name=name), "pds_a5": lambda name: PC(pds=both(5.0), name=name),
+            "pds_auto": lambda name: PC(pds=both(Surrogate()), name=name),
+            "pds_pilot": lambda name: PC(pds=both(Pilot()), name=name),
+            "pds_consistent": lambda name: PC(pds=both(5.0, predictor="consistent"), name=name),
+            "heun_sde_grid": lambda name: ProbabilityFlowODE(name=name), "edm_heun": lambda name: EDMHeun(name=name),
+            "edm_stochastic": lambda name: EDMStochastic(**EDM_CHURN, name=name),
+            "dpmpp_2m": lambda name: DPMSolverPP2M(name=name), "euler": lambda name: Euler(name=name),
+            "edm_heun_pds_corrector": lambda name: EDMHeun(corrector=Langevin(snr=0.16), pds=both(5.0), name=name),
+            "dpmpp_2m_sde": lambda name: DPMSolverPP2MSDE(eta=1.0, name=name),
+            "restart": lambda name: Restart(**RESTART, name=name)}
+    return {name: build(name) for name, build in make.items()}
 
 
 def with_steps(sampler: Sampler, n: int) -> Sampler:
     """`sampler` with n steps (PC, ODE) or noise levels (sigma-space samplers)."""
-    field = next(f for kind, f in STEP_FIELD.items() if isinstance(sampler, kind))
-    return sampler.replace(**{field: n})
+    return sampler.replace(steps=n)
 
 
 def steps_for_budget(nfe_of, budget: int) -> int:
@@ -151,12 +140,7 @@ class GaussianTarget:
 
 def float64_run(sampler: Sampler, score_fn, sde, shape, noise):
     """An ODE or corrector-free sigma-space sampler run in float64 (the impulse responses need the precision)."""
-    if isinstance(sampler, ProbabilityFlowODE):
-        return ode_sampler(score_fn, sde, shape, noise=noise, n_steps=sampler.steps, speed_up=sampler.speed_up,
-                           eps=sampler.eps, denoise=sampler.denoise, dtype=torch.float64)
-    return sampler.engine()(score_fn, sde, shape, noise=noise, n_steps=sampler.levels, speed_up=sampler.speed_up,
-                            eps=sampler.eps, dtype=torch.float64, **sampler.schedule.engine_kwargs(),
-                            **sampler.extra_kwargs())
+    return sampler(score_fn, sde, shape, noise=noise, dtype=torch.float64)
 
 
 def exact_w2(target: GaussianTarget, name: str, sampler: Sampler) -> tuple[float | None, str]:
@@ -165,12 +149,12 @@ def exact_w2(target: GaussianTarget, name: str, sampler: Sampler) -> tuple[float
 
     if isinstance(sampler, PC) and name != "pds_consistent":  # the recursion knows the official predictor only
         candidate = None if sampler.pds is None else sampler.pds.alpha
-        pds = SamplerSettings(n_steps=sampler.pc_steps, preconditioner="both", alpha=5.0)
+        pds = PC(steps=sampler.steps, pds=PDS(filters="both", alpha=5.0))
         return float(predict_w2(target.statistics, target.sde, pds, [candidate])[0]), "moments"
     if name in ("heun_sde_grid", "edm_heun", "dpmpp_2m", "euler"):
         return target.impulse_w2(sampler, 1), "impulse"
     if name == "edm_stochastic":
-        return target.impulse_w2(sampler, 1 + sampler.levels_for(target.sde)), "impulse"
+        return target.impulse_w2(sampler, 1 + sampler.steps_on(target.sde)[0]), "impulse"
     return None, "mc only"
 
 

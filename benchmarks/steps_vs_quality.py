@@ -56,7 +56,7 @@ def samplers() -> tuple[dict[str, Sampler], list[str]]:
     """The compared samplers (name -> PC component without a step count) and notes on them."""
     table = rows()
     out = {name: table[name] for name in SAMPLERS}
-    notes = ["`pds_auto`: alpha: auto chosen by the Gaussian surrogate (no network calls); `pds_pilot`: chosen "
+    notes = ["`pds_auto`: alpha chosen by the Surrogate (Gaussian surrogate, no network calls); `pds_pilot`: chosen "
              f"by {out['pds_pilot'].pds.alpha.samples} pilot samples per candidate (seeds from 2^40, not the "
              "scored ones), whose cost is included in its wall time"]
     return out, notes

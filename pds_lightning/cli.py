@@ -21,6 +21,7 @@ from pds_lightning.checkpoints import as_lightning_checkpoint, save_checkpoint
 from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
+from pds_lightning.legacy import flat_config_error, is_flat, old_step_name, old_step_name_error
 from pds_lightning.models.checkpoint import check_finite_weights
 from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (kept as cli's name)
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
@@ -328,6 +329,44 @@ def check_config_files(argv: list[str]) -> None:
             check_value(value, value_name(value))
 
 
+def check_flat_samplers(argv: list[str]) -> None:
+    """Refuse a config whose sampler (`model.sampler`, SamplingCallback `samplers`) is the flat dict of older
+    versions (predictor: euler_maruyama, n_steps: 12, ...) with one line giving its component form
+    (legacy.flat_config_error), and the previous round's step name (`pc_steps` / `levels`, in a config or a flag)
+    with one line naming `steps`; jsonargparse would answer with a multi-line error about union types instead.
+    Checkpoints keep loading both (legacy.py)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--") and old_step_name(flag):
+            raise ValueError(old_step_name_error(old_step_name(flag), flag))
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if flag not in ("--config", "-c") or value is None or not os.path.isfile(value):
+            continue
+        for where, sampler in config_samplers(load_file(value)):
+            if is_flat(sampler):
+                raise ValueError(flat_config_error(sampler, f"{where} in {value}"))
+            if old_step_name(sampler):
+                raise ValueError(old_step_name_error(old_step_name(sampler), f"{where} in {value}"))
+
+
+def config_samplers(config) -> list[tuple[str, object]]:
+    """(where, value) of each sampler a config holds: `model.sampler` and the `samplers` of trainer callbacks,
+    at the top or under a subcommand's key."""
+    sections = [config] + [v for v in config.values() if isinstance(v, dict)] if isinstance(config, dict) else []
+    found = []
+    for section in sections:
+        model, trainer = section.get("model"), section.get("trainer")
+        if isinstance(model, dict) and model.get("sampler") is not None:
+            found.append(("model.sampler", model["sampler"]))
+        callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
+        for i, callback in enumerate(callbacks if isinstance(callbacks, list) else []):
+            args = callback.get("init_args") if isinstance(callback, dict) else None
+            samplers = args.get("samplers") if isinstance(args, dict) else None
+            found += [(f"trainer.callbacks[{i}].init_args.samplers[{j}]", s)
+                      for j, s in enumerate(samplers if isinstance(samplers, list) else [])]
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors the user can fix end the process with one line on stderr and exit status 1."""
     try:
@@ -371,6 +410,7 @@ def _main(argv: list[str] | None = None) -> None:
         print(f"pds-lightning extra commands:\n{extra}\n")
     argv = with_shipped_configs(argv)
     check_config_files(argv)
+    check_flat_samplers(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
         sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)

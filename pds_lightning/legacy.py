@@ -1,19 +1,24 @@
-"""The flat sampler settings of older checkpoints and configs (one dict, 27 fields for six methods), translated
-into sampler components in ONE place: `sampler_from_flat`. A field the chosen method does not use is refused
-unless it still has its default, so an old checkpoint loads and samples the same bytes while a setting that
-never did anything is an error, not a silent no-op.
+"""The sampler formats of older checkpoints and configs, translated into sampler components in ONE place.
+
+- The flat settings (one dict, 27 fields for six methods): `sampler_from_flat`. A field the chosen method does
+  not use is refused unless it still has its default, so an old checkpoint loads and samples the same bytes
+  while a setting that never did anything is an error, not a silent no-op. Only `sampler_from_hparam` (what a
+  checkpoint's `sampler` hyper-parameter goes through) and `flat_config_error` (an old YAML config) read it.
+- The components of the previous round, whose step count was `pc_steps` (PC) or `levels` (sigma-space
+  samplers): now `steps` (`renamed_steps`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields, replace
+import inspect
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable
 
 from pds_lightning.alpha.choosers import Pilot, Surrogate
-from pds_lightning.classpath import allow_list, check_class_paths, import_class
-from pds_lightning.sampling import (ALD, Component, EDMHeun, EDMStochastic, PC, PDS, AncestralSampling, DPMSolverPP2M, Euler,
-                                    EulerMaruyama, Karras, Langevin, ProbabilityFlowODE, ReverseDiffusion, Sampler,
-                                    SDEGrid)
+from pds_lightning.sampling import (ALD, Component, EDMHeun, EDMStochastic, PC, PDS, AncestralSampling, DPMSolverPP2M,
+                                    DPMSolverPP2MSDE, Euler, EulerMaruyama, Karras, Langevin, ProbabilityFlowODE,
+                                    Restart, ReverseDiffusion, Sampler, SDEGrid)
 
 #: Values of `SamplerSettings.preconditioner`: which PDS filters to build ('none' is vanilla).
 PRECONDITIONER_CHOICES = ("none", "freq", "space", "both")
@@ -21,7 +26,9 @@ METHODS = ("pc", "ode", "edm_heun", "edm_stochastic", "dpmpp_2m", "euler")
 PREDICTORS = {"reverse_diffusion": ReverseDiffusion, "euler_maruyama": EulerMaruyama,
               "ancestral_sampling": AncestralSampling, "none": None}
 CORRECTORS = ("langevin", "ald", "none")
-SOLVERS = {"edm_heun": EDMHeun, "edm_stochastic": EDMStochastic, "dpmpp_2m": DPMSolverPP2M, "euler": Euler}
+SIGMA_METHODS = {"edm_heun": EDMHeun, "edm_stochastic": EDMStochastic, "dpmpp_2m": DPMSolverPP2M, "euler": Euler}
+#: The sampler components whose fields a partial config override may name.
+COMPONENT_SAMPLERS = (PC, ProbabilityFlowODE, DPMSolverPP2MSDE, Restart, *SIGMA_METHODS.values())
 
 
 @dataclass
@@ -95,7 +102,7 @@ USED = {
     "pc": {"predictor", "corrector", "snr", "n_corrector_steps", "step_size", "denoise", "pds_predictor"},
     "ode": {"denoise"},
     **{m: {"schedule", "rho", "sigma_min", "sigma_max", "ode_corrector", "snr", "n_corrector_steps", "step_size"}
-       for m in SOLVERS},
+       for m in SIGMA_METHODS},
 }
 USED["edm_stochastic"] = USED["edm_stochastic"] | {"S_churn", "S_tmin", "S_tmax", "S_noise"}
 COMMON = {"name", "method", "n_steps", "speed_up", "eps", "guidance_scale", "check_finite_every", "preconditioner",
@@ -125,7 +132,7 @@ def sampler_from_flat(flat: dict) -> Sampler:
             used -= {"snr", "step_size"} if s["corrector"] != "none" else {"snr", "step_size", "n_corrector_steps"}
         elif s["corrector"] == "ald":
             used -= {"step_size"}
-    elif method in SOLVERS:
+    elif method in SIGMA_METHODS:
         if s["ode_corrector"] not in ("none", "langevin"):
             raise ValueError(f"flat sampler settings: unknown ode_corrector {s['ode_corrector']!r}; choose 'none' or 'langevin'")
         if s["ode_corrector"] == "none":
@@ -153,7 +160,7 @@ def sampler_from_flat(flat: dict) -> Sampler:
         if s["corrector"] != "none" and s["n_corrector_steps"] != 0:
             corrector = (Langevin(s["snr"], s["n_corrector_steps"], s["step_size"]) if s["corrector"] == "langevin"
                          else ALD(s["snr"], s["n_corrector_steps"]))
-        return PC(pc_steps=s["n_steps"], **budget, predictor=None if predictor is None else predictor(),
+        return PC(steps=s["n_steps"], **budget, predictor=None if predictor is None else predictor(),
                   corrector=corrector, pds=pds, denoise=s["denoise"], **common)
     if method == "ode":
         if pds is not None:
@@ -165,7 +172,7 @@ def sampler_from_flat(flat: dict) -> Sampler:
     if s["ode_corrector"] == "langevin" and s["n_corrector_steps"] != 0:
         corrector = Langevin(s["snr"], s["n_corrector_steps"], s["step_size"])
     extra = {k: s[k] for k in ("S_churn", "S_tmin", "S_tmax", "S_noise")} if method == "edm_stochastic" else {}
-    return SOLVERS[method](levels=s["n_steps"], **budget, schedule=schedule, corrector=corrector, pds=pds,
+    return SIGMA_METHODS[method](steps=s["n_steps"], **budget, schedule=schedule, corrector=corrector, pds=pds,
                            **extra, **common)
 
 
@@ -175,9 +182,13 @@ def _why(key: str, s: dict) -> str:
         return ": it needs a preconditioner ('freq', 'space' or 'both')"
     if key in ("S_churn", "S_tmin", "S_tmax", "S_noise"):
         return ": it belongs to method 'edm_stochastic'"
+    if key in ("rho", "sigma_min", "sigma_max") and s["method"] in SIGMA_METHODS:
+        return ": it sets the 'karras' schedule"
+    if key in ("snr", "n_corrector_steps", "step_size") and s["method"] in SIGMA_METHODS:
+        return ": it sets the corrector of ode_corrector 'langevin'"
     if key in ("schedule", "rho", "sigma_min", "sigma_max", "ode_corrector"):
-        return f": it belongs to the sigma-space methods {sorted(SOLVERS)}"
-    if key in ("predictor", "corrector") or (key == "denoise" and s["method"] in SOLVERS):
+        return f": it belongs to the sigma-space methods {sorted(SIGMA_METHODS)}"
+    if key in ("predictor", "corrector") or (key == "denoise" and s["method"] in SIGMA_METHODS):
         return ": it belongs to method 'pc'" + (" (and denoise to 'ode')" if key == "denoise" else "")
     return ""
 
@@ -203,42 +214,74 @@ def _pds(s: dict) -> PDS | None:
     return PDS(filters=s["preconditioner"], alpha=alpha, predictor=s["pds_predictor"])
 
 
-def with_alpha(settings: SamplerSettings, alpha: float | None) -> SamplerSettings:
-    """Flat `settings` at a fixed alpha; None means vanilla (preconditioner 'none')."""
-    fixed = dict(auto_method=DEFAULTS["auto_method"], pilot_samples=DEFAULTS["pilot_samples"])
-    if alpha is None:
-        return replace(settings, preconditioner="none", alpha=5.0, pds_predictor="official", **fixed)
-    return replace(settings, alpha=float(alpha), **fixed)
-
-
-def sampler_from_hparam(value) -> Sampler:
-    """The sampler a hyper-parameter holds: a component, {'class_path', 'init_args'} (nested components too;
-    only allow-listed sampler components are imported: a checkpoint is untrusted), or an old checkpoint's flat dict."""
-    if isinstance(value, Sampler):
-        return value
-    if hasattr(value, "to_sampler"):
-        return value.to_sampler()
-    if isinstance(value, dict) and "class_path" in value:
-        return build_component(value, "model.sampler", Sampler)
-    if isinstance(value, dict):
+def sampler_from_hparam(value: Any, allowed: Iterable[str] = ()) -> Sampler:
+    """The sampler a checkpoint's `sampler` hyper-parameter holds: a component, its {'class_path', 'init_args'}
+    (built by `Sampler.from_config`: every nested class path checked against the allow-list with `allowed` before
+    it is imported, a checkpoint being untrusted; a previous-round `pc_steps` / `levels` read as `steps`), or an
+    old checkpoint's flat dict (`sampler_from_flat`). The one reader of the flat form besides old configs."""
+    if isinstance(value, dict) and "class_path" not in value:
         return sampler_from_flat(value)
-    raise ValueError(f"model.sampler wants a sampler component or {{'class_path', 'init_args'}}, got {value!r}")
+    return Sampler.from_config(renamed_steps(value), allowed, "model.sampler")
 
 
-def build_component(spec: dict, what: str, base: type = Component, allowed: tuple[str, ...] | None = None):
-    """{'class_path', 'init_args'} -> the component, nested specs built first; non-components refused.
+#: The step count's names in the previous round's components (now `steps` everywhere).
+OLD_STEP_NAMES = ("pc_steps", "levels")
 
-    A spec may come from a checkpoint: every class path in it (any depth) is checked against `allowed`
-    (default `classpath.allow_list()`) before the first import, as for net and sde."""
-    allowed = allow_list() if allowed is None else allowed
-    check_class_paths(spec, what, allowed)
-    cls = import_class(spec["class_path"], what, base, allowed)
-    init_args = spec.get("init_args") or {}
-    if not isinstance(init_args, dict):
-        raise ValueError(f"{what} init_args must be a mapping, got {type(init_args).__name__}")
-    args = {k: build_component(v, f"{what}.{k}", allowed=allowed) if isinstance(v, dict) and "class_path" in v else v
-            for k, v in init_args.items()}
+
+def renamed_steps(spec: Any) -> Any:
+    """A project sampler spec with its previous-round step count (`pc_steps` / `levels`) named `steps`."""
+    if not (isinstance(spec, dict) and isinstance(spec.get("class_path"), str)
+            and spec["class_path"].startswith("pds_lightning.sampling") and isinstance(spec.get("init_args"), dict)):
+        return spec
+    args = dict(spec["init_args"])
+    for old in OLD_STEP_NAMES:
+        if old in args and "steps" not in args:
+            args["steps"] = args.pop(old)
+    return {**spec, "init_args": args}
+
+
+def old_step_name(spec: Any) -> str | None:
+    """The previous round's step-count key (`pc_steps` / `levels`) a config's sampler spec or flag still uses."""
+    if isinstance(spec, str):  # a command-line flag such as --model.sampler.pc_steps
+        last = spec.rpartition(".")[2]
+        return last if last in OLD_STEP_NAMES and ".sampler." in spec else None
+    args = spec.get("init_args", spec) if isinstance(spec, dict) else None
+    return next((k for k in OLD_STEP_NAMES if isinstance(args, dict) and k in args), None)
+
+
+def old_step_name_error(old: str, where: str) -> str:
+    return f"{where} names the step count {old!r}, which is now 'steps' for every sampler; rename it to steps"
+
+
+def short_config(component: Component) -> dict:
+    """{'class_path', 'init_args'} with only the fields that differ from the class defaults (nested too)."""
+    defaults = {k: p.default for k, p in inspect.signature(type(component).__init__).parameters.items()}
+    args = {k: short_config(v) if isinstance(v, Component) else v for k, v in component.fields().items()
+            if not (k == "name" and v == type(component).__name__.lower()) and not _is_default(v, defaults.get(k))}
+    config = {"class_path": component.config()["class_path"]}
+    return {**config, "init_args": args} if args else config
+
+
+def _is_default(value, default) -> bool:
+    return value == default and type(value) is type(default) or (value is None and default is None)
+
+
+def is_flat(value: Any) -> bool:
+    """A config's `model.sampler` in the flat form: keys of the flat settings that no sampler component takes,
+    or a predictor / corrector / schedule named by a string (a dict holding only component fields is a partial
+    override of the class given before it, which jsonargparse merges)."""
+    if not isinstance(value, dict) or "class_path" in value or "init_args" in value:
+        return False
+    fields = set().union(*(inspect.signature(cls.__init__).parameters for cls in COMPONENT_SAMPLERS))
+    named = any(isinstance(value.get(k), str) for k in ("predictor", "corrector", "schedule"))
+    return named or bool(set(value) & (set(DEFAULTS) - fields))
+
+
+def flat_config_error(flat: dict, where: str) -> str:
+    """The one-line error for an old config's flat sampler dict at `where`, with its component form."""
     try:
-        return cls(**args)
-    except TypeError as err:
-        raise ValueError(f"{what}: {err}") from err
+        component = json.dumps(short_config(sampler_from_flat(flat)))
+    except ValueError as err:
+        return f"{where} is a flat sampler dict of older versions, which configs no longer take, and it is invalid: {err}"
+    return (f"{where} is a flat sampler dict of older versions, which configs no longer take; write it as the "
+            f"component {component}")

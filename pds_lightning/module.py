@@ -203,7 +203,7 @@ class ScoreModule(L.LightningModule):
         for key, settings_type in SETTINGS_HPARAMS.items():
             if isinstance(self.hparams.get(key), settings_type):
                 self.hparams[key] = dataclasses.asdict(self.hparams[key])
-        self.sampler = PC() if sampler is None else sampler_from_hparam(sampler)
+        self.sampler = PC() if sampler is None else Sampler.from_config(sampler, what="model.sampler")
         self.hparams["sampler"] = self.sampler.config()
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False)
@@ -212,7 +212,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
-        self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
+        self._alpha_choices: dict = {}  # resolved_sampler cache: (sampler, step) -> choice
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
@@ -239,7 +239,8 @@ class ScoreModule(L.LightningModule):
         """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
         {'class_path', 'init_args'} (a checkpoint is untrusted: only classes of pds_lightning, torch.nn and
         `allowed` are imported, and only subclasses of nn.Module / SDE built; see classpath) or as instances;
-        `sampler` as a component, its {'class_path', 'init_args'}, or an old flat dict."""
+        `sampler` as a component, its {'class_path', 'init_args'} (class paths checked as net's), or an old flat
+        dict (legacy.sampler_from_hparam)."""
         specs = {}
         for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
             if value is None:
@@ -262,7 +263,9 @@ class ScoreModule(L.LightningModule):
                         hparams[key] = settings_type(**hparams[key])
                     except TypeError as err:
                         raise ValueError(f"model.{key}: {err}") from err
-            model = cls(net=net, sde=sde, **hparams)  # the sampler spec is built in here (legacy.build_component)
+            if hparams.get("sampler") is not None:
+                hparams["sampler"] = sampler_from_hparam(hparams["sampler"], allowed)
+            model = cls(net=net, sde=sde, **hparams)
         model.set_class_specs(specs.get("net"), specs.get("sde"))
         return model
 
@@ -278,7 +281,7 @@ class ScoreModule(L.LightningModule):
         of pds_lightning or torch.nn, or a name in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or
         module prefixes you trust), and refused before it runs unless it is a subclass of nn.Module / SDE / Loss /
         Sampler. The file's `compile` is refused unless plain (`check_compile`). `kwargs` override the saved
-        hyper-parameters (e.g. sampler=PC(pc_steps=10)), or supply net / sde when none is recorded.
+        hyper-parameters (e.g. sampler=PC(steps=10)), or supply net / sde when none is recorded.
         """
         if hparams_file is not None:
             raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
@@ -477,12 +480,12 @@ class ScoreModule(L.LightningModule):
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, settings: Sampler, seeds: torch.Tensor, classes: torch.Tensor | None = None):
+    def sample(self, sampler: Sampler, seeds: torch.Tensor, classes: torch.Tensor | None = None):
         """Sample one image per seed with the EMA weights; returns a SampleResult with x in [0, 1].
-        `classes` (one per seed) samples a class-conditional model guided by settings.guidance_scale."""
+        `classes` (one per seed) samples a class-conditional model guided by sampler.guidance_scale."""
         self.ema_net.eval()
-        settings, choice = self.resolved_settings(settings)
-        result = generate(settings, self.score_fn(ema=True), self.sde, seeds.to(self.device),
+        sampler, choice = self.resolved_sampler(sampler)
+        result = generate(sampler, self.score_fn(ema=True), self.sde, seeds.to(self.device),
                           self.image_shape, statistics=self.data_statistics,
                           classes=None if classes is None else torch.as_tensor(classes).to(self.device))
         result.x = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
@@ -499,14 +502,15 @@ class ScoreModule(L.LightningModule):
         follow predict's rules and messages (`data.seeds.seed_values`: integers in [0, MAX_SEED], at most
         MAX_SEEDS a call); non-finite weights are refused before sampling.
 
-        `sampler` defaults to the module's predict settings; `batch_size` bounds memory. A seed's noise does
+        `sampler` (a component or its {'class_path', 'init_args'}) defaults to the module's predict sampler;
+        `batch_size` bounds memory. A seed's noise does
         not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
         float rounding when the batches differ). `classes`: one class per seed (class-conditional models).
         """
         seeds = torch.tensor(seed_values(seeds), dtype=torch.long)  # the CLI's seed rules (data.seeds)
         # Weights that turned NaN after loading (e.g. training in this process) would give NaN images.
         check_finite_weights({k: v for k, v in self.state_dict().items() if not k.startswith("net.")}, "ScoreModule")
-        settings = self.sampler if sampler is None else sampler_from_hparam(sampler)
+        sampler = self.sampler if sampler is None else Sampler.from_config(sampler, what="sampler")
         step = seeds.numel() if batch_size is None else int(batch_size)
         if step < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -514,33 +518,33 @@ class ScoreModule(L.LightningModule):
             classes = torch.as_tensor(classes if torch.is_tensor(classes) else list(classes), dtype=torch.long)
             if classes.shape != seeds.shape:
                 raise ValueError(f"{classes.numel()} classes for {seeds.numel()} seeds; give one class per seed")
-        chunks = [self.sample(settings, seeds[i:i + step].long(), None if classes is None else classes[i:i + step]
+        chunks = [self.sample(sampler, seeds[i:i + step].long(), None if classes is None else classes[i:i + step]
                               ).x.float().cpu() for i in range(0, len(seeds), step)]
         return torch.cat(chunks)
 
     @torch.no_grad()
-    def resolved_settings(self, settings: Sampler) -> tuple[Sampler, dict | None]:
-        """`settings` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per settings and
+    def resolved_sampler(self, sampler: Sampler) -> tuple[Sampler, dict | None]:
+        """`sampler` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per sampler and
         training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
-        (rank 0's choice), and logged; other settings come back unchanged with None."""
-        settings = sampler_from_hparam(settings)
-        if settings.pds is None or not settings.pds.chooses_alpha:
-            return settings, None
-        key = (repr(settings), int(self.global_step))
+        (rank 0's choice), and logged; other samplers come back unchanged with None."""
+        sampler = Sampler.from_config(sampler, what="sampler")
+        if sampler.pds is None or not sampler.pds.chooses_alpha:
+            return sampler, None
+        key = (repr(sampler), int(self.global_step))
         if key not in self._alpha_choices:
-            _, choice = resolve_alpha(settings, self.sde, self.data_statistics, centered=self.centered,
+            _, choice = resolve_alpha(sampler, self.sde, self.data_statistics, centered=self.centered,
                                       score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
             if self._trainer is not None and self.trainer.world_size > 1:
                 choice = self.trainer.strategy.broadcast(choice, src=0)
             # Earlier steps' choices are stale: the weights have changed since.
             self._alpha_choices = {k: v for k, v in self._alpha_choices.items() if k[1] == key[1]}
             self._alpha_choices[key] = choice
-            self._log_alpha_choice(settings.name, choice)
+            self._log_alpha_choice(sampler.name, choice)
         choice = self._alpha_choices[key]
-        return settings.with_alpha(choice["alpha"]), choice
+        return sampler.with_alpha(choice["alpha"]), choice
 
     def _log_alpha_choice(self, name: str, choice: dict) -> None:
-        """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its criterion value."""
+        """TensorBoard scalars of an alpha chooser's choice: alpha (0 = vanilla) and its criterion value."""
         experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
         if not hasattr(experiment, "add_scalar") or self.global_rank != 0:
             return
@@ -570,14 +574,14 @@ class ScoreModule(L.LightningModule):
     def complete(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, known part kept."""
         self.ema_net.eval()
-        settings, choice = self.resolved_settings(self.sampler)
+        sampler, choice = self.resolved_sampler(self.sampler)
         kind, image = batch["kind"], batch["image"]
         if tuple(image.shape[1:]) != self.image_shape:
             raise ValueError(f"task images are {tuple(image.shape[1:])} but the model takes {self.image_shape}; "
                              "set data.image_size / data.num_channels to the model's")
         shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
         known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
-        result = generate(settings, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
+        result = generate(sampler, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
                           statistics=self.data_statistics)
         filled = to_unit_range(result.x, self.centered)
         filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)

@@ -1,7 +1,7 @@
 """Samples during training: `SamplingCallback`.
 
 At the end of validation it samples a fixed set of seeds (EMA weights, every rank its share) with each
-sampler setting, logs one image grid per setting and the sample metrics.
+sampler, logs one image grid per sampler and the sample metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from torch import nn
 from pds_lightning.images import to_unit_range
 from pds_lightning.metrics import (FIDStatistics, FeatureMetrics, fid_sample_warning, make_feature_extractor,
                                    metric_name, spectral_error)
-from pds_lightning.legacy import sampler_from_hparam
 from pds_lightning.sampling import Sampler
 
 
@@ -33,7 +32,7 @@ class SamplingCallback(Callback):
     `val/spectral_error/<name>`, `val/fid@<n>/<name>`, `val/kid@<n>/<name>` (n: the sample count; a warning
     below 10k), `val/nfe/<name>`, `val/sample_time_s/<name>` and images `samples/<name>` (+ `samples/side_by_side`).
     A class-conditional model (`num_classes`) samples one class per grid row: seed offset + k gets class
-    (k // grid_nrow) % num_classes, guided by each setting's guidance_scale (num_samples = grid_nrow x classes
+    (k // grid_nrow) % num_classes, guided by each sampler's guidance_scale (num_samples = grid_nrow x classes
     shows every class once).
     """
 
@@ -43,14 +42,16 @@ class SamplingCallback(Callback):
                  fid_reference_stats: str | None = None, fid: bool = False):
         if not samplers:
             raise ValueError("SamplingCallback needs at least one sampler")
-        samplers = [sampler_from_hparam(s) for s in samplers]
+        samplers = [Sampler.from_config(s, what="SamplingCallback.samplers") for s in samplers]
+        for sampler in samplers:
+            sampler.check_task(None)  # validation samples fill in no task
         names = [s.name for s in samplers]
         if len(set(names)) != len(names):
-            raise ValueError(f"sampler setting names must be unique (they name the logged metrics), got {names}")
+            raise ValueError(f"sampler names must be unique (they name the logged metrics), got {names}")
         if num_samples < 1 or seed_offset < 0 or every_n_epochs < 1 or grid_nrow < 1:
             raise ValueError("num_samples, every_n_epochs and grid_nrow must be >= 1 and seed_offset >= 0, got "
                              f"{num_samples}, {every_n_epochs}, {grid_nrow}, {seed_offset}")
-        self.settings = samplers
+        self.samplers = samplers
         self.num_samples = num_samples
         self.seed_offset = seed_offset
         self.every_n_epochs = every_n_epochs
@@ -81,30 +82,30 @@ class SamplingCallback(Callback):
         if self.features is not None:
             self._prepare_reference(trainer, pl_module)
         grids = []
-        for setting in self.settings:
-            images, nfe, seconds = self._sample(pl_module, setting, mine)
+        for sampler in self.samplers:
+            images, nfe, seconds = self._sample(pl_module, sampler, mine)
             nfe = int(trainer.strategy.reduce(torch.tensor(float(nfe), device=device), reduce_op="max"))
             seconds = float(trainer.strategy.reduce(torch.tensor(seconds, device=device), reduce_op="max"))
             everyone = self._gather(pl_module, images, mine, per_rank, world)
-            values = {f"val/nfe/{setting.name}": float(nfe), f"val/sample_time_s/{setting.name}": seconds}
+            values = {f"val/nfe/{sampler.name}": float(nfe), f"val/sample_time_s/{sampler.name}": seconds}
             if stats is not None:
-                values[f"val/spectral_error/{setting.name}"] = spectral_error(everyone, stats.power_mean)
+                values[f"val/spectral_error/{sampler.name}"] = spectral_error(everyone, stats.power_mean)
             if self._feature_metrics is not None:
                 fm = self._feature_metrics
                 fm.update(images, real=False)
                 scores = fm.compute()
                 fm.reset()
                 for kind, v in scores.items():
-                    values[metric_name(kind, self.num_samples, setting.name)] = v
+                    values[metric_name(kind, self.num_samples, sampler.name)] = v
             for key, v in values.items():
                 # Identical on every rank already; the mean over ranks keeps it and lets every rank see it.
                 pl_module.log(key, v, on_epoch=True, sync_dist=True)
-            grids.append((setting.name, self._grid(everyone)))
+            grids.append((sampler.name, self._grid(everyone)))
         if trainer.is_global_zero:
             self._log_images(trainer, grids)
 
     # -- pieces -----------------------------------------------------------------------------------------------
-    def _sample(self, pl_module, setting, seeds: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+    def _sample(self, pl_module, sampler, seeds: torch.Tensor) -> tuple[torch.Tensor, int, float]:
         """This rank's images `[n, C, H, W]` in [0, 1], the NFE and the seconds taken."""
         if seeds.numel() == 0:  # more ranks than seeds
             return torch.zeros(0, *pl_module.image_shape, device=pl_module.device), 0, 0.0
@@ -112,7 +113,7 @@ class SamplingCallback(Callback):
         sync()
         t0 = time.perf_counter()
         classes = self.classes_for(pl_module, seeds)
-        result = pl_module.sample(setting, seeds) if classes is None else pl_module.sample(setting, seeds, classes)
+        result = pl_module.sample(sampler, seeds) if classes is None else pl_module.sample(sampler, seeds, classes)
         sync()
         return result.x.float(), int(result.nfe), time.perf_counter() - t0
 
@@ -143,7 +144,7 @@ class SamplingCallback(Callback):
         return make_grid(images.float().cpu(), nrow=self.grid_nrow, padding=2, pad_value=1.0)
 
     def _log_images(self, trainer, grids: list[tuple[str, torch.Tensor]]) -> None:
-        """One grid per setting and, for several settings, all grids side by side (same seed, same place)."""
+        """One grid per sampler and, for several samplers, all grids side by side (same seed, same place)."""
         items = list(grids)
         if len(grids) > 1:
             gap = torch.ones(grids[0][1].shape[0], grids[0][1].shape[1], 4)

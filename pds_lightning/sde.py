@@ -35,18 +35,18 @@ def per_sample(v: Tensor) -> Tensor:
     return v[:, None, None, None]
 
 
-def resolve_steps(num_scales: int, default_eps: float, n_steps: int | None = None,
+def resolve_steps(num_scales: int, default_eps: float, steps: int | None = None,
                   speed_up: float = 1.0, eps: float | None = None) -> tuple[int, float]:
     """Number of steps N and end time eps of a sampling run.
 
-    Official rule: N = int(num_scales / speed_up), eps = default_eps * speed_up. An explicit `n_steps`
-    is the same rule with speed_up = num_scales / n_steps; an explicit `eps` overrides the scaled one.
-    The values themselves (n_steps >= 1, speed_up > 0, not both) are checked by SamplerSettings; this
+    Official rule: N = int(num_scales / speed_up), eps = default_eps * speed_up. An explicit `steps`
+    is the same rule with speed_up = num_scales / steps; an explicit `eps` overrides the scaled one.
+    The values themselves (steps >= 1, speed_up > 0, not both) are checked by the sampler component; this
     checks only what depends on the SDE.
     """
-    if n_steps is not None:
-        check_step_count(int(n_steps), "n_steps")
-        N, factor = int(n_steps), num_scales / int(n_steps)
+    if steps is not None:
+        check_step_count(int(steps), "steps")
+        N, factor = int(steps), num_scales / int(steps)
     else:
         check_step_count(num_scales / speed_up, f"speed_up={speed_up} (int({num_scales} / {speed_up}))",
                          f"raise speed_up to at least {num_scales / MAX_STEPS:.4g}")
@@ -98,9 +98,9 @@ class SDE:
     def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
         return ReverseSDE(self, score_fn, probability_flow)
 
-    def time_grid(self, n_steps: int, eps: float, device=None) -> Tensor:
+    def time_grid(self, n: int, eps: float, device=None) -> Tensor:
         """Sampling times T = t_0 > ... > t_{n-1} = eps."""
-        return torch.linspace(self.T, eps, n_steps, device=device)
+        return torch.linspace(self.T, eps, n, device=device)
 
     def timestep(self, t: Tensor) -> Tensor:
         """Discrete level index of t (truncation, as the official code)."""
@@ -110,10 +110,10 @@ class SDE:
         """The same SDE discretised into `num_scales` levels (what speed_up builds)."""
         raise NotImplementedError
 
-    def discretised(self, n_steps: int | None = None, speed_up: float = 1.0,
+    def discretised(self, steps: int | None = None, speed_up: float = 1.0,
                     eps: float | None = None) -> tuple["SDE", int, float]:
         """(this SDE re-discretised into N levels, N, eps) for a sampling run (`resolve_steps`'s rule)."""
-        N, eps = resolve_steps(self.N, self.default_eps, n_steps=n_steps, speed_up=speed_up, eps=eps)
+        N, eps = resolve_steps(self.N, self.default_eps, steps=steps, speed_up=speed_up, eps=eps)
         return (self if N == self.N else self.with_num_scales(N)), N, eps
 
     def ddpm_alpha(self, t: Tensor, like: Tensor) -> Tensor:

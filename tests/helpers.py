@@ -36,10 +36,9 @@ from pds_lightning.data import ImageDataModule
 
 from pds_lightning.models import NCSNpp
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.legacy import SamplerSettings, sampler_from_hparam
 from pds_lightning.losses import DSMLoss
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling import generate
+from pds_lightning.sampling import PC, PDS, Sampler, generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -193,14 +192,14 @@ class GaussianModule(L.LightningModule):
     A single scalar parameter gives Lightning's fit loop something to optimise.
     """
 
-    def __init__(self, sampler: SamplerSettings | None = None, num_scales: int = 100):
+    def __init__(self, sampler: Sampler | None = None, num_scales: int = 100):
         super().__init__()
         lam = power_law_spectrum(SIZE, SIZE, variance=VARIANCE, channels=CHANNELS)
         self.sde = VESDE(sigma_min=0.01, sigma_max=5.0, num_scales=num_scales)
         self.target = GaussianScore(MEAN, lam, self.sde)
         self.image_shape = (CHANNELS, SIZE, SIZE)
         self.centered = False
-        self.sampler = sampler_from_hparam(sampler or SamplerSettings(name="pds", preconditioner="both", speed_up=4.0))
+        self.sampler = sampler or PC(speed_up=4.0, pds=PDS(filters="both"), name="pds")
         self.w = nn.Parameter(torch.zeros(1))
         self.predicted_seeds: list[int] = []
         power = SIZE * SIZE * lam.clone()
@@ -208,8 +207,8 @@ class GaussianModule(L.LightningModule):
         self.data_statistics = ImageStatistics.from_moments(
             1000, power, torch.full_like(lam, MEAN), torch.full_like(lam, MEAN ** 2 + VARIANCE))
 
-    def sample(self, settings, seeds):
-        result = generate(settings, self.target, self.sde, seeds.to(self.device), self.image_shape,
+    def sample(self, sampler, seeds):
+        result = generate(sampler, self.target, self.sde, seeds.to(self.device), self.image_shape,
                           statistics=self.data_statistics)
         result.x = result.x.clamp(0.0, 1.0)
         return result
@@ -366,20 +365,14 @@ def score_sde_loss(score_fn, kind, x, t, z, reduce_mean, likelihood_weighting):
     per_pixel = per_pixel.reshape(x.shape[0], -1)
     losses = per_pixel.mean(-1) if reduce_mean else 0.5 * per_pixel.sum(-1)
     return (losses * g2 if likelihood_weighting else losses).mean()
-def preconditioner_of(settings, statistics):
-    """The PDS preconditioner M of (flat or component) sampler settings, None without PDS."""
-    from pds_lightning.legacy import sampler_from_hparam
-
-    pds = sampler_from_hparam(settings).pds
-    return None if pds is None else pds.preconditioner(statistics)
+def preconditioner_of(sampler, statistics):
+    """The PDS preconditioner M of a sampler component, None without PDS."""
+    return None if sampler.pds is None else sampler.pds.preconditioner(statistics)
 
 
-def run_sampler(settings, score_fn, sde, shape, noise, statistics=None):
-    """The sampler of (flat or component) settings run with a given noise source (moment and parity tests)."""
-    from pds_lightning.legacy import sampler_from_hparam
-
-    return sampler_from_hparam(settings)(score_fn, sde, shape, noise=noise,
-                                         preconditioner=preconditioner_of(settings, statistics))
+def run_sampler(sampler, score_fn, sde, shape, noise, statistics=None, **kwargs):
+    """A sampler component run with a given noise source (moment and parity tests)."""
+    return sampler(score_fn, sde, shape, noise=noise, preconditioner=preconditioner_of(sampler, statistics), **kwargs)
 
 
 def flow_bomb(levels: int, width: int = 10) -> str:

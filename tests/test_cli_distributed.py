@@ -34,7 +34,7 @@ CLI = [sys.executable, "-m", "pds_lightning.cli"]
 
 def predict_args(ckpt, out, seeds=f"0-{len(SEEDS) - 1}", *extra) -> list[str]:
     return ["predict", "--config", str(TINY), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
-            "--model.sampler.pc_steps", "4", "--data.seeds", seeds, "--data.predict_batch_size", "2",
+            "--model.sampler.steps", "4", "--data.seeds", seeds, "--data.predict_batch_size", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out),
             *extra]
 
@@ -141,7 +141,7 @@ def test_fit_with_validation_sampling_logs_each_metric_once_as_one_process(work)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     root = work[0]
-    settings = ("[{class_path: pds_lightning.sampling.PC, init_args: {name: pds_4, pc_steps: 4, pds: "
+    settings = ("[{class_path: pds_lightning.sampling.PC, init_args: {name: pds_4, steps: 4, pds: "
                 "{class_path: pds_lightning.sampling.PDS, init_args: {filters: both, alpha: 5.0}}}}]")
     logged = {}
     for devices in (1, 2):

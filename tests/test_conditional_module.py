@@ -11,12 +11,12 @@ from helpers import image_loader, tiny_net
 from pds_lightning.losses import DSMLoss, Loss
 from pds_lightning.models.score import LabelledScore
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC
 from pds_lightning.sde import VESDE
 
 
 def tiny_module(net, sde=None, **kw):
-    return helpers.tiny_module(net, sde, sampler=SamplerSettings(n_steps=5), **kw)
+    return helpers.tiny_module(net, sde, sampler=PC(steps=5), **kw)
 
 
 def labelled_loader(n=16):
@@ -71,7 +71,7 @@ def test_conditional_fit_checkpoint_and_sampling_by_seed_and_class(tmp_path):
     path = tmp_path / "c.ckpt"
     trainer.save_checkpoint(path)
     loaded = ScoreModule.load_from_checkpoint(path, net=tiny_net(num_classes=3), sde=VESDE(0.01, 16.0, 100))
-    guided = SamplerSettings(n_steps=5, guidance_scale=2.0)
+    guided = PC(steps=5, guidance_scale=2.0)
     a = loaded.generate_images([0, 1, 2, 3], guided, classes=[0, 1, 2, 0])
     b = torch.cat([loaded.generate_images([s], guided, classes=[c]) for s, c in zip([0, 1, 2, 3], [0, 1, 2, 0])])
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -95,7 +95,7 @@ def test_checkpoint_without_labels_still_loads_and_samples(tmp_path):
     with pytest.raises(ValueError, match="not class-conditional"):
         loaded.generate_images([0], classes=[1])
     with pytest.raises(ValueError, match="no classes were given"):
-        loaded.generate_images([0], SamplerSettings(n_steps=5, guidance_scale=1.0))
+        loaded.generate_images([0], PC(steps=5, guidance_scale=1.0))
 
 
 def test_sampling_callback_draws_one_class_per_grid_row():
@@ -110,12 +110,12 @@ def test_sampling_callback_draws_one_class_per_grid_row():
         for p in model.ema_net.parameters():  # the near-zero init_scale=0 layers pass nothing on
             if p.abs().max() < 1e-3:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    settings = SamplerSettings(name="s", n_steps=3, guidance_scale=1.0)
-    callback = SamplingCallback([settings], num_samples=8, grid_nrow=2, seed_offset=5)
+    sampler = PC(name="s", steps=3, guidance_scale=1.0)
+    callback = SamplingCallback([sampler], num_samples=8, grid_nrow=2, seed_offset=5)
     seeds = torch.arange(5, 13)
     assert callback.classes_for(model, seeds).tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
-    images, nfe, _ = callback._sample(model, settings, seeds)
-    expected = model.sample(settings, seeds, torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])).x
+    images, nfe, _ = callback._sample(model, sampler, seeds)
+    expected = model.sample(sampler, seeds, torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])).x
     torch.testing.assert_close(images, expected.float())
-    assert (images - model.sample(settings, seeds, torch.zeros(8, dtype=torch.long)).x).abs().amax() > 1e-3
+    assert (images - model.sample(sampler, seeds, torch.zeros(8, dtype=torch.long)).x).abs().amax() > 1e-3
     assert callback.classes_for(tiny_module(tiny_net()), seeds) is None

@@ -22,7 +22,7 @@ def test_the_listing_is_every_yaml_under_configs(capsys):
     assert lines[expected.index("demo")].split(None, 1)[1].startswith("Demo: a ~320k-parameter NCSN++")
 
 
-def test_write_copies_the_file_and_keeps_an_existing_one(tmp_path):
+def test_write_copies_the_file_and_keeps_an_existing_one(tmp_path, capsys):
     path = write_config("score_sde/ve_cifar10_ncsnpp_continuous", tmp_path)
     assert path == tmp_path / "ve_cifar10_ncsnpp_continuous.yaml"
     assert path.read_bytes() == (ROOT / "configs" / "score_sde" / "ve_cifar10_ncsnpp_continuous.yaml").read_bytes()
@@ -36,6 +36,7 @@ def test_write_copies_the_file_and_keeps_an_existing_one(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["write", "no_such_config", str(tmp_path)])
     assert exit_info.value.code == 2
+    assert "error: no shipped config named 'no_such_config'" in capsys.readouterr().err
 
 
 def test_config_names_become_paths_only_where_no_such_file_exists(tmp_path, monkeypatch):

@@ -158,7 +158,8 @@ def test_attn_skip_up_block_grouping_is_checked():
     block = cd.ResnetBlockBigGAN(torch.nn.SiLU(), in_ch=32, out_ch=16, temb_dim=64)
     with pytest.raises(ConversionError, match=r"up_blocks\.0\.resnets\.0\.norm1 normalises 32 channels in 20 groups"):
         cd.check_groups(config, "up_blocks.0.resnets.0", block)
-    with pytest.raises(ValueError):  # diffusers' own construction fails on it (32 channels, 20 groups)
+    # diffusers' own construction fails on it (a GroupNorm whose channels its default 32 groups do not divide)
+    with pytest.raises(ValueError, match=r"num_channels \(\d+\) must be divisible by num_groups \(32\)"):
         UNet2DModel(sample_size=SIZE, block_out_channels=(16, 16), layers_per_block=1, time_embedding_type="fourier",
                     down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"), norm_num_groups=None,
                     up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"), attention_head_dim=None)

@@ -27,7 +27,7 @@ SEEDS = 2
 # Cheap settings shared by every entry point: no logger, 2 sampler / ODE steps, one validation batch.
 CHEAP = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
          "false", "--trainer.limit_val_batches", "1", "--data.stats_cache_dir", "", "--data.seeds", f"0-{SEEDS - 1}",
-         "--model.sampler.pc_steps", "2", "--data.test_size", "2", "--model.likelihood.n_steps", "2",
+         "--model.sampler.steps", "2", "--data.test_size", "2", "--model.likelihood.n_steps", "2",
          "--model.likelihood.estimator", "gaussian"]
 
 

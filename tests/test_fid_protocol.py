@@ -18,7 +18,7 @@ from pds_lightning.evaluate import main, write_reference_statistics
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import (FID_MIN_SAMPLES, FIDStatistics, InceptionUnavailableError, TorchScriptFeatures,
                                    make_feature_extractor)
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from helpers import CHANNELS, SIZE, GaussianModule, clean_env, cpu_trainer
 from test_evaluate import gaussian, reference_npz, write_samples
 
@@ -184,9 +184,9 @@ def test_sampling_callback_logs_fid_against_reference_statistics(tmp_path, incep
     with torch.no_grad():
         stats = FIDStatistics.from_features(features(reference))
     stats.save(tmp_path / "ref.npz")
-    setting = SamplerSettings(name="pds", preconditioner="both", speed_up=4.0)
+    sampler = PC(name="pds", speed_up=4.0, pds=PDS(filters="both"))
     with pytest.warns(UserWarning, match="FID over 12 samples"):
-        callback = SamplingCallback([setting], num_samples=12, inception_weights=str(inception_file),
+        callback = SamplingCallback([sampler], num_samples=12, inception_weights=str(inception_file),
                                     fid_reference_stats=str(tmp_path / "ref.npz"))
     dm = ImageDataModule(source=str(tmp_path / "data.npz"), image_size=SIZE, num_channels=CHANNELS, batch_size=4,
                          val_size=8, stats_num_images=0, stats_cache_dir="", random_flip=False)
@@ -198,5 +198,5 @@ def test_sampling_callback_logs_fid_against_reference_statistics(tmp_path, incep
     [fid] = events.Scalars("val/fid@12/pds")
     assert not any(tag.startswith("val/kid") for tag in events.Tags()["scalars"])
     with torch.no_grad():
-        fake = features(model.sample(setting, torch.arange(12)).x)
+        fake = features(model.sample(sampler, torch.arange(12)).x)
     assert fid.value == pytest.approx(frechet_written_out(fake, stats.mu, stats.sigma), rel=1e-5)

@@ -16,7 +16,7 @@ from pds_lightning.classpath import import_class, instantiate
 from pds_lightning.convert import ConversionError, convert_score_sde
 from pds_lightning.models import NCSNpp
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC
 from pds_lightning.sde import SDE, VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
     assert model.hparams.net == yaml.safe_load(TINY_CONFIG.read_text())["model"]["net"] | {
         "init_args": model.hparams.net["init_args"]}
     assert isinstance(model.net, NCSNpp) and isinstance(model.sde, VESDE) and model.sde.N == 100
-    assert model.image_shape == (1, 16, 16) and model.sampler.pc_steps == 10 and model.sampler.pds.alpha == 5.0
+    assert model.image_shape == (1, 16, 16) and model.sampler.steps == 10 and model.sampler.pds.alpha == 5.0
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert float(model.stat_count) == 32  # the statistics travel in the checkpoint
@@ -71,7 +71,7 @@ def test_fit_checkpoint_loads_in_one_call_and_samples_the_trained_model(fitted):
     # batches of 4 + 2: a seed's noise does not depend on its batch; float32 convolutions of another batch size
     # may round differently (seen: 1 pixel in 1536 off by 8e-6), hence 1e-4 and not bitwise
     torch.testing.assert_close(model.generate_images([0, 1, 2, 3, 4, 5], batch_size=4), expected, rtol=0, atol=1e-4)
-    other = SamplerSettings(name="vanilla", n_steps=5, preconditioner="none")
+    other = PC(name="vanilla", steps=5)
     torch.testing.assert_close(model.generate_images(3, sampler=other), reference.sample(other, torch.arange(3)).x,
                                rtol=0, atol=0)
 
@@ -86,11 +86,11 @@ def test_converted_checkpoint_loads_in_one_call(tmp_path):
     for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
     reference = module_from_config(FIXTURE_CONFIG, state)
-    settings = SamplerSettings(name="pc5", n_steps=5, preconditioner="none")
-    torch.testing.assert_close(model.generate_images(range(2), sampler=settings),
-                               reference.sample(settings, torch.arange(2)).x, rtol=0, atol=0)
+    sampler = PC(name="pc5", steps=5)
+    torch.testing.assert_close(model.generate_images(range(2), sampler=sampler),
+                               reference.sample(sampler, torch.arange(2)).x, rtol=0, atol=0)
     # overrides win over the saved hyper-parameters
-    assert ScoreModule.load_from_checkpoint(out, sampler=settings).sampler == settings.to_sampler()
+    assert ScoreModule.load_from_checkpoint(out, sampler=sampler).sampler == sampler
 
 
 def test_a_module_built_from_instances_asks_for_its_network(tmp_path):

@@ -13,10 +13,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
 from pds_lightning.module import ScoreModule
-from pds_lightning.sampling.correctors import LangevinCorrector
+from pds_lightning.sampling import PC, PDS, EDMHeun, Langevin, ReverseDiffusion
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.sampling.predictors import ReverseDiffusionPredictor
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling.step import StepContext
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -51,9 +50,8 @@ def trainer(tmp_path, precision, **kw):
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kw)
 
 
-@pytest.mark.parametrize("sampler", [SamplerSettings(name="pds", preconditioner="both", alpha=2.0),
-                                     SamplerSettings(name="heun", method="edm_heun", preconditioner="none",
-                                                     n_steps=18)])
+@pytest.mark.parametrize("sampler", [PC(name="pds", pds=PDS(filters="both", alpha=2.0)),
+                                     EDMHeun(name="heun", steps=18)], ids=["pds", "heun"])
 def test_bf16_mixed_predict_is_finite_and_close_to_float32(tmp_path, sampler):
     """Same seeds, `precision="bf16-mixed"` against "32-true": max |difference| < 5e-3 in [0, 1] pixels.
 
@@ -126,16 +124,14 @@ def test_one_pds_pc_step_under_autocast_keeps_x_ffts_and_step_sizes_float32():
     module.net.forward = probed_forward
     score_fn = module.score_fn(ema=False)
     sde = module.sde
-    settings = SamplerSettings(name="pds", preconditioner="both", alpha=2.0)
-    preconditioner = preconditioner_of(settings, module.data_statistics)
-    noise = SeededNoise([0, 1, 2])
-    corrector = LangevinCorrector(sde, score_fn, preconditioner, noise, snr=0.16, n_steps=1)
-    predictor = ReverseDiffusionPredictor(sde, score_fn, preconditioner, noise)
+    sampler = PC(name="pds", pds=PDS(filters="both", alpha=2.0))
+    preconditioner = preconditioner_of(sampler, module.data_statistics)
+    ctx = StepContext(sde, score_fn, preconditioner, SeededNoise([0, 1, 2]))
     x = MEAN + torch.randn(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     t = torch.full((3,), 0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16), probe:
-        x, _ = corrector.update(x, t)
-        x, x_mean = predictor.update(x, t)
+        x, _ = Langevin(snr=0.16, steps_per_level=1).update(ctx, x, t)
+        x, x_mean = ReverseDiffusion().update(ctx, x, t)
     assert x.dtype == x_mean.dtype == torch.float32
     assert ("conv2d", torch.bfloat16) in probe.inside  # autocast ran the network's conv in bf16
     names = {name for name, _ in probe.outside}

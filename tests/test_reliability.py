@@ -128,7 +128,7 @@ CONFIG_ERRORS = {
     "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
                                                                           "model.sde sigma_max=20"),
     "alpha <= 1": (["--model.sampler.pds.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
-    "speed_up < 1 step": (["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "200"], 1,
+    "speed_up < 1 step": (["--model.sampler.steps", "null", "--model.sampler.speed_up", "200"], 1,
                           "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
     "seed range": (["--data.seeds", "3-x"], 1, "malformed seed range part '3-x'"),
     "predictor": (["--model.sampler.predictor", "heun"], 2, "model.sampler"),
@@ -549,10 +549,10 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     out = tmp_path / "out"
     main([str(a) for a in predict_args(ckpt, out)])  # seeds 0-3 at 10 steps, alpha 5
     before = contents(out)
-    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.pc_steps", "2",
+    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.steps", "2",
                                                    "--model.sampler.pds.alpha", "3"))
     assert status == 1 and "holds the samples of another run" in line, line
-    assert "settings.init_args.pc_steps: 10 there -> 2 now" in line and "settings.init_args.pds.init_args.alpha: 5.0 there -> 3.0 now" in line
+    assert "settings.init_args.steps: 10 there -> 2 now" in line and "settings.init_args.pds.init_args.alpha: 5.0 there -> 3.0 now" in line
     assert "predict into a new output_dir" in line
     # Another checkpoint of the same config and step (one EMA weight nudged): same hyper-parameters, new weights.
     state = torch.load(ckpt, weights_only=True)

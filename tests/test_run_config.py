@@ -29,7 +29,7 @@ def test_predict_keeps_the_fit_record_and_writes_its_own(tmp_path, monkeypatch):
     log_dir = tmp_path / "runs" / "tiny"
     fit_record = (log_dir / "config.yaml").read_bytes()
     (ckpt,) = log_dir.rglob("*.ckpt")
-    predict = ["predict", "--config", TINY, "--ckpt_path", ckpt, "--model.sampler.pc_steps", 2]
+    predict = ["predict", "--config", TINY, "--ckpt_path", ckpt, "--model.sampler.steps", 2]
     run(*predict, "--data.seeds", "0-1")
     run(*predict, "--data.seeds", "2-3")
     assert (log_dir / "config.yaml").read_bytes() == fit_record
@@ -37,7 +37,7 @@ def test_predict_keeps_the_fit_record_and_writes_its_own(tmp_path, monkeypatch):
     first, second = (yaml.safe_load((log_dir / name).read_text())
                      for name in ("predict_config.yaml", "predict_config_1.yaml"))
     assert (first["data"]["seeds"], second["data"]["seeds"]) == ("0-1", "2-3")
-    assert first["ckpt_path"] == second["ckpt_path"] == str(ckpt) and first["model"]["sampler"]["init_args"]["pc_steps"] == 2
+    assert first["ckpt_path"] == second["ckpt_path"] == str(ckpt) and first["model"]["sampler"]["init_args"]["steps"] == 2
     assert sorted(p.name for p in log_dir.iterdir() if "config" in p.name) == [
         "config.yaml", "predict_config.yaml", "predict_config_1.yaml"]
 

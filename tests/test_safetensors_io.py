@@ -54,7 +54,7 @@ def test_export_round_trips_and_samples_identically(converted, tmp_path):
     out = export(converted, tmp_path / "shared.safetensors")
     a, b = ScoreModule.load_from_checkpoint(converted), ScoreModule.load_from_checkpoint(out)
     assert_same_module(a, b)
-    settings = a.sampler.replace(pc_steps=3, pds=PDS(filters="both", alpha=2.0))
+    settings = a.sampler.replace(steps=3, pds=PDS(filters="both", alpha=2.0))
     assert torch.equal(a.generate_images([0, 1], sampler=settings), b.generate_images([0, 1], sampler=settings))
     assert out.read_bytes() == converted.with_suffix(".safetensors").read_bytes()  # one file for one model
 
@@ -107,7 +107,7 @@ def test_not_a_safetensors_file_and_non_json_values_are_refused(tmp_path):
     bad.write_bytes(b"\x00" * 5)
     with pytest.raises(ValueError, match="cannot read .* as .safetensors"):
         load_weights(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"weights file .*missing.safetensors does not exist"):
         load_weights(tmp_path / "missing.safetensors")
     spec = {"class_path": "torch.nn.Identity", "init_args": {}}
     with pytest.raises(ValueError, match=r"metadata.hyper_parameters.lr is nan"):

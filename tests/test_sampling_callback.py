@@ -13,7 +13,7 @@ from pds_lightning.callbacks import SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import spectral_error
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from helpers import SIZE, CHANNELS, GaussianModule, TinyFeatures, cpu_trainer, frechet_reference, kid_reference
 
 
@@ -30,8 +30,8 @@ def test_sampling_callback_logs_grids_and_metrics_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torchvision.utils import make_grid
 
-    settings = [SamplerSettings(name="vanilla"), SamplerSettings(name="pds_25", preconditioner="both", speed_up=4.0)]
-    callback = SamplingCallback(settings, num_samples=10, grid_nrow=4, fid_feature_extractor=TinyFeatures())
+    samplers = [PC(name="vanilla"), PC(name="pds_25", speed_up=4.0, pds=PDS(filters="both"))]
+    callback = SamplingCallback(samplers, num_samples=10, grid_nrow=4, fid_feature_extractor=TinyFeatures())
     dm = ImageDataModule(source=str(gaussian_npz(tmp_path)), image_size=SIZE, num_channels=CHANNELS,
                          batch_size=4, val_size=10, stats_num_images=0, stats_cache_dir="", random_flip=False)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
@@ -47,7 +47,7 @@ def test_sampling_callback_logs_grids_and_metrics_to_tensorboard(tmp_path):
     features = TinyFeatures().eval()
     with torch.no_grad():  # the reference images: the validation split, 10 = num_samples (KID's subsets are whole)
         real = features(torch.cat([x for x in dm.val_dataloader()]))
-    for s in settings:
+    for s in samplers:
         result = model.sample(s, seeds)
         [sp] = events.Scalars(f"val/spectral_error/{s.name}")  # one epoch; the sanity check logs nothing
         assert sp.value == pytest.approx(spectral_error(result.x, model.data_statistics.power_mean), rel=1e-5)

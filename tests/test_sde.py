@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import EDMHeun
+from pds_lightning.sampling import PC, EDMHeun
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE, resolve_steps
 
 
@@ -119,23 +118,23 @@ def test_resolve_steps_official_rule():
     assert N == 66 and eps == pytest.approx(3e-4)
     N, eps = resolve_steps(1000, 1e-3, speed_up=3.0)
     assert N == 333 and eps == pytest.approx(3e-3)
-    N, eps = resolve_steps(1000, 1e-3, n_steps=100)
+    N, eps = resolve_steps(1000, 1e-3, steps=100)
     assert N == 100 and eps == pytest.approx(1e-2)
-    assert resolve_steps(1000, 1e-3, n_steps=100, eps=1e-4) == (100, 1e-4)
+    assert resolve_steps(1000, 1e-3, steps=100, eps=1e-4) == (100, 1e-4)
 
 
 def test_resolve_steps_errors():
     with pytest.raises(ValueError, match="leaves"):
         resolve_steps(20, 1e-5, speed_up=40)
     with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\)"):
-        resolve_steps(20, 1e-3, n_steps=10, eps=1.5)
+        resolve_steps(20, 1e-3, steps=10, eps=1.5)
     # The values themselves are checked once, where the user gives them: the sampler component.
-    with pytest.raises(ValueError, match="not both"):
-        SamplerSettings(n_steps=4, speed_up=2)
-    with pytest.raises(ValueError, match="pc_steps must be an integer >= 1"):
-        SamplerSettings(n_steps=0)
-    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
-        EDMHeun(levels=1)
+    with pytest.raises(ValueError, match=r"give either steps \(4\) or speed_up \(2\), not both"):
+        PC(steps=4, speed_up=2)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        PC(steps=0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 2"):
+        EDMHeun(steps=1)
 
 
 def test_ve_sigma_and_prev_are_the_smld_levels():
@@ -166,5 +165,5 @@ def test_discretised_follows_resolve_steps():
     assert same is sde and (N, eps) == (1000, 1e-5)
     small, N, eps = sde.discretised(speed_up=4.0)
     assert (small.N, N) == (250, 250) and eps == pytest.approx(4e-5) and small.sigma_max == sde.sigma_max
-    vp, N, eps = SubVPSDE(num_scales=1000).discretised(n_steps=100, eps=1e-4)
+    vp, N, eps = SubVPSDE(num_scales=1000).discretised(steps=100, eps=1e-4)
     assert type(vp) is SubVPSDE and (vp.N, N, eps) == (100, 100, 1e-4)

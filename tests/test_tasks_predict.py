@@ -16,7 +16,6 @@ from pds_lightning.data.tasks import TaskSettings, builtin_mask
 from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
 from pds_lightning.sampling import PC, PDS
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
@@ -48,7 +47,7 @@ class GaussianScoreModule(ScoreModule):
 @pytest.mark.parametrize("preconditioner", ["none", "both"])
 def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_path, preconditioner):
     images = write_npz(tmp_path / "in.npz", 1)
-    module = tiny_module(sampler=SamplerSettings(n_steps=5, preconditioner=preconditioner))
+    module = tiny_module(sampler=PC(steps=5, pds=None if preconditioner == "none" else PDS(filters=preconditioner)))
     task = TaskSettings(kind="inpaint", source=str(tmp_path / "in.npz"), indices="0-2")
     out = tmp_path / "out"
 
@@ -79,7 +78,7 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
     sde = VESDE(0.01, 16.0, 100)
     target = GaussianScore(0.5, power_law_spectrum(8, 8, variance=0.05, channels=3), sde)
     module = GaussianScoreModule(target, size=8, channels=3,
-                                 sampler=PC(pc_steps=20, pds=PDS(filters="both", restrict="subspace")))
+                                 sampler=PC(steps=20, pds=PDS(filters="both", restrict="subspace")))
     module.set_statistics(ImageStatistics((3, 8, 8)).update(target.sample(64).clamp(0, 1)))
     task = TaskSettings(kind="colorize", source=str(tmp_path / "rgb.npz"), indices="0-1")
     dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, seeds="0", num_channels=3, task=task)
@@ -96,7 +95,7 @@ def test_colorization_of_a_gray_model_is_refused(tmp_path):
     dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="0",
                          task=TaskSettings(kind="colorize", source=str(tmp_path / "in.npz")))
     with pytest.raises(ValueError, match="needs RGB"):
-        cpu_trainer(tmp_path).predict(tiny_module(sampler=SamplerSettings(n_steps=2)), datamodule=dm)
+        cpu_trainer(tmp_path).predict(tiny_module(sampler=PC(steps=2)), datamodule=dm)
 
 
 def test_test_step_logs_bits_per_dim_of_the_closed_form(tmp_path):

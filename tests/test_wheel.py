@@ -71,7 +71,7 @@ def test_the_installed_wheel_runs_its_shipped_configs_from_an_empty_folder(insta
         "--data.stats_cache_dir", "", "--model.net.init_args.nf", "8", cwd=work, env=env)
     assert (work / "ckpt" / "last.ckpt").is_file()
     run("-m", "pds_lightning", "predict", "--config", "demo", "--ckpt_path", "ckpt/last.ckpt", "--model.net.init_args.nf",
-        "8", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--model.sampler.pc_steps", "4",
+        "8", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--model.sampler.steps", "4",
         "--data.seeds", "0-2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
         "--trainer.callbacks.output_dir", "samples", cwd=work, env=env)
     assert sorted(p.name for p in (work / "samples").rglob("*.png")) == ["000000.png", "000001.png", "000002.png"]
@@ -80,7 +80,7 @@ def test_the_installed_wheel_runs_its_shipped_configs_from_an_empty_folder(insta
     same = run("-c", "import sys, torch; from pds_lightning.module import ScoreModule; "
                "from pds_lightning.images import encode_png, to_uint8; from pds_lightning.writer import sample_path; "
                "m = ScoreModule.load_from_checkpoint('ckpt/last.ckpt'); "
-               "m.sampler = m.sampler.replace(pc_steps=4); "
+               "m.sampler = m.sampler.replace(steps=4); "
                "x = m.generate_images(range(3)); "
                "print(all(sample_path('samples', s).read_bytes() == encode_png(i) for s, i in enumerate(to_uint8(x))))",
                cwd=work, env=env)

@@ -14,7 +14,7 @@ from pds_lightning.callbacks import SampleWriter
 from pds_lightning.data import ImageDataModule
 from pds_lightning.images import to_uint8
 from pds_lightning.fileio import this_host
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.sampling import PC, PDS
 from pds_lightning.writer import SampleWriteError, model_fingerprint, sample_path, scan_written_seeds
 from helpers import GaussianModule, cpu_trainer, dead_pid, disk_full_on_write
 
@@ -148,7 +148,7 @@ def test_folder_of_other_settings_or_weights_is_refused_before_writing(tmp_path)
     out = tmp_path / "samples"
     predict(tmp_path, out, seeds="0-3")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    fast = GaussianModule(SamplerSettings(name="pds", preconditioner="both", speed_up=10.0))
+    fast = GaussianModule(PC(name="pds", speed_up=10.0, pds=PDS(filters="both")))
     with pytest.raises(ValueError, match=r"holds the samples of another run \(settings.init_args.speed_up: 4.0 there -> "
                                          r"10.0 now\).*predict into a new output_dir"):
         predict(tmp_path, out, seeds="0-5", model=fast)

@@ -14,7 +14,6 @@ from pds_lightning.alpha.surrogate import (DEFAULT_CANDIDATES, AlphaChoice, Gaus
 from pds_lightning.alpha.choosers import Pilot, Surrogate
 from pds_lightning.sampling import PC, Sampler
 from pds_lightning.sde import SDE
-from pds_lightning.statistics import ImageStatistics
 
 __all__ = ["resolve_alpha", "Surrogate", "Pilot", "choose_alpha", "pilot_alpha", "predict_w2", "predicted_w2", "pc_output_moments",
            "AlphaChoice", "GaussianSurrogate", "Modes", "DEFAULT_CANDIDATES", "PILOT_CANDIDATES", "PILOT_SEED"]
@@ -24,11 +23,10 @@ def resolve_alpha(sampler: Sampler, sde: SDE, statistics, *, centered: bool = Fa
                   shape=None, device="cpu") -> tuple[Sampler, dict | None]:
     """(the sampler with a numeric PDS alpha, or vanilla; the choice as a dict for logs and manifests, or None).
 
-    A sampler whose PDS alpha is a number (or that has no PDS) comes back unchanged with None. Otherwise the
-    chooser picks alpha: Pilot samples the model and needs score_fn and the image shape [C, H, W] (on
-    `device`); Surrogate needs neither. `centered`: the model samples in [-1, 1].
+    A sampler whose PDS alpha is a number (or that has no PDS) comes back unchanged with None. Otherwise its
+    chooser chooses: Pilot samples the model and needs score_fn and the image shape [C, H, W] (on `device`);
+    Surrogate needs neither. `centered`: the model samples in [-1, 1].
     """
-    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler  # a flat SamplerSettings
     pds = sampler.pds
     if pds is None or not pds.chooses_alpha:
         return sampler, None
@@ -36,12 +34,6 @@ def resolve_alpha(sampler: Sampler, sde: SDE, statistics, *, centered: bool = Fa
         raise ValueError(f"sampler {sampler.name!r}: alpha choosers model the PC sampler; give PDS alpha a number")
     if statistics is None:
         raise ValueError(f"sampler {sampler.name!r} chooses alpha but no data statistics are available")
-    if isinstance(pds.alpha, Pilot):
-        if score_fn is None or shape is None:
-            raise ValueError("the Pilot alpha chooser samples the model; pass score_fn and shape")
-        choice = pilot_alpha(sampler, score_fn, sde, shape, statistics, centered=centered, device=device)
-        return sampler.with_alpha(choice.alpha), choice.to_dict()
-    # The surrogate is a small float64 CPU computation, whatever device the model runs on.
-    cpu = [getattr(statistics, k).detach().cpu() for k in ("power_mean", "mean", "sq_mean")]
-    choice = choose_alpha(ImageStatistics.from_moments(statistics.count, *cpu), sde, sampler, centered=centered)
+    choice = pds.alpha.choose(sampler, sde, statistics, centered=centered, score_fn=score_fn, shape=shape,
+                              device=device)
     return sampler.with_alpha(choice.alpha), choice.to_dict()

@@ -33,7 +33,6 @@ def pilot_alpha(sampler, score_fn, sde: SDE, shape, statistics, centered: bool =
     Unlike the surrogate this sees the trained network's errors; it costs len(candidates) * pilot_samples
     samples at the step budget. `centered`: the model samples in [-1, 1].
     """
-    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler  # a flat SamplerSettings
     if statistics is None or getattr(statistics, "count", 0) <= 0:
         raise ValueError(f"sampler {sampler.name!r} chooses alpha but no data statistics are available")
     seeds = torch.arange(sampler.pds.alpha.samples, device=device) + PILOT_SEED
@@ -51,6 +50,6 @@ def pilot_alpha(sampler, score_fn, sde: SDE, shape, statistics, centered: bool =
         table[key] = error if math.isfinite(error) else math.inf
         nfe += result.nfe * len(seeds)
     best = min(table, key=table.get)
-    N, _ = sampler.steps(sde)
+    N, _ = sampler.steps_on(sde)
     return AlphaChoice(None if best == "vanilla" else best, table[best], table, N, method="pilot",
                        criterion="pilot_spectral_error", nfe=nfe)

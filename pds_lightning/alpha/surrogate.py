@@ -1,4 +1,4 @@
-"""Surrogate choice of the preconditioner strength alpha for the step budget (`auto_method: surrogate`).
+"""Surrogate choice of the preconditioner strength alpha for the step budget (`PDS(alpha=Surrogate())`).
 
 Pure maths on the data statistics (no sampler runs, no network calls). Method: fit a Gaussian surrogate of the data, N(mean, F^-1 diag(lam) F) per channel,
 from ImageStatistics (mean image; lam(k) = (power_mean(k) - |fft2(mean)(k)|^2) / (H W), the variance of
@@ -9,7 +9,7 @@ independently, x_k <- c_k x_k + b_k mu_k + s_k z_k: the output law is Gaussian w
 and mean gamma_k mu_k, propagated in closed form (`pc_output_moments`). Its W2 distance to the surrogate
 is the predicted error; the best candidate (vanilla included) is the choice.
 
-`auto_method: pilot` (pds_lightning.alpha.pilot) instead measures on pilot samples of the model itself.
+The `Pilot` chooser (pds_lightning.alpha.pilot) instead measures on pilot samples of the model itself.
 
 Approximations, besides the surrogate itself:
 - The Langevin step uses expected norms, step = 2 a_t snr^2 E||M z||^2 / E||M M^T score||^2, what the
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -38,9 +37,6 @@ from pds_lightning.sde import SDE
 #: Default candidates: None is vanilla (no preconditioning); the official default 5 is included.
 DEFAULT_CANDIDATES: tuple[float | None, ...] = (None, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0,
                                                  15.0, 20.0, 30.0, 50.0, 100.0)
-#: The predictors and correctors whose updates the surrogate models in closed form.
-SURROGATE_PREDICTORS = ("reverse_diffusion", "euler_maruyama")
-SURROGATE_CORRECTORS = ("langevin", "ald", "none")
 
 
 @dataclass
@@ -55,17 +51,17 @@ class GaussianSurrogate:
         """lam(k) = (power_mean(k) - |fft2(mean)(k)|^2) / (H W), floored at floor * max(lam) (no mode is exactly
         deterministic). `centered`: the model sees 2 x - 1, so the mean maps and lam scales by 4."""
         if getattr(statistics, "count", 0) <= 0:
-            raise ValueError("alpha: auto needs data statistics with count > 0; compute them (ImageStatistics) "
-                             "or give a number for alpha")
+            raise ValueError("the Surrogate alpha chooser needs data statistics with count > 0; compute them "
+                             "(ImageStatistics) or give a number for alpha")
         power = statistics.power_mean.to(torch.float64)
         mean = statistics.mean.to(torch.float64)
         if not mean.any() and power.any():
             raise ValueError(
-                "alpha: auto (auto_method: surrogate) needs the pixel mean of the data, but these statistics "
+                "the Surrogate alpha chooser needs the pixel mean of the data, but these statistics "
                 "have none (mean zero everywhere with a non-zero power spectrum: official PDS .npy statistics, "
                 "as pds_lightning.convert stores them, hold only log1p(mean |fft2 x|^2) and mean x^2). The "
                 "surrogate would count the mean as variance and predict errors several times too high. Use "
-                "auto_method: pilot (measured on samples of the model), or recompute the statistics from the "
+                "PDS(alpha=Pilot()) (measured on samples of the model), or recompute the statistics from the "
                 "training data (the data module with stats_num_images > 0, or ScoreModule.set_statistics("
                 "ImageStatistics(shape).update(images))), or give alpha a number")
         H, W = power.shape[-2:]
@@ -121,7 +117,7 @@ def space_gains(space_stat: Tensor, candidates: Sequence[float | None], resoluti
     C = space_stat.shape[0]
     peak = float(space_stat.max())
     if peak <= 0:
-        raise ValueError("space statistic is zero everywhere; alpha: auto cannot use the space filter")
+        raise ValueError("space statistic is zero everywhere; the Surrogate alpha chooser cannot use the space filter")
     values = space_stat.to(torch.float64).reshape(C, -1)
     channel = torch.arange(C)[:, None].expand_as(values)
     key = channel * (int(1 / resolution) + 2) + (values / (peak * resolution)).round().to(torch.int64)
@@ -186,79 +182,58 @@ class Modes:
         return torch.stack(rows)
 
 
-def pc_view(sampler) -> SimpleNamespace:
-    """The fields of a PC sampler the Gaussian model reads (predictor / corrector kinds, snr, steps per level,
-    the step budget, denoise, PDS filters and predictor form); a flat SamplerSettings is translated first."""
-    if isinstance(sampler, SimpleNamespace):
-        return sampler
-    sampler = sampler.to_sampler() if hasattr(sampler, "to_sampler") else sampler
+def pc_of(sampler) -> PC:
+    """`sampler` if it is a PC with a predictor (what the Gaussian model follows), else a clear error."""
     if not isinstance(sampler, PC):
         raise ValueError(f"alpha choosers model the PC sampler; sampler {getattr(sampler, 'name', sampler)!r} is "
                          f"{type(sampler).__name__}: give PDS alpha a number")
-    c, pds = sampler.corrector, sampler.pds
-    return SimpleNamespace(
-        name=sampler.name, predictor="none" if sampler.predictor is None else sampler.predictor.kind,
-        corrector="none" if c is None else c.kind, snr=0.16 if c is None else c.snr,
-        n_corrector_steps=0 if c is None else c.steps_per_level, n_steps=sampler.pc_steps,
-        speed_up=sampler.speed_up, eps=sampler.eps, denoise=sampler.denoise,
-        preconditioner="none" if pds is None else pds.filters,
-        pds_predictor="official" if pds is None else pds.predictor, steps_for=sampler.steps)
+    if sampler.predictor is None:
+        raise ValueError(f"alpha choosers model a PC sampler with a predictor; sampler {sampler.name!r} has none: "
+                         "give PDS alpha a number")
+    return sampler
 
 
-def _step_schedule(sde: SDE, settings) -> dict[str, Tensor]:
+def _step_schedule(sde: SDE, sampler: PC) -> dict[str, Tensor]:
     """Per-step scalars of the sampler, float64 [N], read off the SDE with a unit input (as the sampler's
-    float32 grid): a_t, s_t of the marginal, predictor (phi, G^2) with f = phi x, corrector a_t."""
-    sde, N, eps = sde.discretised(settings.n_steps, settings.speed_up, settings.eps)
+    float32 grid): a_t, s_t of the marginal, the predictor's (phi, G^2) with f = phi x, corrector a_t."""
+    sde, N, eps = sde.discretised(sampler.steps, sampler.speed_up, sampler.eps)
     t = sde.time_grid(N, eps)
     ones = torch.ones(N, 1, 1, 1)
     a, s = sde.marginal_prob(ones, t)
-    if settings.predictor == "reverse_diffusion":
-        f, G = sde.discretize(ones, t)
-        phi, G2 = f.flatten(), G.square()
-    else:  # euler_maruyama: x_mean = x + M M^T (f - g^2 score) (-1/N), noise g sqrt(1/N)
-        drift, g = sde.sde(ones, t)
-        phi, G2 = drift.flatten() / N, g.square() / N
+    phi, G2 = sampler.predictor.linear_step(sde, t)
     corrector_a = sde.ddpm_alpha(t, ones)
     as64 = lambda v: v.flatten().to(torch.float64)
     return {"a": as64(a.flatten()), "s": as64(s), "phi": as64(phi), "G2": as64(G2),
             "corrector_a": as64(corrector_a), "prior": torch.tensor(float(sde.prior_sampling(torch.ones(1))))}
 
 
-def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[Tensor, Tensor]:
+def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, sampler: PC) -> tuple[Tensor, Tensor]:
     """Exact output moments of the PC sampler on the Gaussian model of `modes`, per candidate and mode.
 
     Returns (v, gamma), each [A, K]: the output's variance per mode and its mean gamma * mu_k. Updates
-    (d = 1 / (a_t^2 lam + s_t^2), score = -d (x - a_t mu), gain = M M^T per mode):
-      Langevin: x <- (1 - step gain d) x + step gain d a_t mu + sqrt(2 step) M z
+    (d = 1 / (a_t^2 lam + s_t^2), score = -d (x - a_t mu), gain = M M^T per mode; the corrector's step size
+    from the expected norms, `Corrector.expected_step`):
+      corrector: x <- (1 - step gain d) x + step gain d a_t mu + sqrt(2 step) M z
       predictor: x_mean = (1 - gain (phi + G^2 d)) x + gain G^2 d a_t mu, x = x_mean + G M z;
       consistent predictor: gain phi -> phi and gain G^2 -> G^2 (1 + gain) / 2 in the drift.
     """
-    settings = pc_view(settings)
-    if settings.predictor not in SURROGATE_PREDICTORS:
-        raise ValueError(f"alpha: auto models the predictors {SURROGATE_PREDICTORS}, not {settings.predictor!r}; "
-                         "give alpha a number")
-    if settings.corrector not in SURROGATE_CORRECTORS:
-        raise ValueError(f"alpha: auto models the correctors {SURROGATE_CORRECTORS}, not {settings.corrector!r}; "
-                         "give alpha a number")
-    sched = _step_schedule(sde, settings)
-    consistent = getattr(settings, "pds_predictor", "official") == "consistent"
+    sampler = pc_of(sampler)
+    sched = _step_schedule(sde, sampler)
+    consistent = sampler.pds is not None and sampler.pds.consistent
+    corrector = sampler.corrector
     lam = modes.lam
     noise_power = (gain * modes.count).sum(-1)  # E||M z||^2 per candidate
     v = sched["prior"] ** 2 * gain
     gamma = torch.zeros_like(gain)
     v_mean = v
-    snr2 = float(settings.snr) ** 2
-    n_corr = int(settings.n_corrector_steps) if settings.corrector != "none" else 0
+    n_corr = 0 if corrector is None else corrector.steps_per_level
     steps = zip(*(sched[k].tolist() for k in ("a", "s", "corrector_a", "phi", "G2")))
     for a, s, corrector_a, phi, G2 in steps:
         d = 1.0 / (a * a * lam + s * s)
         gd = gain * d
         for _ in range(n_corr):
-            if settings.corrector == "langevin":
-                g_power = (gd.square() * (v * modes.count + (gamma - a).square() * modes.mean_sq)).sum(-1)
-                step = (2 * corrector_a * snr2 * noise_power / g_power)[:, None]
-            else:  # ald: step = 2 a_t (snr s_t)^2
-                step = 2 * corrector_a * snr2 * s * s
+            g_power = (gd.square() * (v * modes.count + (gamma - a).square() * modes.mean_sq)).sum(-1)
+            step = corrector.expected_step(corrector_a, s, noise_power[:, None], g_power[:, None])
             c = 1 - step * gd
             v = c.square() * v + 2 * step * gain
             gamma = c * gamma + step * a * gd
@@ -271,7 +246,7 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, settings) -> tuple[T
         v_mean = c.square() * v
         v = v_mean + G2 * gain
         gamma = c * gamma + b * a
-    return (v_mean if settings.denoise else v), gamma
+    return (v_mean if sampler.denoise else v), gamma
 
 
 def predicted_w2(modes: Modes, v: Tensor, gamma: Tensor, num_pixels: int, scale: float = 1.0) -> Tensor:
@@ -282,34 +257,35 @@ def predicted_w2(modes: Modes, v: Tensor, gamma: Tensor, num_pixels: int, scale:
     return (w2_sq / num_pixels).sqrt() / scale
 
 
-def predict_w2(statistics, sde: SDE, settings, candidates: Sequence[float | None], centered: bool = False,
+def predict_w2(statistics, sde: SDE, sampler: PC, candidates: Sequence[float | None], centered: bool = False,
                max_modes: int = 2048) -> Tensor:
-    """Predicted output W2 per pixel ([0, 1] units) of the PC sampler `settings` on the Gaussian surrogate of
-    `statistics`, for each candidate alpha (None: vanilla), [A] float64."""
-    settings = pc_view(settings)
+    """Predicted output W2 per pixel ([0, 1] units) of the PC `sampler` on the Gaussian surrogate of
+    `statistics`, for each candidate alpha (None: vanilla) of its PDS filters (none: vanilla only), [A] float64."""
+    sampler = pc_of(sampler)
+    filters = "none" if sampler.pds is None else sampler.pds.filters
     surrogate = GaussianSurrogate.from_statistics(statistics, centered=centered)
     modes = Modes.from_surrogate(surrogate, statistics.freq_statistic(torch.float64), max_modes=max_modes)
-    space_stat = statistics.space_statistic(torch.float64) if settings.preconditioner in ("space", "both") else None
-    gain = modes.gains(settings.preconditioner, candidates, space_stat)
-    v, gamma = pc_output_moments(modes, gain, sde, settings)
+    space_stat = statistics.space_statistic(torch.float64) if filters in ("space", "both") else None
+    gain = modes.gains(filters, candidates, space_stat)
+    v, gamma = pc_output_moments(modes, gain, sde, sampler)
     return predicted_w2(modes, v, gamma, surrogate.lam.numel(), scale=2.0 if centered else 1.0)
 
 
-def choose_alpha(statistics, sde: SDE, settings, candidates: Sequence[float | None] = DEFAULT_CANDIDATES,
+def choose_alpha(statistics, sde: SDE, sampler: PC, candidates: Sequence[float | None] = DEFAULT_CANDIDATES,
                  centered: bool = False, max_modes: int = 2048) -> AlphaChoice:
     """The candidate alpha (None = vanilla, always included) with the lowest predicted output W2.
 
-    `settings`: a SamplerSettings (predictor, corrector, snr, n_corrector_steps, steps, eps, denoise,
-    preconditioner); `statistics`: ImageStatistics of the data in [0, 1] (CPU); `centered`: the model's space.
+    `sampler`: a PC component with a PDS component (its filters); `statistics`: ImageStatistics of the data in
+    [0, 1] (CPU); `centered`: the model's space.
     """
-    settings = pc_view(settings)
-    if settings.preconditioner == "none":
-        raise ValueError("alpha: auto chooses the strength of a PDS preconditioner; set preconditioner to "
-                         "'freq', 'space' or 'both'")
+    sampler = pc_of(sampler)
+    if sampler.pds is None:
+        raise ValueError(f"sampler {sampler.name!r}: an alpha chooser picks the strength of PDS; give the sampler "
+                         "a PDS component (filters 'freq', 'space' or 'both')")
     candidates = candidates_with_vanilla(candidates)
-    w2 = predict_w2(statistics, sde, settings, candidates, centered=centered, max_modes=max_modes)
+    w2 = predict_w2(statistics, sde, sampler, candidates, centered=centered, max_modes=max_modes)
     w2 = torch.where(torch.isfinite(w2), w2, torch.full_like(w2, math.inf))  # a diverging candidate loses
     best = int(torch.argmin(w2))
-    N, _ = settings.steps_for(sde)
+    N, _ = sampler.steps_on(sde)
     table = {("vanilla" if a is None else a): float(w) for a, w in zip(candidates, w2.tolist())}
     return AlphaChoice(candidates[best], float(w2[best]), table, N)

@@ -2,7 +2,8 @@
 
 A component is built from keyword fields (its constructor signature is its YAML `init_args`, so LightningCLI
 refuses any key it does not take) and written back as {'class_path', 'init_args'} by `config()`, which keeps
-hyper-parameters plain data (checkpoints load with weights_only=True).
+hyper-parameters plain data (checkpoints load with weights_only=True); `from_config` builds it again, checking
+every class path against the allow-list before anything is imported.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from torch import Tensor
 
-from pds_lightning.sde import SDE, check_step_count
+from pds_lightning.classpath import allow_list, dotted, import_class, instantiate, is_allowed, refusal
+from pds_lightning.sde import SDE, check_step_count, resolve_steps
 
 
 @dataclass
@@ -32,6 +34,22 @@ class Component:
     def fields(self) -> dict[str, Any]:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_config(cls, spec: Any, allowed: Iterable[str] = (), what: str = "component"):
+        """The component `spec` describes: an instance of this class as it is, or {'class_path', 'init_args'}
+        with nested specs (at any depth) built first. A spec may come from an untrusted file: every class path
+        in it is checked against `classpath.allow_list(allowed)` before any is imported, and each must name a
+        Component (the outer one a subclass of this class) before it is called. ValueError naming `what`."""
+        if isinstance(spec, cls):
+            return spec
+        if not (isinstance(spec, dict) and "class_path" in spec):
+            raise ValueError(f"{what} wants a {cls.__name__} component or {{'class_path', 'init_args'}}, got {spec!r}")
+        names = allow_list(allowed)
+        for path, where in _class_paths(spec, what):
+            if not is_allowed(dotted(path), names):
+                raise ValueError(refusal(str(path), where, "it is outside the allow-list"))
+        return _build(spec, what, cls, names)
 
     def config(self) -> dict[str, Any]:
         """{'class_path', 'init_args'} of this component, nested components included (plain data)."""
@@ -55,17 +73,48 @@ def _plain(value: Any) -> Any:
     return value.config() if isinstance(value, Component) else value
 
 
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and "class_path" in value
+
+
+def _class_paths(value: Any, what: str):
+    """(class path, where) of every spec nested in `value` (init_args values, lists), outermost first."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _class_paths(item, f"{what}[{i}]")
+    elif _is_spec(value):
+        if not isinstance(value["class_path"], str):
+            raise ValueError(f"{what} wants a class path string 'package.module.Class', got {value['class_path']!r}")
+        yield value["class_path"], what
+        init_args = value.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise ValueError(f"{what} init_args must be a mapping, got {type(init_args).__name__}")
+        for key, item in init_args.items():
+            yield from _class_paths(item, f"{what}.{key}")
+
+
+def _build(value: Any, what: str, base: type, allowed: tuple[str, ...]) -> Any:
+    """`value` with its specs built innermost first (their paths already allowed)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_build(v, f"{what}[{i}]", Component, allowed) for i, v in enumerate(value))
+    if not _is_spec(value):
+        return value
+    import_class(value["class_path"], what, base, allowed)  # a Component subclass, before anything is called
+    args = {k: _build(v, f"{what}.{k}", Component, allowed) for k, v in (value.get("init_args") or {}).items()}
+    return instantiate({"class_path": value["class_path"], "init_args": args}, what, base, allowed)
+
+
 def check_number(owner: str, name: str, value: Any, *, low: float | None = None, low_open: bool = False,
                  integer: bool = False, hint: str = "") -> None:
     """ValueError unless `value` is a finite (integer) number >= low (> low when low_open); nan / inf refused."""
-    kind = "an integer" if integer else "a finite number"
+    expected = "an integer" if integer else "a finite number"
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     ok = ok and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
         bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"{owner}: {name} must be {kind}{bound}{hint}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be {expected}{bound}{hint}, got {value!r}")
 
 
 def check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
@@ -96,8 +145,14 @@ class Sampler(Component):
         self.guidance_scale = float(guidance_scale)
         self.check_finite_every = int(check_finite_every)
 
-    def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None) -> SampleResult:
+    def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None,
+                 dtype=None) -> SampleResult:
+        """Samples [B, C, H, W] = `shape` in `dtype` (default float32; a task's known part sets both)."""
         raise NotImplementedError
+
+    def steps_on(self, sde: SDE) -> tuple[int, float]:
+        """(N, eps) of this sampler's step budget (`steps`, `speed_up`, `eps`) on `sde`."""
+        return resolve_steps(sde.N, sde.default_eps, steps=self.steps, speed_up=self.speed_up, eps=self.eps)
 
     def nfe(self, sde: SDE) -> int:
         """Exact score evaluations per sample on `sde` (a guided score counts once: one batched call)."""
@@ -113,7 +168,8 @@ class Sampler(Component):
             raise ValueError(f"sampler {self.name!r} has no PDS component to set alpha on")
         return self.replace(pds=None if alpha is None else self.pds.replace(alpha=float(alpha)))
 
-    def known_unsupported(self, known) -> None:
+    def check_task(self, known) -> None:
+        """A clear error now if this sampler cannot run with the task's known part `known` (None: no task)."""
         if known is not None:
             raise ValueError(f"sampler {self.name!r} ({type(self).__name__}) does not fill in a known part; "
                              "inpainting and colorization run pds_lightning.sampling.PC")

@@ -1,9 +1,9 @@
-"""Correctors of the PC sampler (score_sde semantics), each preconditioned by PDS.
+"""Correctors of the PC sampler (score_sde semantics), each preconditioned by PDS: one component per update rule.
 
-`update(x, t) -> (x, x_mean)`. The Langevin step size follows the official rule
-step = 2 a_t (snr ||xi|| / ||g||)^2 with a_t = `sde.ddpm_alpha`, g = M M^T score and xi = M z; the norms
-are taken per sample ('sample', the default: a sample depends only on its own noise) or averaged over the
-batch ('batch', the official rule). Each component checks its own fields.
+`update(ctx, x, t) -> (x, x_mean)` runs `steps_per_level` MCMC steps at t (`ctx`: the run's StepContext). The
+Langevin step size follows the official rule step = 2 a_t (snr ||xi|| / ||g||)^2 with a_t = `sde.ddpm_alpha`,
+g = M M^T score and xi = M z; the norms are taken per sample ('sample', the default: a sample depends only on
+its own noise) or averaged over the batch ('batch', the official rule). Each component checks its own fields.
 Sub-VP has no DDPM chain of its own: its Langevin and ALD a_t are the VP's 1 - beta_i at t's level (the
 official score_sde code crashes there instead). The preconditioned corrector keeps the target p_t.
 """
@@ -12,35 +12,51 @@ from __future__ import annotations
 
 import torch
 
-from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sampling.base import Component, check_choice, check_number
-from pds_lightning.sampling.step import Step
+from pds_lightning.sampling.step import StepContext
 from pds_lightning.sde import SDE, per_sample
 
 #: Langevin step-size rules: per-sample norms, or the official batch-mean norms.
 STEP_SIZE_MODES = ("sample", "batch")
 
 
-class Corrector(Step):
-    """A corrector: `n_steps` MCMC steps at t_i with signal-to-noise ratio `snr`."""
+class Corrector(Component):
+    """A corrector: `steps_per_level` MCMC steps at each noise level, step size set by `snr`."""
 
-    def __init__(self, sde: SDE, score_fn, preconditioner: Preconditioner, noise, snr: float, n_steps: int,
-                 step_size: str = "sample"):
-        super().__init__(sde, score_fn, preconditioner, noise)
-        self.snr = float(snr)
-        self.n_steps = int(n_steps)
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1):
+        check_number(type(self).__name__, "snr", snr, low=0, low_open=True)
+        check_number(type(self).__name__, "steps_per_level", steps_per_level, low=1, integer=True,
+                     hint=" (no corrector: leave the corrector out)")
+        self.snr, self.steps_per_level = float(snr), int(steps_per_level)
+
+    def update(self, ctx: StepContext, x, t):
+        raise NotImplementedError
+
+    def reads_ddpm_alphas(self, sde: SDE) -> bool:
+        """The step size reads a_t, `sde`'s DDPM alphas 1 - beta_i on VP and sub-VP."""
+        return sde.min_ddpm_steps() > 1
+
+    def expected_step(self, a_t, std, noise_power, score_power):
+        """The step size from expected squared norms E||M z||^2 and E||M M^T score||^2 (the Gaussian surrogate
+        of pds_lightning.alpha, where the per-sample norms concentrate to these)."""
+        raise NotImplementedError
+
+
+class Langevin(Corrector):
+    """Langevin MCMC, step 2 a_t (snr ||M z|| / ||M M^T score||)^2 with norms per sample ('sample') or
+    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t."""
+
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample"):
+        super().__init__(snr, steps_per_level)
+        check_choice("Langevin", "step_size", step_size, STEP_SIZE_MODES)
         self.step_size = step_size
 
-
-class LangevinCorrector(Corrector):
-    """Langevin MCMC with the step size set by the signal-to-noise ratio snr."""
-
-    def update(self, x, t):
-        alpha_t = self.sde.ddpm_alpha(t, x)
+    def update(self, ctx, x, t):
+        alpha_t = ctx.sde.ddpm_alpha(t, x)
         x_mean = x
-        for _ in range(self.n_steps):
-            g = self.preconditioner.drift(self.score_fn(x, t))
-            xi = self.mz(x)
+        for _ in range(self.steps_per_level):
+            g = ctx.preconditioner.drift(ctx.score_fn(x, t))
+            xi = ctx.mz(x)
             g_norm = torch.linalg.vector_norm(g.flatten(1), dim=-1)
             xi_norm = torch.linalg.vector_norm(xi.flatten(1), dim=-1)
             if self.step_size == "batch":
@@ -50,59 +66,22 @@ class LangevinCorrector(Corrector):
             x = x_mean + per_sample(torch.sqrt(2 * step)) * xi
         return x, x_mean
 
-
-class AnnealedLangevinCorrector(Corrector):
-    """NCSN's annealed Langevin dynamics: step = 2 a_t (snr std_t)^2."""
-
-    def update(self, x, t):
-        alpha_t = self.sde.ddpm_alpha(t, x)
-        std = self.sde.marginal_prob(x, t)[1]
-        step = (self.snr * std) ** 2 * 2 * alpha_t
-        x_mean = x
-        for _ in range(self.n_steps):
-            x_mean = x + self.preconditioner.drift(per_sample(step) * self.score_fn(x, t))
-            x = x_mean + per_sample(torch.sqrt(2 * step)) * self.mz(x)
-        return x, x_mean
+    def expected_step(self, a_t, std, noise_power, score_power):
+        return 2 * a_t * self.snr ** 2 * noise_power / score_power
 
 
-class NoneCorrector(Corrector):
-    """No corrector (predictor-only sampling)."""
-
-    def update(self, x, t):
-        return x, x
-
-
-CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinCorrector, "none": NoneCorrector}
-
-
-# ---- components (configured by class_path) ----------------------------------------------------------------
-
-
-class CorrectorComponent(Component):
-    """A corrector as configured: `steps_per_level` MCMC steps at each noise level, step size set by `snr`."""
-
-    kind = ""
-
-    def __init__(self, snr: float = 0.16, steps_per_level: int = 1):
-        check_number(type(self).__name__, "snr", snr, low=0, low_open=True)
-        check_number(type(self).__name__, "steps_per_level", steps_per_level, low=1, integer=True,
-                     hint=" (no corrector: leave the corrector out)")
-        self.snr, self.steps_per_level = float(snr), int(steps_per_level)
-
-
-class Langevin(CorrectorComponent):
-    """Langevin MCMC, step 2 a_t (snr ||M z|| / ||M M^T score||)^2 with norms per sample ('sample') or
-    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t."""
-
-    kind = "langevin"
-
-    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample"):
-        super().__init__(snr, steps_per_level)
-        check_choice("Langevin", "step_size", step_size, STEP_SIZE_MODES)
-        self.step_size = step_size
-
-
-class ALD(CorrectorComponent):
+class ALD(Corrector):
     """NCSN's annealed Langevin dynamics, step 2 a_t (snr std_t)^2."""
 
-    kind = "ald"
+    def update(self, ctx, x, t):
+        alpha_t = ctx.sde.ddpm_alpha(t, x)
+        std = ctx.sde.marginal_prob(x, t)[1]
+        step = (self.snr * std) ** 2 * 2 * alpha_t
+        x_mean = x
+        for _ in range(self.steps_per_level):
+            x_mean = x + ctx.preconditioner.drift(per_sample(step) * ctx.score_fn(x, t))
+            x = x_mean + per_sample(torch.sqrt(2 * step)) * ctx.mz(x)
+        return x, x_mean
+
+    def expected_step(self, a_t, std, noise_power, score_power):
+        return 2 * a_t * self.snr ** 2 * std * std

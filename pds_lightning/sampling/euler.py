@@ -6,6 +6,11 @@ from pds_lightning.sampling.sigma import SigmaSampler
 
 
 class Euler(SigmaSampler):
-    """Euler in sigma-space (DDIM with eta 0, DPM-Solver++(1)); N NFE. Fields: see SigmaSampler."""
+    """Euler in sigma-space, x' = x + (sigma' - sigma) (x - D) / sigma: DDIM (eta 0) and DPM-Solver++(1); N NFE.
+    Fields: see SigmaSampler."""
 
-    method = "euler"
+    def score_calls(self, n):
+        return n
+
+    def step(self, run, x, sigma, sigma_next):
+        return x + (sigma_next - sigma) * (x - run.denoise(x, sigma)) / sigma

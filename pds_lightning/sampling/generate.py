@@ -24,11 +24,9 @@ def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor
     (a sampling.known.KnownPart, one row per seed) fills in inpainting / colorization. A PDS alpha chooser
     must be resolved first (pds_lightning.alpha.resolve_alpha).
     """
-    if hasattr(sampler, "to_sampler"):  # flat settings (pds_lightning.legacy.SamplerSettings)
-        sampler = sampler.to_sampler()
     if not isinstance(sampler, Sampler):
         raise ValueError(f"generate wants a sampler component (e.g. pds_lightning.sampling.PC), got "
-                         f"{type(sampler).__name__}; translate a flat settings dict with pds_lightning.legacy.sampler_from_flat")
+                         f"{type(sampler).__name__}; build one from its config with Sampler.from_config")
     seeds_list = seeds.flatten().tolist() if isinstance(seeds, Tensor) else [int(s) for s in seeds]
     device = seeds.device if isinstance(seeds, Tensor) else torch.device("cpu")
     if known is not None:
@@ -43,6 +41,7 @@ def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor
     if len(shape) != 3:
         raise ValueError(f"shape must be the image shape [C, H, W], got {shape}")
     sampler.check(sde)  # fail early, with the step-count message
+    sampler.check_task(known)
     preconditioner = None
     if sampler.pds is not None:
         preconditioner = sampler.pds.preconditioner(statistics, sampler.name).to(device)

@@ -25,6 +25,11 @@ RESTRICT_CHOICES = ("project", "subspace")
 class AlphaChooser(Component):
     """Picks alpha for a sampler's step budget (implemented above sampling: pds_lightning.alpha)."""
 
+    def choose(self, sampler, sde, statistics, *, centered: bool = False, score_fn=None, shape=None,
+               device="cpu"):
+        """The choice (an AlphaChoice: `.alpha` a number or None for vanilla) for `sampler` on `sde`."""
+        raise NotImplementedError
+
 
 class PDS(Component):
     """Preconditioned diffusion sampling: filters from the data statistics, strength alpha."""
@@ -44,6 +49,11 @@ class PDS(Component):
     @property
     def chooses_alpha(self) -> bool:
         return isinstance(self.alpha, AlphaChooser)
+
+    @property
+    def consistent(self) -> bool:
+        """The consistent predictor form (keeps p_t) rather than the official one."""
+        return self.predictor == "consistent"
 
     def preconditioner(self, statistics, sampler_name: str = "sampler") -> Preconditioner:
         """M from an object with freq_statistic() / space_statistic() (alpha must be a number by now)."""

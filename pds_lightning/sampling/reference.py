@@ -1,7 +1,6 @@
 """The PDS predictor-corrector sampler for VE SDEs written out on one screen, as in the official code.
 
-Same run as `pc_sampler(..., predictor="reverse_diffusion", corrector="langevin", n_corrector_steps=1)`
-on a VESDE, to the bit, with every formula inline: the readable reference for the general sampler.
+Same run as `PC(predictor=ReverseDiffusion(), corrector=Langevin())` on a VESDE, to the bit, with every formula inline: the readable reference for the general sampler.
 M is the PDS preconditioner (M z: `noise`, M M^T g: `drift`); without one M = I (vanilla score_sde).
 """
 
@@ -10,18 +9,18 @@ from __future__ import annotations
 import torch
 
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling.samplers import SampleResult
+from pds_lightning.sampling.base import SampleResult
 from pds_lightning.sde import VESDE, per_sample
 
 
 @torch.no_grad()
 def pds_pc_sampler(score_fn, sde: VESDE, shape, *, noise, preconditioner: Preconditioner | None = None,
-                   snr: float = 0.16, n_steps: int | None = None, speed_up: float = 1.0,
+                   snr: float = 0.16, steps: int | None = None, speed_up: float = 1.0,
                    eps: float | None = None, step_size: str = "sample", denoise: bool = True,
                    dtype: torch.dtype = torch.float32) -> SampleResult:
     """Official PDS sampling of a VE SDE: at each t_i, one Langevin corrector step, then reverse diffusion."""
     M = Preconditioner() if preconditioner is None else preconditioner
-    sde, N, eps = sde.discretised(n_steps, speed_up, eps)          # official speed_up rule
+    sde, N, eps = sde.discretised(steps, speed_up, eps)            # official speed_up rule
     nfe = 0
     x = sde.prior_sampling(M.noise(noise.noise(torch.zeros(shape, device=noise.device, dtype=dtype))))  # sigma_max M z
     for t in sde.time_grid(N, eps, device=x.device):               # t_i = linspace(T, eps, N)

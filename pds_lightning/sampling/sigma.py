@@ -1,29 +1,34 @@
-"""What the sigma-space samplers share (sampling/solvers.py has the maths): noise levels from a schedule,
-an optional Langevin corrector after each step (the one place PDS enters them), the exact NFE."""
+"""What the sigma-space samplers share (sampling/solvers.py has the frame): noise levels from a schedule, an
+optional Langevin corrector after each step (the one place PDS enters them), the one loop, the exact NFE."""
 
 from __future__ import annotations
 
-from pds_lightning.sampling.base import Sampler, check_budget, check_type
+import torch
+from torch import Tensor
+
+from pds_lightning.sampling.base import Sampler, SampleResult, check_budget, check_type
 from pds_lightning.sampling.correctors import Langevin
 from pds_lightning.sampling.pds import PDS
-from pds_lightning.sampling.schedules import Karras, Schedule
-from pds_lightning.sampling.solvers import MIN_STEPS, SOLVERS, solver_nfe
-from pds_lightning.sde import SDE, resolve_steps
+from pds_lightning.sampling.schedules import MIN_STEPS, Karras, Schedule
+from pds_lightning.sampling.solvers import SigmaRun
+from pds_lightning.sde import SDE
 
 
 class SigmaSampler(Sampler):
-    """`levels` noise levels N >= 2 (or `speed_up`: N = int(num_scales / speed_up)) from `schedule` down to
-    sigma(eps), then sigma = 0. `corrector`: Langevin steps at each level > 0 (PDS, when given, preconditions
-    only those: M M^T in the ODE drift would change its path). Subclasses name their method in `method`."""
+    """`steps` noise levels N >= 2 (or `speed_up`: N = int(num_scales / speed_up)) from `schedule` down to
+    sigma(eps), then sigma = 0: N steps. `corrector`: Langevin steps at each level > 0 (PDS, when given,
+    preconditions only those: M M^T in the ODE drift would change its path). A subclass is its `step` (one
+    step from sigma to sigma_next) and its `score_calls` (NFE of the steps alone)."""
 
-    method = ""
-
-    def __init__(self, levels: int | None = None, speed_up: float = 1.0, eps: float | None = None,
+    def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                  schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
                  name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):
         super().__init__(name, guidance_scale, check_finite_every)
-        check_budget(self.name, "levels", levels, speed_up, eps, minimum=MIN_STEPS)
+        check_budget(self.name, "steps", steps, speed_up, eps, minimum=MIN_STEPS)
         check_type(self.name, "schedule", schedule, Schedule, "a schedule component (Karras, SDEGrid)")
+        if eps is not None and not schedule.reads_eps:
+            raise ValueError(f"{self.name}: eps {eps} has no effect: the schedule's sigma_min "
+                             f"{schedule.sigma_min} sets the last level; remove eps or sigma_min")
         if corrector is not None:
             check_type(self.name, "corrector", corrector, Langevin, "a Langevin corrector or None")
         if pds is not None:
@@ -36,38 +41,53 @@ class SigmaSampler(Sampler):
                                  f"{type(self).__name__} has no predictor to precondition and fills in no known part")
             if pds.chooses_alpha:
                 raise ValueError(f"{self.name}: alpha choosers model the PC sampler; give PDS alpha a number")
-        self.levels, self.speed_up, self.eps = levels, float(speed_up), eps
+        self.steps, self.speed_up, self.eps = steps, float(speed_up), eps
         self.schedule, self.corrector, self.pds = schedule, corrector, pds
 
-    def levels_for(self, sde: SDE) -> int:
-        N, _ = resolve_steps(sde.N, sde.default_eps, n_steps=self.levels, speed_up=self.speed_up, eps=self.eps)
+    def steps_on(self, sde: SDE) -> tuple[int, float]:
+        N, eps = super().steps_on(sde)
         if N < MIN_STEPS:
             raise ValueError(f"{self.name}: {type(self).__name__} needs >= {MIN_STEPS} noise levels, speed_up "
                              f"{self.speed_up:g} leaves {N}; lower speed_up")
-        return N
+        return N, eps
 
     def nfe(self, sde: SDE) -> int:
-        c = self.corrector
-        return self.levels_nfe(self.levels_for(sde), "none" if c is None else "langevin",
-                               1 if c is None else c.steps_per_level)
+        N, _ = self.steps_on(sde)
+        return self.score_calls(N) + (0 if self.corrector is None else self.corrector.steps_per_level * (N - 1))
 
-    def levels_nfe(self, levels: int, ode_corrector: str, n_corrector_steps: int) -> int:
-        """Score evaluations per sample with `levels` noise levels (the engine's own count)."""
-        return solver_nfe(self.method, levels, ode_corrector, n_corrector_steps)
+    def score_calls(self, n: int) -> int:
+        """Score evaluations per sample of the steps alone over n levels (the corrector's come on top)."""
+        raise NotImplementedError
 
-    def engine(self):
-        """The sigma-space sampling function this component runs (solvers.py by `method`)."""
-        return SOLVERS[self.method]
+    def sigmas(self, sde: SDE) -> list[float]:
+        """sigma_0 > ... > sigma_{N-1} > sigma_N = 0 of this sampler on `sde`."""
+        N, eps = self.steps_on(sde)
+        return self.schedule.sigmas(sde, N, eps).tolist()
 
-    def extra_kwargs(self) -> dict:
-        return {}
+    def start(self, run: SigmaRun) -> None:
+        """Prepare what the steps of this run need (before any score evaluation)."""
 
-    def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None):
-        self.known_unsupported(known)
-        c = self.corrector
-        corrector = {} if c is None else dict(ode_corrector="langevin", snr=c.snr, n_corrector_steps=c.steps_per_level,
-                                               step_size=c.step_size)
-        return self.engine()(score_fn, sde, shape, noise=noise, preconditioner=preconditioner,
-                             n_steps=self.levels, speed_up=self.speed_up, eps=self.eps,
-                             check_finite_every=self.check_finite_every, **self.schedule.engine_kwargs(),
-                             **corrector, **self.extra_kwargs())
+    def step(self, run: SigmaRun, x: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        """x_hat at sigma_next from x_hat at sigma."""
+        raise NotImplementedError
+
+    def after_level(self, run: SigmaRun, x: Tensor, level: int) -> Tensor:
+        """x_hat once the step landing on level `level` (and its corrector) is done."""
+        return x
+
+    @torch.no_grad()
+    def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None,
+                 dtype: torch.dtype = torch.float32) -> SampleResult:
+        self.check_task(known)
+        if preconditioner is not None and not preconditioner.is_identity and self.corrector is None:
+            raise ValueError(f"{self.name}: a PDS preconditioner enters {type(self).__name__} only through its "
+                             "Langevin corrector (M M^T in the ODE drift would change its path); give corrector: "
+                             "Langevin, or no preconditioner")
+        run = SigmaRun(score_fn, sde, self.sigmas(sde), shape, noise, preconditioner, self.corrector,
+                       self.check_finite_every, dtype)
+        self.start(run)
+        x = run.x
+        for i, sigma, sigma_next in run.steps():
+            x = run.after_step(self.step(run, x, sigma, sigma_next), i, sigma_next)
+            x = self.after_level(run, x, i + 1)
+        return run.result(x)

@@ -1,14 +1,13 @@
-"""alpha: auto — the Gaussian-surrogate prediction against the sampler itself, on Gaussian targets."""
+"""Alpha choosers (Surrogate, Pilot): the Gaussian-surrogate prediction against the sampler itself, on Gaussian
+targets."""
 
 import pytest
 import torch
 from helpers import run_sampler
 
-from pds_lightning.alpha import GaussianSurrogate, choose_alpha, predict_w2, resolve_alpha
+from pds_lightning.alpha import GaussianSurrogate, Pilot, Surrogate, choose_alpha, predict_w2, resolve_alpha
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.sampling.samplers import pc_sampler
-from pds_lightning.legacy import SamplerSettings, with_alpha
-from pds_lightning.sampling import generate
+from pds_lightning.sampling import PC, PDS, Langevin, generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -79,9 +78,11 @@ def _sample(settings, lam, stats):
     return run_sampler(settings, score, SDE, (BATCH, 1, SIZE, SIZE), AntitheticNoise(), stats).x
 
 
-def settings_for(n_steps, alpha, preconditioner="freq"):
+def settings_for(steps, alpha, filters="freq", name="t"):
+    """PC at `steps` with PDS `filters` at `alpha` (a number or a chooser), or vanilla for filters 'none'."""
     # Batch-mean Langevin norms: over 2048 samples they equal the expected norms the surrogate assumes.
-    return SamplerSettings(name="t", n_steps=n_steps, preconditioner=preconditioner, alpha=alpha, step_size="batch")
+    return PC(name=name, steps=steps, corrector=Langevin(step_size="batch"),
+              pds=None if filters == "none" else PDS(filters=filters, alpha=alpha))
 
 
 @pytest.mark.parametrize("n_steps,alpha", [(40, 5.0), (66, None), (66, 20.0)])
@@ -100,7 +101,7 @@ def test_predicted_error_matches_the_sampler_within_10_percent(n_steps, alpha):
 def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
     lam, stats = target()
     choice = choose_alpha(stats, SDE, settings_for(n_steps, 5.0))
-    chosen, info = resolve_alpha(settings_for(n_steps, "auto"), SDE, stats)  # the one resolution path
+    chosen, info = resolve_alpha(settings_for(n_steps, Surrogate()), SDE, stats)  # the one resolution path
     assert info["alpha"] == choice.alpha
     w_vanilla = measured_w2(sample(settings_for(n_steps, 5.0, "none"), lam, stats), lam)
     w_five = measured_w2(sample(settings_for(n_steps, 5.0), lam, stats), lam)
@@ -111,7 +112,7 @@ def test_auto_is_never_worse_than_vanilla_or_alpha_5(n_steps):
 
 def test_resolve_alpha_gives_the_chosen_alpha_and_reports_it():
     lam, stats = target()
-    auto = SamplerSettings(name="auto", n_steps=66, preconditioner="freq", alpha="auto", step_size="batch")
+    auto = settings_for(66, Surrogate(), name="auto")
     choice = choose_alpha(stats, SDE, auto)
     assert choice.alpha is not None  # on a 1/f^2 target at 66 steps preconditioning is predicted to help
     score = GaussianScore(MEAN, lam, SDE)
@@ -119,7 +120,7 @@ def test_resolve_alpha_gives_the_chosen_alpha_and_reports_it():
     resolved, info = resolve_alpha(auto, SDE, stats)
     assert resolved.pds.alpha == choice.alpha and resolved.pds.filters == "freq"
     result = generate(resolved, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
-    fixed = generate(settings_for(66, choice.alpha), score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
+    fixed = generate(settings_for(66, choice.alpha, name="auto"), score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
     torch.testing.assert_close(result.x, fixed.x, rtol=0, atol=0)
     assert info["alpha"] == choice.alpha
     assert info["value"] == pytest.approx(choice.value)
@@ -130,13 +131,16 @@ def test_resolve_alpha_gives_the_chosen_alpha_and_reports_it():
         generate(auto, score, SDE, seeds, (1, SIZE, SIZE), statistics=stats)
 
 
-def test_auto_needs_a_preconditioner_and_statistics():
-    with pytest.raises(ValueError, match="preconditioner"):
-        SamplerSettings(alpha="auto", preconditioner="none")
-    with pytest.raises(ValueError, match="'auto'"):
-        SamplerSettings(alpha="fast", preconditioner="freq")
-    with pytest.raises(ValueError, match="no data statistics"):
-        resolve_alpha(SamplerSettings(alpha="auto", preconditioner="freq", n_steps=10), SDE, None)
+def test_a_chooser_needs_a_pc_sampler_and_statistics():
+    with pytest.raises(ValueError, match="sampler 't' chooses alpha but no data statistics are available"):
+        resolve_alpha(settings_for(10, Surrogate()), SDE, None)
+    _, stats = target()
+    with pytest.raises(ValueError, match="alpha choosers model a PC sampler with a predictor; sampler 't' has none"):
+        resolve_alpha(settings_for(10, Surrogate()).replace(predictor=None), SDE, stats)
+    with pytest.raises(ValueError, match="alpha choosers model the predictors ReverseDiffusion and EulerMaruyama, "
+                                         "not AncestralSampling"):
+        from pds_lightning.sampling import AncestralSampling
+        resolve_alpha(settings_for(10, Surrogate()).replace(predictor=AncestralSampling()), SDE, stats)
 
 
 def test_space_filter_of_a_stationary_target_changes_nothing_and_pooling_is_accurate():
@@ -161,7 +165,7 @@ def test_choice_at_256_px_matches_the_unpooled_recursion():
     power = 256 * 256 * lam + torch.fft.fft2(mean).abs().square()
     stats = ImageStatistics.from_moments(1, power, mean, lam.mean() + mean ** 2)
     sde = VESDE(0.01, 378.0, 2000)
-    settings = SamplerSettings(n_steps=200, snr=0.075, preconditioner="both", alpha="auto")
+    settings = PC(steps=200, corrector=Langevin(snr=0.075), pds=PDS(filters="both", alpha=Surrogate()))
     choice = choose_alpha(stats, sde, settings)  # its time is in benchmarks/alpha_auto.py, not here
     # Every mode on its own (no pooling; one channel: the channels are identical) gives the same values.
     one = ImageStatistics.from_moments(1, power[:1], mean[:1], lam[:1].mean() + mean[:1] ** 2)
@@ -181,14 +185,14 @@ def test_score_module_logs_the_choice_to_tensorboard(tmp_path):
     module.trainer = Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
     logged = []
     logger.experiment.add_scalar = lambda tag, value, step: logged.append((tag, value))
-    setting = SamplerSettings(name="auto10", n_steps=10, preconditioner="both", alpha="auto")
+    setting = PC(name="auto10", steps=10, pds=PDS(filters="both", alpha=Surrogate()))
     result = module.sample(setting, torch.arange(2))
     choice = result.info["alpha_auto"]
     assert logged == [("alpha_auto/auto10/alpha", choice["alpha"] or 0.0),
                       ("alpha_auto/auto10/predicted_w2", choice["value"])]
 
 
-# ---- auto_method: pilot (measured on pilot samples of the model itself) ---------------------------------
+# ---- the Pilot chooser (measured on pilot samples of the model itself) ---------------------------------
 def held_out_spectral_error(settings, score, stats, n=256) -> float:
     from pds_lightning.metrics import spectral_error
 
@@ -202,34 +206,30 @@ def test_pilot_choice_is_not_worse_than_vanilla_or_alpha_5_on_held_out_seeds(n_s
 
     lam, stats = target()
     score = GaussianScore(MEAN, lam, SDE)
-    auto = SamplerSettings(name="pilot", n_steps=n_steps, preconditioner="freq", alpha="auto",
-                           auto_method="pilot", pilot_samples=16)
+    auto = settings_for(n_steps, Pilot(16), name="pilot").replace(corrector=Langevin())
     chosen, choice = resolve_alpha(auto, SDE, stats, score_fn=score, shape=(1, SIZE, SIZE))
     assert choice["method"] == "pilot" and len(choice["table"]) == len(PILOT_CANDIDATES)
     assert choice["nfe"] == len(PILOT_CANDIDATES) * 16 * (2 * n_steps)
     # The table is the spectral error of exactly those pilot seeds with each candidate.
     from pds_lightning.metrics import spectral_error
-    pilot = generate(with_alpha(auto, 5.0), score, SDE, torch.arange(16) + PILOT_SEED, (1, SIZE, SIZE),
+    pilot = generate(auto.with_alpha(5.0), score, SDE, torch.arange(16) + PILOT_SEED, (1, SIZE, SIZE),
                      statistics=stats).x
     assert choice["table"]["5.0"] == pytest.approx(spectral_error(pilot.clamp(0, 1), stats.power_mean.float()))
     # Scored on other seeds (0..255), the choice holds up against both references.
     e_auto = held_out_spectral_error(chosen, score, stats)
-    e_vanilla = held_out_spectral_error(with_alpha(auto, None), score, stats)
-    e_five = held_out_spectral_error(with_alpha(auto, 5.0), score, stats)
+    e_vanilla = held_out_spectral_error(auto.with_alpha(None), score, stats)
+    e_five = held_out_spectral_error(auto.with_alpha(5.0), score, stats)
     assert e_auto <= min(e_vanilla, e_five) + 0.01, (choice["alpha"], e_auto, e_vanilla, e_five)
     if n_steps == 20:  # vanilla is far off at 20 steps on this target; the pilot must see it
         assert choice["alpha"] is not None and e_vanilla > 1.5 * e_auto
 
 
-def test_pilot_needs_samples_and_a_known_method():
-    with pytest.raises(ValueError, match="auto_method"):
-        SamplerSettings(alpha="auto", preconditioner="freq", auto_method="sweep")
-    with pytest.raises(ValueError, match="samples must be an integer >= 2"):
-        SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", pilot_samples=1)
+def test_pilot_needs_samples_and_the_model():
+    with pytest.raises(ValueError, match="Pilot: samples must be an integer >= 2"):
+        Pilot(samples=1)
     _, stats = target()
-    with pytest.raises(ValueError, match="score_fn"):
-        resolve_alpha(SamplerSettings(alpha="auto", preconditioner="freq", auto_method="pilot", n_steps=10),
-                      SDE, stats)
+    with pytest.raises(ValueError, match="the Pilot alpha chooser samples the model; pass score_fn and shape"):
+        resolve_alpha(settings_for(10, Pilot()), SDE, stats)
 
 
 def test_score_module_runs_the_pilot_once_per_training_step():
@@ -238,8 +238,7 @@ def test_score_module_runs_the_pilot_once_per_training_step():
     module = tiny_module(tiny_net(ch_mult=[1]), statistics=True)
     calls = []
     module.ema_net.register_forward_hook(lambda *_: calls.append(1))
-    setting = SamplerSettings(name="p", n_steps=5, preconditioner="both", alpha="auto", auto_method="pilot",
-                              pilot_samples=2)
+    setting = PC(name="p", steps=5, pds=PDS(filters="both", alpha=Pilot(2)))
     first = module.sample(setting, torch.arange(2))
     pilot_calls = len(calls) - 10  # 5 PC steps = 10 network calls for the batch itself
     assert first.info["alpha_auto"]["nfe"] == pilot_calls * 2  # batched: one call serves both pilot samples

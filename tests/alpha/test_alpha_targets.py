@@ -7,12 +7,12 @@ import pytest
 import torch
 from helpers import run_sampler
 
-from pds_lightning.alpha import GaussianSurrogate, Modes, choose_alpha, pc_output_moments, resolve_alpha
+from pds_lightning.alpha import (GaussianSurrogate, Modes, Pilot, Surrogate, choose_alpha, pc_output_moments,
+                                 resolve_alpha)
 from pds_lightning.convert import statistics_buffers
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import frequency_mirror
-from pds_lightning.legacy import SamplerSettings, with_alpha
-from pds_lightning.sampling import generate, pc_sampler
+from pds_lightning.sampling import ALD, PC, PDS, Langevin, generate
 from pds_lightning.sde import SubVPSDE, VPSDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -58,9 +58,9 @@ CASES = [(VPSDE(0.1, 20.0, 1000), False), (SubVPSDE(0.1, 20.0, 1000), False), (V
 IDS = ["VP", "subVP", "VP-centered"]
 
 
-def settings_for(n_steps, alpha, preconditioner="freq", corrector="langevin"):
-    return SamplerSettings(n_steps=n_steps, preconditioner=preconditioner, alpha=alpha, corrector=corrector,
-                           step_size="batch" if corrector == "langevin" else "sample")  # ALD has no step-size rule
+def settings_for(steps, alpha, filters="freq", corrector=Langevin(step_size="batch")):
+    """PC at `steps` with PDS `filters` at `alpha` (a number or a chooser; filters 'none': vanilla)."""
+    return PC(steps=steps, corrector=corrector, pds=None if filters == "none" else PDS(filters=filters, alpha=alpha))
 
 
 @pytest.mark.parametrize("sde,centered", CASES, ids=IDS)
@@ -70,7 +70,7 @@ def test_recursion_matches_the_sampler_mode_by_mode(sde, centered):
     mean, lam = model_target(centered)
     torch.testing.assert_close(surrogate.lam, lam, rtol=1e-6, atol=1e-12)
     modes = Modes.from_surrogate(surrogate, stats.freq_statistic(torch.float64))
-    for settings in (settings_for(40, 5.0), settings_for(40, 5.0, corrector="ald")):
+    for settings in (settings_for(40, 5.0), settings_for(40, 5.0, corrector=ALD())):
         v_pred, gamma = pc_output_moments(modes, modes.gains("freq", [5.0], None), sde, settings)
         v, m = measured_moments(settings, sde, centered)
         # Relative sampling error of a per-mode variance: 1/sqrt(BATCH) (sqrt 2 more for real modes); the
@@ -83,7 +83,7 @@ def test_recursion_matches_the_sampler_mode_by_mode(sde, centered):
 @pytest.mark.parametrize("sde,centered", CASES, ids=IDS)
 def test_auto_choice_is_not_worse_than_vanilla_or_alpha_5_when_measured(sde, centered):
     stats = exact_statistics()
-    resolved, info = resolve_alpha(settings_for(30, "auto"), sde, stats, centered=centered)
+    resolved, info = resolve_alpha(settings_for(30, Surrogate()), sde, stats, centered=centered)
     assert info["alpha"] == choose_alpha(stats, sde, settings_for(30, 5.0), centered=centered).alpha
     w_auto = measured_w2(resolved, sde, centered)
     w_vanilla = measured_w2(settings_for(30, 5.0, "none"), sde, centered)
@@ -105,8 +105,8 @@ def official_statistics() -> ImageStatistics:
 def test_surrogate_refuses_official_statistics_without_a_pixel_mean():
     stats = official_statistics()
     assert not stats.mean.any() and stats.power_mean.any()  # what convert stores: no pixel mean
-    auto = SamplerSettings(n_steps=20, preconditioner="both", alpha="auto")
-    with pytest.raises(ValueError, match=r"needs the pixel mean.*auto_method: pilot.*recompute the statistics"):
+    auto = PC(steps=20, pds=PDS(filters="both", alpha=Surrogate()))
+    with pytest.raises(ValueError, match=r"needs the pixel mean.*PDS\(alpha=Pilot\(\)\).*recompute the statistics"):
         resolve_alpha(auto, VPSDE(), stats)
 
 
@@ -119,7 +119,7 @@ def test_zero_mean_statistics_would_inflate_the_prediction_several_times():
     sde, settings = VESDE(0.01, 5.0, 1000), settings_for(200, 5.0)
     stats = exact_statistics()
     lost = ImageStatistics.from_moments(1, stats.power_mean, torch.zeros_like(stats.mean), stats.sq_mean)
-    with pytest.raises(ValueError, match="needs the pixel mean"):
+    with pytest.raises(ValueError, match="the Surrogate alpha chooser needs the pixel mean of the data"):
         choose_alpha(lost, sde, settings)
     true = choose_alpha(stats, sde, settings).table
     # What the surrogate would do without the check: the mean's power at DC becomes DC variance.
@@ -138,7 +138,7 @@ def test_pilot_works_with_official_statistics():
     sde = VPSDE()
     lam = torch.expm1(stats.freq_statistic(torch.float64)) / (16 * 16)  # power / (H W): a stand-in target
     score = GaussianScore(0.0, 0.5 * (lam + frequency_mirror(lam)), sde)  # symmetric to rounding already
-    auto = SamplerSettings(n_steps=25, preconditioner="both", alpha="auto", auto_method="pilot", pilot_samples=2)
+    auto = PC(steps=25, pds=PDS(filters="both", alpha=Pilot(2)))
     resolved, info = resolve_alpha(auto, sde, stats, score_fn=score, shape=(3, 16, 16))
     assert info["method"] == "pilot" and (resolved.pds is None or isinstance(resolved.pds.alpha, float))
     assert torch.isfinite(generate(resolved, score, sde, [0, 1], (3, 16, 16), statistics=stats).x).all()

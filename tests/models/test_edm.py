@@ -145,7 +145,7 @@ def test_posterior_mean_denoiser_gives_the_exact_score(sde):
 def test_score_module_builds_saves_loads_and_samples(tmp_path):
     sde_spec = {"class_path": "pds_lightning.sde.VESDE", "init_args": {"sigma_min": 0.01, "sigma_max": 16.0}}
     net_spec = {"class_path": "pds_lightning.models.edm.EDMPrecond", "init_args": {"net": SPEC, "sigma_data": 0.5}}
-    settings = EDMHeun(name="heun", levels=3)
+    settings = EDMHeun(name="heun", steps=3)
     module = ScoreModule.from_hyper_parameters(net=net_spec, sde=sde_spec, image_size=8, num_channels=1,
                                                centered=True, sampler=settings)
     with torch.no_grad():

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from helpers import GaussianModule
-from pds_lightning.sampling import PC, PDS as PDSComponent, ProbabilityFlowODE, generate, pc_sampler
+from pds_lightning.sampling import (ALD, PC, PDS as PDSComponent, AncestralSampling, EulerMaruyama, Langevin,
+                                    ProbabilityFlowODE, ReverseDiffusion, generate)
 from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis,
                                                 known_part_for)
 from pds_lightning.sampling.noise import SeededNoise
-from pds_lightning.legacy import SamplerSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.sde import VESDE, VPSDE
@@ -49,6 +49,11 @@ def center_mask(channels=1):
 PDS = [("project", False), ("project", True), ("subspace", True)]
 
 
+def pc(restrict, pds, **kw):
+    """PC with PDS restricted as given, or vanilla (the preconditioner itself is passed to the call)."""
+    return PC(pds=PDSComponent(filters="both", restrict=restrict) if pds else None, **kw)
+
+
 @pytest.mark.parametrize("restrict,pds", PDS)
 def test_inpainting_keeps_the_known_pixels_exactly_and_fills_with_the_conditional(restrict, pds):
     sde = VESDE(0.01, 5.0, 200)
@@ -57,8 +62,8 @@ def test_inpainting_keeps_the_known_pixels_exactly_and_fills_with_the_conditiona
     B = 256
     known = known_part_for("inpaint", x0.expand(B, -1, -1, -1), center_mask())
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
-    out = pc_sampler(target, sde, None, known=known, noise=SeededNoise(range(B)), preconditioner=pre,
-                     restrict=restrict, n_steps=200).x
+    out = pc(restrict, pds, steps=200)(target, sde, None, known=known, noise=SeededNoise(range(B)),
+                                       preconditioner=pre).x
     m = center_mask().flatten().bool()
     assert torch.equal(out.flatten(1)[:, m], x0.flatten(1)[:, m].expand(B, -1))  # bit for bit
     cov, xk = covariance(lam), x0.double().flatten()[m]
@@ -76,8 +81,8 @@ def test_inpainting_keeps_the_known_pixels_exactly_and_fills_with_the_conditiona
 
 
 @pytest.mark.parametrize("restrict,pds", PDS)
-@pytest.mark.parametrize("predictor,corrector", [("reverse_diffusion", "langevin"), ("euler_maruyama", "none"),
-                                                 ("ancestral_sampling", "ald"), ("none", "langevin")])
+@pytest.mark.parametrize("predictor,corrector", [(ReverseDiffusion(), Langevin()), (EulerMaruyama(), None),
+                                                 (AncestralSampling(), ALD()), (None, Langevin())], ids=repr)
 def test_colorization_keeps_the_gray_axis_for_every_pc_sampler(restrict, pds, predictor, corrector):
     sde = VPSDE(0.1, 20.0, 100)
     target, _, stats = gaussian_problem(sde, channels=3)
@@ -85,8 +90,8 @@ def test_colorization_keeps_the_gray_axis_for_every_pc_sampler(restrict, pds, pr
     gray = rgb.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # what a gray input looks like
     known = known_part_for("colorize", gray)
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
-    out = pc_sampler(target, sde, None, known=known, noise=SeededNoise(range(4)), preconditioner=pre,
-                     restrict=restrict, n_steps=50, predictor=predictor, corrector=corrector).x
+    sampler = pc(restrict, pds, steps=50, predictor=predictor, corrector=corrector)
+    out = sampler(target, sde, None, known=known, noise=SeededNoise(range(4)), preconditioner=pre).x
     assert torch.allclose(out.mean(1), gray[:, 0], atol=1e-6, rtol=0)  # float rounding of the basis change
     assert out.std(1).mean() > 0.05  # the colour is filled in, not left gray
     assert torch.isfinite(out).all()
@@ -114,7 +119,7 @@ def test_restricted_preconditioner_never_touches_the_known_part():
 
 def test_a_seed_gives_the_same_completion_in_any_batch():
     module = GaussianModule()
-    sampler = PC(pc_steps=20, pds=PDSComponent(filters="both"))
+    sampler = PC(steps=20, pds=PDSComponent(filters="both"))
     x0 = module.target.sample(3, torch.Generator().manual_seed(2)).float()
     mask = center_mask(3)
     both = generate(sampler, module.target, module.sde, [7, 8, 9], None, module.data_statistics,
@@ -126,18 +131,16 @@ def test_a_seed_gives_the_same_completion_in_any_batch():
 
 def test_bad_inputs_are_named():
     x = torch.rand(2, 1, H, H)
-    with pytest.raises(ValueError, match="needs a mask"):
+    with pytest.raises(ValueError, match="inpainting needs a mask"):
         known_part_for("inpaint", x)
-    with pytest.raises(ValueError, match="RGB"):
+    with pytest.raises(ValueError, match="colorization needs RGB images"):
         known_part_for("colorize", x)
     with pytest.raises(ValueError, match="0 \\(unknown\\) and 1"):
         KnownPart(x, torch.full((1, 1, H, H), 0.5))
     with pytest.raises(ValueError, match="run pds_lightning.sampling.PC"):
         generate(ProbabilityFlowODE(), None, VESDE(), [0, 1], None, known=KnownPart(x, center_mask()))
-    with pytest.raises(ValueError, match="restrict"):
+    with pytest.raises(ValueError, match=r"PDS: unknown restrict 'x'; choose one of \('project', 'subspace'\)"):
         PDSComponent(restrict="x")
-    with pytest.raises(ValueError, match="restrict"):
-        pc_sampler(None, VESDE(), None, known=KnownPart(x, center_mask()), noise=SeededNoise([0, 1]), restrict="x")
 
 
 def test_clip_keeping_gray_stays_in_range_and_keeps_the_gray():

@@ -5,16 +5,13 @@ on strongly preconditioned Fourier modes stays near 0.75 at alpha 5 however larg
 variant (drift f - (g^2/2)(I + M M^T) score, same noise) keeps p_t: the ratio tends to 1 as N grows.
 """
 
-from dataclasses import replace
-
 import pytest
 import torch
 from helpers import preconditioner_of, run_sampler
 
 from pds_lightning.alpha.surrogate import GaussianSurrogate, Modes, pc_output_moments
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import SeededNoise, generate, pc_sampler
+from pds_lightning.sampling import PC, PDS, AncestralSampling, EulerMaruyama, ReverseDiffusion, SeededNoise, generate
 from pds_lightning.sde import VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -31,9 +28,9 @@ def exact_statistics(lam=LAM, mean_value=MEAN) -> ImageStatistics:
     return gaussian_statistics(lam, mean_value)
 
 
-def settings(n_steps, variant, predictor="reverse_diffusion"):
-    return SamplerSettings(n_steps=n_steps, corrector="none", preconditioner="freq", alpha=5.0,
-                           pds_predictor=variant, predictor=predictor)
+def settings(steps, variant, predictor=ReverseDiffusion(), denoise=True):
+    return PC(steps=steps, corrector=None, pds=PDS(filters="freq", alpha=5.0, predictor=variant), predictor=predictor,
+              denoise=denoise)
 
 
 def strong_modes(preconditioner) -> torch.Tensor:
@@ -42,7 +39,7 @@ def strong_modes(preconditioner) -> torch.Tensor:
     return gain > gain.quantile(0.75)
 
 
-def measured_ratio(s: SamplerSettings, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def measured_ratio(s: PC, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-mode output variance / target variance [H, W] from BATCH samples, the M M^T gain mask)."""
     stats = exact_statistics()
     pre = preconditioner_of(s, stats)
@@ -51,11 +48,11 @@ def measured_ratio(s: SamplerSettings, seed: int = 0) -> tuple[torch.Tensor, tor
     return v / LAM[0], strong_modes(pre)
 
 
-def predicted_ratio(s: SamplerSettings) -> torch.Tensor:
+def predicted_ratio(s: PC) -> torch.Tensor:
     """The same ratio from the exact moment recursion of pds_lightning.alpha (per mode, [H, W])."""
     stats = exact_statistics()
     modes = Modes.from_surrogate(GaussianSurrogate.from_statistics(stats), stats.freq_statistic(torch.float64))
-    v, _ = pc_output_moments(modes, modes.gains("freq", [s.alpha], None), SDE, s)
+    v, _ = pc_output_moments(modes, modes.gains("freq", [s.pds.alpha], None), SDE, s)
     return (v[0] / modes.lam).view(H, W)
 
 
@@ -65,12 +62,12 @@ MODE_TOL = 5 * 2 ** 0.5 / BATCH ** 0.5
 MEAN_TOL = 4 / (8 * BATCH) ** 0.5
 
 
-@pytest.mark.parametrize("predictor", ["reverse_diffusion", "euler_maruyama"])
+@pytest.mark.parametrize("predictor", [ReverseDiffusion(), EulerMaruyama()], ids=repr)
 def test_consistent_variant_tends_to_the_target_and_the_official_one_does_not(predictor):
     ratios = {}
     for variant in ("official", "consistent"):
         for n in (100, 400, 1000):
-            if predictor == "euler_maruyama" and n != 400:
+            if isinstance(predictor, EulerMaruyama) and n != 400:
                 continue  # the N trend is the same; one point keeps the test short
             s = settings(n, variant, predictor)
             ratio, strong = measured_ratio(s)
@@ -78,11 +75,11 @@ def test_consistent_variant_tends_to_the_target_and_the_official_one_does_not(pr
             # The sampler and the closed-form recursion agree mode by mode (independent computations).
             assert (ratio - expected).abs().max() < MODE_TOL, (variant, n, ratio, expected)
             ratios[variant, n] = ratio[strong].mean().item()
-    n = 1000 if predictor == "reverse_diffusion" else 400
+    n = 1000 if isinstance(predictor, ReverseDiffusion) else 400
     official, consistent = ratios["official", n], ratios["consistent", n]
     assert official < 0.80, ratios  # ~0.75: the official predictor under-disperses these modes
     assert abs(consistent - 1) < 0.015 + 3 * MEAN_TOL, ratios  # 0.995 (N 1000, reverse diffusion), 1.011 (EM 400)
-    if predictor == "reverse_diffusion":
+    if isinstance(predictor, ReverseDiffusion):
         assert ratios["consistent", 100] > 1.02 and ratios["official", 100] < 0.82, ratios
         assert all(ratios["official", n] < 0.82 for n in (100, 400, 1000)), ratios
 
@@ -90,7 +87,7 @@ def test_consistent_variant_tends_to_the_target_and_the_official_one_does_not(pr
 def limit_settings(n_steps, variant):
     # Without noise removal: the last noise-free step drops G^2 M M^T (PDS) or G^2 (vanilla) of variance,
     # a ~0.5% difference on these modes at any N that is not the predictor's.
-    return replace(settings(n_steps, variant), denoise=False)
+    return settings(n_steps, variant, denoise=False)
 
 
 def vanilla_ratio(n_steps) -> torch.Tensor:
@@ -118,19 +115,17 @@ def test_the_gap_closes_for_the_consistent_variant_only():
 def test_consistent_equals_vanilla_without_a_preconditioner_and_keeps_the_noise_stream():
     sde = VESDE(0.01, 5.0, 50)
     score = GaussianScore(MEAN, LAM, sde)
-    for predictor in ("reverse_diffusion", "euler_maruyama"):
-        vanilla = generate(SamplerSettings(predictor=predictor), score, sde, range(4), (1, H, W))
-        consistent = pc_sampler(score, sde, (4, 1, H, W), noise=SeededNoise(range(4)), predictor=predictor,
-                                pds_predictor="consistent")  # the engine: components give no PDS form without PDS
+    for predictor in (ReverseDiffusion(), EulerMaruyama()):
+        vanilla = generate(PC(predictor=predictor), score, sde, range(4), (1, H, W))
+        # the consistent update with M = I (no preconditioner given)
+        consistent = PC(predictor=predictor, pds=PDS(predictor="consistent"))(score, sde, (4, 1, H, W),
+                                                                              noise=SeededNoise(range(4)))
         torch.testing.assert_close(consistent.x, vanilla.x, rtol=1e-5, atol=1e-5)
         assert consistent.nfe == vanilla.nfe
 
 
 def test_consistent_is_refused_where_it_is_not_defined():
-    with pytest.raises(ValueError, match="predictor 'consistent' exists for.*not ancestral_sampling"):
-        SamplerSettings(predictor="ancestral_sampling", pds_predictor="consistent", preconditioner="both")
-    with pytest.raises(ValueError, match="unknown predictor 'exact'"):
-        SamplerSettings(pds_predictor="exact", preconditioner="both")
-    with pytest.raises(ValueError, match="pds_predictor 'consistent' exists for"):
-        pc_sampler(GaussianScore(MEAN, LAM, SDE), SDE, (1, 1, H, W), noise=SeededNoise([0]),
-                   predictor="ancestral_sampling", pds_predictor="consistent")
+    with pytest.raises(ValueError, match="predictor 'consistent' exists for.*not AncestralSampling"):
+        PC(predictor=AncestralSampling(), pds=PDS(filters="both", predictor="consistent"))
+    with pytest.raises(ValueError, match="PDS: unknown predictor 'exact'"):
+        PDS(filters="both", predictor="exact")

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import generate
+from pds_lightning.sampling import ALD, PC, PDS, EulerMaruyama, ProbabilityFlowODE, generate
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 H = W = 8
@@ -43,7 +42,8 @@ def assert_spectrum_matches(x, n_sigma=5.0):
     # |rfft2|^2 of a complex Gaussian coefficient is exponential (relative std 1); real ones (DC, Nyquist)
     # are chi-square with 1 dof (relative std sqrt 2).
     tol = n_sigma * 2 ** 0.5 / n ** 0.5
-    assert (ratio - 1).abs().max().item() < tol, ratio
+    off = (ratio - 1).abs().max().item()
+    assert off < tol, f"per-frequency spectrum ratio off by {off:.3g} > {tol:.3g}: {ratio}"
     assert abs(ratio.mean().item() - 1) < n_sigma * 1.1 / (n * ratio.numel()) ** 0.5 + CORRECTOR_BIAS, ratio
     assert abs(x.mean().item() - MEAN) < n_sigma * (LAM[0, 0, 0].item() / (n * H * W)) ** 0.5
 
@@ -56,23 +56,23 @@ SEEDS = list(range(96))
                          ids=["VE", "VP", "subVP"])
 def test_pc_sampler_reproduces_target_spectrum(sde):
     score = GaussianScore(MEAN, LAM, sde)
-    x = generate(SamplerSettings(), score, sde, SEEDS, (3, H, W)).x
+    x = generate(PC(), score, sde, SEEDS, (3, H, W)).x
     assert_spectrum_matches(x)
 
 
 def test_spectrum_check_detects_a_too_coarse_sampler():
     sde = VESDE(num_scales=400)
     score = GaussianScore(MEAN, LAM, sde)
-    x = generate(SamplerSettings(n_steps=8, corrector="none"), score, sde, SEEDS, (3, H, W)).x
-    with pytest.raises(AssertionError):
+    x = generate(PC(steps=8, corrector=None), score, sde, SEEDS, (3, H, W)).x
+    with pytest.raises(AssertionError, match="per-frequency spectrum ratio off by"):
         assert_spectrum_matches(x)
 
 
 def test_vanilla_and_pds_agree_at_large_n():
     sde = VESDE(num_scales=400)
     score = GaussianScore(MEAN, LAM, sde)
-    vanilla = generate(SamplerSettings(), score, sde, SEEDS, (3, H, W)).x
-    pds = generate(SamplerSettings(preconditioner="both", alpha=5.0), score, sde, SEEDS, (3, H, W),
+    vanilla = generate(PC(), score, sde, SEEDS, (3, H, W)).x
+    pds = generate(PC(pds=PDS(filters="both", alpha=5.0)), score, sde, SEEDS, (3, H, W),
                    statistics=ExactStatistics()).x
     assert not torch.allclose(vanilla, pds)  # the preconditioner did change the path
     assert_spectrum_matches(pds)
@@ -84,20 +84,19 @@ def test_vanilla_and_pds_agree_at_large_n():
 def test_vp_ode_sampler_reproduces_target_spectrum():
     sde = VPSDE(num_scales=1000)
     score = GaussianScore(MEAN, LAM, sde)
-    result = generate(SamplerSettings(method="ode", n_steps=100), score, sde, SEEDS, (3, H, W))
+    result = generate(ProbabilityFlowODE(steps=100), score, sde, SEEDS, (3, H, W))
     assert result.nfe == 2 * 100 + 1
     assert_spectrum_matches(result.x)
 
 
-@pytest.mark.parametrize("settings", [SamplerSettings(speed_up=5.0),
-                                      SamplerSettings(speed_up=5.0, preconditioner="both", alpha=3.0),
-                                      SamplerSettings(speed_up=5.0, predictor="euler_maruyama", corrector="ald")],
+@pytest.mark.parametrize("sampler", [PC(speed_up=5.0), PC(speed_up=5.0, pds=PDS(filters="both", alpha=3.0)),
+                                     PC(speed_up=5.0, predictor=EulerMaruyama(), corrector=ALD())],
                          ids=["vanilla", "pds", "em-ald"])
-def test_sample_depends_only_on_its_seed(settings):
+def test_sample_depends_only_on_its_seed(sampler):
     sde = VESDE(num_scales=40)
     score = GaussianScore(MEAN, LAM, sde)
     stats = ExactStatistics()
-    run = lambda seeds: generate(settings, score, sde, seeds, (3, H, W), statistics=stats).x
+    run = lambda seeds: generate(sampler, score, sde, seeds, (3, H, W), statistics=stats).x
     alone = run([11])[0]
     batch7 = run([3, 4, 5, 6, 7, 8, 11])
     shuffled = run([11, 3, 9])

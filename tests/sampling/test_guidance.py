@@ -4,7 +4,7 @@ Two classes, x0 | k ~ N(+-M u, V I) on 1x4x4 images, u the unit constant image. 
 (the posterior p_t(k | x) depends on y = <x, u> alone), so the guided probability-flow ODE is, along u, the
 1-d ODE dy/dsigma = -sigma score_w(y, sigma) (VE: x_t = x0 + sigma z), integrated here independently with
 a fine Heun grid; across u the samples keep the class's variance V whatever the scale.
-PC settings use the official batch-mean Langevin step size: on 16-pixel images the per-sample norms that
+PC samplers use the official batch-mean Langevin step size: on 16-pixel images the per-sample norms that
 `step_size: sample` divides are too noisy (measured: +27% variance at 400 steps, +1.5% with 'batch').
 """
 
@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianMixtureScore
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import generate
+from pds_lightning.sampling import PC, PDS, EDMHeun, Langevin, ProbabilityFlowODE, generate
 from pds_lightning.sampling.guidance import guided_score
 from pds_lightning.sde import VESDE
 
@@ -110,16 +109,19 @@ def pds_statistics() -> MixtureStatistics:
     return MixtureStatistics()
 
 
-@pytest.mark.parametrize("settings", [
-    SamplerSettings(n_steps=400, step_size="batch"),
-    SamplerSettings(n_steps=400, step_size="batch", preconditioner="both", alpha=3.0, pds_predictor="consistent"),
-    SamplerSettings(method="ode", n_steps=200),
-    SamplerSettings(method="edm_heun", n_steps=64),
+BATCH_RULE = Langevin(step_size="batch")
+
+
+@pytest.mark.parametrize("sampler", [
+    PC(steps=400, corrector=BATCH_RULE),
+    PC(steps=400, corrector=BATCH_RULE, pds=PDS(filters="both", alpha=3.0, predictor="consistent")),
+    ProbabilityFlowODE(steps=200),
+    EDMHeun(steps=64),
 ], ids=["pc", "pc_pds", "ode", "edm_heun"])
-def test_guidance_zero_samples_the_class_gaussian(settings):
+def test_guidance_zero_samples_the_class_gaussian(sampler):
     cls = torch.tensor([0, 1]).repeat(N // 2)
-    stats = pds_statistics() if settings.preconditioner != "none" else None
-    x = generate(settings, mixture(), SDE, SEEDS, SHAPE, statistics=stats, classes=cls).x
+    stats = pds_statistics() if sampler.pds is not None else None
+    x = generate(sampler, mixture(), SDE, SEEDS, SHAPE, statistics=stats, classes=cls).x
     y, across = split(x)
     sign = cls.double() * 2 - 1
     n_cls = N // 2
@@ -134,8 +136,7 @@ def test_guidance_zero_samples_the_class_gaussian(settings):
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 def test_guided_ode_moves_samples_as_the_guided_score_predicts(scale):
     cls = torch.ones(N, dtype=torch.long)  # class +M u; the other class sits at -M u
-    x = generate(SamplerSettings(method="ode", n_steps=200, guidance_scale=scale), mixture(), SDE, SEEDS, SHAPE,
-                 classes=cls).x
+    x = generate(ProbabilityFlowODE(steps=200, guidance_scale=scale), mixture(), SDE, SEEDS, SHAPE, classes=cls).x
     y, across = split(x)
     ref = reference_ode_y(scale, cls=1)
     plain = reference_ode_y(0.0, cls=1)
@@ -147,39 +148,39 @@ def test_guided_ode_moves_samples_as_the_guided_score_predicts(scale):
     assert abs(var_across / V - 1) < 5 * (2 / (N * (D - 1))) ** 0.5 + 0.06
 
 
-@pytest.mark.parametrize("settings", [SamplerSettings(n_steps=400, guidance_scale=2.0, step_size="batch"),
-                                      SamplerSettings(n_steps=400, guidance_scale=2.0, step_size="batch",
-                                                      preconditioner="both", alpha=3.0)], ids=["pc", "pc_pds"])
-def test_guided_pc_pushes_away_from_the_other_class(settings):
+@pytest.mark.parametrize("sampler", [PC(steps=400, guidance_scale=2.0, corrector=BATCH_RULE),
+                                     PC(steps=400, guidance_scale=2.0, corrector=BATCH_RULE,
+                                        pds=PDS(filters="both", alpha=3.0))], ids=["pc", "pc_pds"])
+def test_guided_pc_pushes_away_from_the_other_class(sampler):
     cls = torch.ones(N // 2, dtype=torch.long)
-    stats = pds_statistics() if settings.preconditioner != "none" else None
-    guided = split(generate(settings, mixture(), SDE, SEEDS[: N // 2], SHAPE, statistics=stats, classes=cls).x)[0]
-    plain_settings = SamplerSettings(**{**settings.to_dict(), "guidance_scale": 0.0})
-    plain = split(generate(plain_settings, mixture(), SDE, SEEDS[: N // 2], SHAPE, statistics=stats, classes=cls).x)[0]
+    stats = pds_statistics() if sampler.pds is not None else None
+    guided = split(generate(sampler, mixture(), SDE, SEEDS[: N // 2], SHAPE, statistics=stats, classes=cls).x)[0]
+    plain_sampler = sampler.replace(guidance_scale=0.0)
+    plain = split(generate(plain_sampler, mixture(), SDE, SEEDS[: N // 2], SHAPE, statistics=stats, classes=cls).x)[0]
     assert guided.mean() > plain.mean() + 0.05
 
 
 def test_seed_and_class_fix_a_sample_whatever_the_batch():
-    settings = SamplerSettings(n_steps=50, guidance_scale=1.0, preconditioner="both", alpha=3.0)
+    sampler = PC(steps=50, guidance_scale=1.0, pds=PDS(filters="both", alpha=3.0))
     stats = pds_statistics()
     seeds, cls = [5, 9, 11, 12], torch.tensor([1, 0, 1, 0])
-    together = generate(settings, mixture(), SDE, seeds, SHAPE, statistics=stats, classes=cls).x
+    together = generate(sampler, mixture(), SDE, seeds, SHAPE, statistics=stats, classes=cls).x
     for i, s in enumerate(seeds):
-        alone = generate(settings, mixture(), SDE, [s], SHAPE, statistics=stats, classes=cls[i:i + 1]).x
+        alone = generate(sampler, mixture(), SDE, [s], SHAPE, statistics=stats, classes=cls[i:i + 1]).x
         torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
-    other = generate(settings, mixture(), SDE, seeds, SHAPE, statistics=stats, classes=1 - cls).x
+    other = generate(sampler, mixture(), SDE, seeds, SHAPE, statistics=stats, classes=1 - cls).x
     assert (other - together).abs().amax() > 0.1  # the class matters
 
 
 def test_class_errors_are_clear():
     net = mixture()
     with pytest.raises(ValueError, match="class 2 is out of range: the model has 2 classes"):
-        generate(SamplerSettings(n_steps=5), net, SDE, [0, 1], SHAPE, classes=[0, 2])
+        generate(PC(steps=5), net, SDE, [0, 1], SHAPE, classes=[0, 2])
     with pytest.raises(ValueError, match="guidance_scale 1.0 but no classes"):
-        generate(SamplerSettings(n_steps=5, guidance_scale=1.0), net, SDE, [0], SHAPE)
+        generate(PC(steps=5, guidance_scale=1.0), net, SDE, [0], SHAPE)
     with pytest.raises(ValueError, match="not class-conditional"):
-        generate(SamplerSettings(n_steps=5), lambda x, t: -x, SDE, [0], SHAPE, classes=[0])
+        generate(PC(steps=5), lambda x, t: -x, SDE, [0], SHAPE, classes=[0])
     with pytest.raises(ValueError, match="1 classes for 2 seeds"):
-        generate(SamplerSettings(n_steps=5), net, SDE, [0, 1], SHAPE, classes=[0])
+        generate(PC(steps=5), net, SDE, [0, 1], SHAPE, classes=[0])
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
-        SamplerSettings(guidance_scale=-1.0)
+        PC(guidance_scale=-1.0)

@@ -55,7 +55,7 @@ def models():
 def test_old_checkpoint_loads_its_flat_sampler_as_a_component(models):
     model = models["plain"]
     assert isinstance(model.sampler, PC)
-    assert model.sampler.name == "pds_10" and model.sampler.pc_steps == 10
+    assert model.sampler.name == "pds_10" and model.sampler.steps == 10
     assert model.sampler.pds == PDS(filters="both", alpha=5.0)
     assert model.hparams["sampler"]["class_path"] == "pds_lightning.sampling.pc.PC"  # plain data now
 
@@ -83,7 +83,7 @@ def test_component_config_round_trips_to_the_recorded_samples(models):
 
 @pytest.mark.parametrize("key,flags", [
     ("configs/score_sde/ve_cifar10_ncsnpp_continuous.yaml:model.sampler",
-     ["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "10"]),
+     ["--model.sampler.steps", "null", "--model.sampler.speed_up", "10"]),
 ])
 def test_predict_writes_the_recorded_pixels_from_the_old_checkpoint(key, flags, tmp_path):
     """`pds-lightning predict` on the old checkpoint with the shipped setting (tiny.yaml's PC with PDS both,

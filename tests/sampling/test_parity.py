@@ -7,7 +7,7 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling import RecordedNoise, pc_sampler
+from pds_lightning.sampling import PC, Langevin, RecordedNoise
 from pds_lightning.sde import VESDE
 
 PARITY = torch.load(Path(__file__).parents[1] / "fixtures" / "pds_sampler_parity.pt", weights_only=True)
@@ -24,8 +24,8 @@ def test_official_samples_reproduced(case):
                                          PARITY["space_stat"] if masks == "True" else None, alpha=c["alpha"])
     assert pre.is_identity == (masks == "False")
     noise = RecordedNoise(c["noise"])
-    result = pc_sampler(score, sde, tuple(c["sample"].shape), noise=noise, preconditioner=pre,
-                        snr=c["snr"], n_corrector_steps=1, speed_up=c["speed_up"], step_size="batch")
+    sampler = PC(speed_up=c["speed_up"], corrector=Langevin(snr=c["snr"], steps_per_level=1, step_size="batch"))
+    result = sampler(score, sde, tuple(c["sample"].shape), noise=noise, preconditioner=pre)
     assert noise.calls == len(c["noise"])  # every recorded draw used, in order
     assert result.nfe == c["nfe"]
     assert (result.x - c["sample"]).abs().max().item() <= 1e-4
@@ -36,8 +36,8 @@ def test_per_sample_step_size_differs_from_batch_rule_only_in_batches():
     sde = VESDE(num_scales=c["num_scales"])
     score = GaussianScore(0.45, power_law_spectrum(16, 16), sde)
     pre = Preconditioner.from_statistics(PARITY["freq_stat"], PARITY["space_stat"], alpha=c["alpha"])
-    run = lambda mode, noise: pc_sampler(score, sde, tuple(noise.shape[1:]), noise=RecordedNoise(noise),
-                                         preconditioner=pre, speed_up=c["speed_up"], step_size=mode).x
+    run = lambda mode, noise: PC(speed_up=c["speed_up"], corrector=Langevin(step_size=mode))(
+        score, sde, tuple(noise.shape[1:]), noise=RecordedNoise(noise), preconditioner=pre).x
     # Batch of 2: the official batch-mean rule couples the samples; per-sample norms do not.
     assert (run("sample", c["noise"]) - c["sample"]).abs().max() > 1e-3
     # Batch of 1: both rules are the same.

@@ -1,4 +1,4 @@
-"""The one-screen reference sampler `pds_pc_sampler` is the general `pc_sampler`, to the bit, and the official one."""
+"""The one-screen reference sampler `pds_pc_sampler` is the general PC sampler, to the bit, and the official one."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.sampling import RecordedNoise, pc_sampler, pds_pc_sampler
+from pds_lightning.sampling import PC, Langevin, RecordedNoise, ReverseDiffusion, pds_pc_sampler
 from pds_lightning.sde import VESDE
 
 PARITY = torch.load(Path(__file__).parents[1] / "fixtures" / "pds_sampler_parity.pt", weights_only=True)
@@ -28,25 +28,26 @@ def fixture_case(case):
 @pytest.mark.parametrize("case", ["pds_b2", "vanilla_b2", "pds_freq_only_b1"])
 @pytest.mark.parametrize("step_size", ["sample", "batch"])
 @pytest.mark.parametrize("denoise", [True, False])
-def test_reference_equals_pc_sampler_to_the_bit(case, step_size, denoise):
+def test_reference_equals_pc_to_the_bit(case, step_size, denoise):
     score, sde, pre, c = fixture_case(case)
     shape = tuple(c["sample"].shape)
     kwargs = dict(snr=c["snr"], speed_up=c["speed_up"], step_size=step_size, denoise=denoise)
     general_noise, reference_noise = RecordedNoise(c["noise"]), RecordedNoise(c["noise"])
-    general = pc_sampler(score, sde, shape, noise=general_noise, preconditioner=pre, predictor="reverse_diffusion",
-                         corrector="langevin", n_corrector_steps=1, **kwargs)
+    sampler = PC(speed_up=c["speed_up"], predictor=ReverseDiffusion(), denoise=denoise,
+                 corrector=Langevin(snr=c["snr"], steps_per_level=1, step_size=step_size))
+    general = sampler(score, sde, shape, noise=general_noise, preconditioner=pre)
     reference = pds_pc_sampler(score, sde, shape, noise=reference_noise, preconditioner=pre, **kwargs)
     assert torch.equal(reference.x, general.x)
     assert reference.nfe == general.nfe == c["nfe"]
     assert reference_noise.calls == general_noise.calls == len(c["noise"])
 
 
-def test_reference_equals_pc_sampler_with_explicit_steps_and_float64():
+def test_reference_equals_pc_with_explicit_steps_and_float64():
     score, sde, pre, c = fixture_case("pds_b1")
     z = torch.randn(1 + 2 * 7, *c["sample"].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    kwargs = dict(preconditioner=pre, n_steps=7, eps=1e-3, dtype=torch.float64)
-    general = pc_sampler(score, sde, tuple(z.shape[1:]), noise=RecordedNoise(z), **kwargs)
-    reference = pds_pc_sampler(score, sde, tuple(z.shape[1:]), noise=RecordedNoise(z), **kwargs)
+    kwargs = dict(preconditioner=pre, dtype=torch.float64)
+    general = PC(steps=7, eps=1e-3)(score, sde, tuple(z.shape[1:]), noise=RecordedNoise(z), **kwargs)
+    reference = pds_pc_sampler(score, sde, tuple(z.shape[1:]), noise=RecordedNoise(z), steps=7, eps=1e-3, **kwargs)
     assert reference.x.dtype == torch.float64
     assert torch.equal(reference.x, general.x)
 

@@ -7,10 +7,9 @@ import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import NonFiniteSampleError, RecordedNoise, SeededNoise, generate, ode_sampler, pc_sampler
-from pds_lightning.sampling.correctors import CORRECTORS
-from pds_lightning.sampling.predictors import PREDICTORS
+from pds_lightning.sampling import (ALD, PC, PDS, AncestralSampling, EulerMaruyama, Langevin, NonFiniteSampleError,
+                                    ProbabilityFlowODE, RecordedNoise, ReverseDiffusion, SeededNoise, generate)
+from pds_lightning.sampling.step import StepContext
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 SHAPE = (2, 2, 6, 6)
@@ -30,21 +29,21 @@ def gaussian(sde):
 SDES = {"VE": VESDE(num_scales=50), "VP": VPSDE(num_scales=50), "subVP": SubVPSDE(num_scales=50)}
 
 
-@pytest.mark.parametrize("name", ["reverse_diffusion", "euler_maruyama", "ancestral_sampling"])
+@pytest.mark.parametrize("predictor", [ReverseDiffusion(), EulerMaruyama(), AncestralSampling()], ids=repr)
 @pytest.mark.parametrize("kind", SDES)
-def test_predictors_apply_the_preconditioner_to_drift_and_noise(name, kind):
+def test_predictors_apply_the_preconditioner_to_drift_and_noise(predictor, kind):
     """With P: x_mean = x + M M^T (x_mean_vanilla - x) and x - x_mean = M (its vanilla noise term)."""
     sde = SDES[kind]
-    if name == "ancestral_sampling" and kind == "subVP":
-        with pytest.raises(ValueError, match="VE and VP"):
-            PREDICTORS[name](sde, gaussian(sde), Preconditioner(), SeededNoise([0, 1]))
+    if isinstance(predictor, AncestralSampling) and kind == "subVP":
+        with pytest.raises(ValueError, match="AncestralSampling supports VE and VP SDEs only, not SubVPSDE"):
+            generate(PC(predictor=predictor), gaussian(sde), sde, [0, 1], SHAPE[1:])
         return
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    step = lambda p: PREDICTORS[name](sde, gaussian(sde), p, RecordedNoise(z)).update(x, t)
+    step = lambda p: predictor.update(StepContext(sde, gaussian(sde), p, RecordedNoise(z)), x, t)
     xv, mv = step(Preconditioner())
     xp, mp = step(pre)
     torch.testing.assert_close(mp, x + pre.drift(mv - x))
@@ -60,7 +59,7 @@ def test_ald_applies_the_preconditioner_to_drift_and_noise(kind):
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    step = lambda p: CORRECTORS["ald"](sde, gaussian(sde), p, RecordedNoise(z), 0.16, 1).update(x, t)
+    step = lambda p: ALD(0.16, 1).update(StepContext(sde, gaussian(sde), p, RecordedNoise(z)), x, t)
     xv, mv = step(Preconditioner())
     xp, mp = step(pre)
     torch.testing.assert_close(mp, x + pre.drift(mv - x))
@@ -77,7 +76,7 @@ def test_langevin_step_is_the_official_rule(mode, kind):
     z = torch.randn((1,) + SHAPE, generator=gen, dtype=torch.float64)
     t = torch.tensor([0.6, 0.3], dtype=torch.float64)
     pre = precond()
-    new_x, x_mean = CORRECTORS["langevin"](sde, score, pre, RecordedNoise(z), 0.2, 1, mode).update(x, t)
+    new_x, x_mean = Langevin(0.2, 1, mode).update(StepContext(sde, score, pre, RecordedNoise(z)), x, t)
     g, xi = pre.drift(score(x, t)), pre.noise(z[0])
     g_norm, xi_norm = g.flatten(1).norm(dim=1), xi.flatten(1).norm(dim=1)
     if mode == "batch":
@@ -94,24 +93,24 @@ def test_initial_sample_is_preconditioned_prior():
     pre = precond()
     captured = []
     score = lambda x, t: captured.append(x.clone()) or torch.zeros_like(x)
-    pc_sampler(score, sde, SHAPE, noise=RecordedNoise(z), preconditioner=pre)
+    PC()(score, sde, SHAPE, noise=RecordedNoise(z), preconditioner=pre)
     torch.testing.assert_close(captured[0], 50.0 * pre.noise(z[0]))
 
 
-@pytest.mark.parametrize("predictor,corrector,n_corr,nfe", [("reverse_diffusion", "langevin", 2, 90),
-                                                            ("none", "ald", 1, 30), ("euler_maruyama", "none", 1, 30)])
-def test_nfe_counts_score_evaluations(predictor, corrector, n_corr, nfe):
+@pytest.mark.parametrize("sampler,nfe", [(PC(corrector=Langevin(steps_per_level=2)), 90),
+                                         (PC(predictor=None, corrector=ALD()), 30),
+                                         (PC(predictor=EulerMaruyama(), corrector=None), 30)], ids=repr)
+def test_nfe_counts_score_evaluations(sampler, nfe):
     sde = VPSDE(num_scales=30)
-    result = pc_sampler(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]), predictor=predictor,
-                        corrector=corrector, n_corrector_steps=n_corr)
-    assert result.nfe == nfe and torch.isfinite(result.x).all()
+    result = sampler(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]))
+    assert result.nfe == nfe == sampler.nfe(sde) and torch.isfinite(result.x).all()
 
 
 def test_speed_up_rediscretises_the_sde():
     sde = VESDE(num_scales=20)
     seen = []
     score = lambda x, t: seen.append(float(t[0])) or torch.zeros_like(x)
-    result = pc_sampler(score, sde, SHAPE, noise=SeededNoise([0, 1]), speed_up=4.0, corrector="none")
+    result = PC(speed_up=4.0, corrector=None)(score, sde, SHAPE, noise=SeededNoise([0, 1]))
     assert result.nfe == 5 and seen[0] == 1.0 and seen[-1] == pytest.approx(4e-5)
 
 
@@ -119,20 +118,18 @@ def test_non_finite_sample_names_the_step():
     sde = VESDE(num_scales=10)
     score = lambda x, t: torch.full_like(x, math.inf) if float(t[0]) < 0.5 else torch.zeros_like(x)
     with pytest.raises(NonFiniteSampleError, match="step 5 of 10.*lower alpha") as err:
-        pc_sampler(score, sde, SHAPE, noise=SeededNoise([0, 1]), corrector="none",
-                   check_finite_every=1)
+        PC(corrector=None, check_finite_every=1)(score, sde, SHAPE, noise=SeededNoise([0, 1]))
     assert err.value.step == 5
     with pytest.raises(NonFiniteSampleError, match="step 5 of 10"):
-        pc_sampler(score, sde, SHAPE, noise=SeededNoise([0, 1]), corrector="none",
-                   check_finite_every=3)
+        PC(corrector=None, check_finite_every=3)(score, sde, SHAPE, noise=SeededNoise([0, 1]))
 
 
 def test_ode_sampler_refuses_a_preconditioner_and_runs_without():
     sde = VESDE(num_scales=10)
     with pytest.raises(ValueError, match="not the model's probability-flow ODE"):
-        ode_sampler(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]), preconditioner=precond())
-    result = ode_sampler(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]), preconditioner=Preconditioner(),
-                         denoise=False)
+        ProbabilityFlowODE()(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]), preconditioner=precond())
+    result = ProbabilityFlowODE(denoise=False)(gaussian(sde), sde, SHAPE, noise=SeededNoise([0, 1]),
+                                               preconditioner=Preconditioner())
     assert result.nfe == 20 and torch.isfinite(result.x).all()
 
 
@@ -141,7 +138,7 @@ def test_ode_heun_step_is_exact_for_linear_drift():
     sde = VESDE(num_scales=10)
     score = lambda x, t: -x / (1 + sde.sigma(t) ** 2)[:, None, None, None]
     z = torch.randn(1, *SHAPE, dtype=torch.float64)
-    x = ode_sampler(score, sde, SHAPE, noise=RecordedNoise(z), n_steps=400, denoise=False, dtype=torch.float64).x
+    x = ProbabilityFlowODE(steps=400, denoise=False)(score, sde, SHAPE, noise=RecordedNoise(z), dtype=torch.float64).x
     sigma_eps = 0.01 * 5000 ** (1e-5 * 10 / 400)  # eps = default_eps * num_scales / n_steps
     expected = 50 * z[0] * math.sqrt((1 + sigma_eps ** 2) / (1 + 50 ** 2))
     torch.testing.assert_close(x, expected, rtol=2e-3, atol=1e-5)
@@ -170,37 +167,34 @@ class Stats:
         return torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(0)) + 0.1
 
 
-def test_settings_validation():
-    with pytest.raises(ValueError, match="unknown predictor 'rd'"):
-        SamplerSettings(predictor="rd")
-    with pytest.raises(ValueError, match="unknown corrector"):
-        SamplerSettings(corrector="hmc")
+def test_component_validation():
+    with pytest.raises(ValueError, match="predictor wants a predictor component or None, got 'rd'"):
+        PC(predictor="rd")
+    with pytest.raises(ValueError, match="corrector wants a corrector component or None, got 'hmc'"):
+        PC(corrector="hmc")
     with pytest.raises(ValueError, match="alpha must be a finite number > 1"):
-        SamplerSettings(alpha=1.0, preconditioner="both")
-    with pytest.raises(ValueError, match="alpha='auto' does not apply.*needs a preconditioner"):
-        SamplerSettings(alpha="auto")  # the default preconditioner is 'none'
-    with pytest.raises(ValueError, match="a number > 1 or 'auto'"):
-        SamplerSettings(alpha="strong", preconditioner="freq")
-    with pytest.raises(ValueError, match="method 'ode' cannot use a PDS preconditioner"):
-        SamplerSettings(method="ode", preconditioner="freq")
-    with pytest.raises(ValueError, match="not both"):
-        SamplerSettings(n_steps=10, speed_up=2.0)
+        PDS(alpha=1.0)
+    with pytest.raises(ValueError, match="alpha must be a finite number > 1 .* or an alpha chooser"):
+        PDS(alpha="strong")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pds'"):
+        ProbabilityFlowODE(pds=PDS())
+    with pytest.raises(ValueError, match=r"give either steps \(10\) or speed_up \(2.0\), not both"):
+        PC(steps=10, speed_up=2.0)
     with pytest.raises(ValueError, match="leaves int"):
-        SamplerSettings(speed_up=30.0).to_sampler().steps(VESDE(num_scales=20))
-    assert SamplerSettings(speed_up=2.0).to_sampler().steps(VESDE(num_scales=20)) == (10, pytest.approx(2e-5))
+        PC(speed_up=30.0).steps_on(VESDE(num_scales=20))
+    assert PC(speed_up=2.0).steps_on(VESDE(num_scales=20)) == (10, pytest.approx(2e-5))
 
 
 def test_generate_builds_the_preconditioner_from_statistics():
     sde = VESDE(num_scales=20)
     score = gaussian(sde)
-    settings = SamplerSettings(preconditioner="both", alpha=3.0, speed_up=4.0, step_size="batch")
+    sampler = PC(speed_up=4.0, corrector=Langevin(step_size="batch"), pds=PDS(filters="both", alpha=3.0))
     with pytest.raises(ValueError, match="no data statistics"):
-        generate(settings, score, sde, [0, 1], (2, 6, 6))
+        generate(sampler, score, sde, [0, 1], (2, 6, 6))
     stats = Stats()
-    result = generate(settings, score, sde, torch.tensor([0, 1]), (2, 6, 6), statistics=stats)
+    result = generate(sampler, score, sde, torch.tensor([0, 1]), (2, 6, 6), statistics=stats)
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 3.0)
-    expected = pc_sampler(score, sde, SHAPE, noise=SeededNoise([0, 1]), preconditioner=pre, speed_up=4.0,
-                          step_size="batch")
+    expected = sampler(score, sde, SHAPE, noise=SeededNoise([0, 1]), preconditioner=pre)
     assert result.x.shape == SHAPE and result.nfe == 10
     assert torch.equal(result.x, expected.x)
 
@@ -208,4 +202,4 @@ def test_generate_builds_the_preconditioner_from_statistics():
 def test_generate_checks_the_shape():
     sde = VESDE(num_scales=4)
     with pytest.raises(ValueError, match="batch 3 but 2 seeds"):
-        generate(SamplerSettings(), gaussian(sde), sde, [0, 1], (3, 2, 6, 6))
+        generate(PC(), gaussian(sde), sde, [0, 1], (3, 2, 6, 6))

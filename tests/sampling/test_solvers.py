@@ -1,4 +1,5 @@
-"""Sigma-space samplers (sampling/solvers.py) on exact Gaussian scores, where the target law is known.
+"""Sigma-space samplers (sampling/solvers.py and one file per method) on exact Gaussian scores, where the
+target law is known.
 
 Exact output law: on a stationary Gaussian target every sampler here is affine in its standard-normal draws,
 x_out = A + sum_j C_j z_j with C_j circulant. Feeding the draws as unit impulses (row j + 1 of the batch gets
@@ -13,9 +14,8 @@ import pytest
 import torch
 
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
-from pds_lightning.legacy import SamplerSettings
-from pds_lightning.sampling import PC, RecordedNoise, generate
-from pds_lightning.sampling.solvers import SOLVERS, noise_levels, solver_nfe
+from pds_lightning.sampling import (PC, PDS, DPMSolverPP2M, EDMHeun, EDMStochastic, Euler, Karras, Langevin,
+                                    RecordedNoise, SDEGrid, generate)
 from pds_lightning.sde import SubVPSDE, VESDE, VPSDE
 
 H = W = 8
@@ -25,21 +25,26 @@ SIGMA_MIN, SIGMA_MAX = 2e-3, 80.0
 SDES = {"VE": VESDE(), "VP": VPSDE(), "subVP": SubVPSDE()}
 
 
-def draws(method: str, n_steps: int) -> int:
-    """Standard-normal draws of one run: the initial one, plus one per step for edm_stochastic."""
-    return 1 + (n_steps if method == "edm_stochastic" else 0)
+def draws(sampler) -> int:
+    """Standard-normal draws of one run: the initial one, plus one per step for EDMStochastic."""
+    return 1 + (sampler.steps if isinstance(sampler, EDMStochastic) else 0)
 
 
-def output_law(method, sde, n_steps, **kw):
+def solver(cls, steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=7.0, schedule=None, **kw):
+    """`cls` with `steps` levels on Karras(rho, sigma_min, sigma_max), or on `schedule`."""
+    return cls(steps=steps, schedule=schedule or Karras(rho, sigma_min, sigma_max), **kw)
+
+
+def output_law(cls, sde, steps, **kw):
     """(mean image A, per-mode variances v over the full fft2 grid) of the sampler's output, exactly."""
-    n = draws(method, n_steps)
+    sampler = solver(cls, steps, **kw)
+    n = draws(sampler)
     stream = [torch.zeros(n + 1, 1, H, W, dtype=torch.float64) for _ in range(n)]
     for j in range(n):
         stream[j][j + 1, 0, 0, 0] = 1.0
-    kw = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, **kw}
-    result = SOLVERS[method](GaussianScore(MEAN, LAM, sde), sde, (n + 1, 1, H, W), noise=RecordedNoise(stream),
-                             n_steps=n_steps, dtype=torch.float64, **kw)
-    assert result.nfe == solver_nfe(method, n_steps, kw.get("ode_corrector", "none"), kw.get("n_corrector_steps", 1))
+    result = sampler(GaussianScore(MEAN, LAM, sde), sde, (n + 1, 1, H, W), noise=RecordedNoise(stream),
+                     dtype=torch.float64)
+    assert result.nfe == sampler.nfe(sde)
     x = result.x[:, 0]
     return x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0)
 
@@ -90,23 +95,27 @@ def test_sigma_maps_closed_forms():
     assert VESDE(0.01, 50).sigma_of_t(t).item() == pytest.approx(0.01 * 5000 ** 0.5, rel=1e-12)
 
 
-def test_noise_levels():
+def test_schedules_return_their_sigmas():
     sde = VESDE(0.01, 50)
-    karras = noise_levels(sde, 5, 1e-5, "karras", rho=7.0)
+    karras = Karras(rho=7.0).sigmas(sde, 5, 1e-5)
     lo, hi = 0.01 * 5000 ** 1e-5, 50.0
     expected = [(hi ** (1 / 7) + i / 4 * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7 for i in range(5)] + [0.0]
     torch.testing.assert_close(karras, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
-    grid = noise_levels(sde, 5, 1e-5, "sde")
+    assert Karras(rho=1.0, sigma_min=1.0, sigma_max=3.0).sigmas(sde, 3, 0.5).tolist() == [3.0, 2.0, 1.0, 0.0]
+    # without eps: the end time of a sampler with 5 steps on this SDE (1e-5 * 1000 / 5), as EDMHeun(steps=5) uses
+    torch.testing.assert_close(Karras().sigmas(sde, 5), Karras().sigmas(sde, 5, 2e-3), rtol=1e-15, atol=0)
+    assert EDMHeun(steps=5).sigmas(sde) == Karras().sigmas(sde, 5).tolist()
+    grid = SDEGrid().sigmas(sde, 5, 1e-5)
     torch.testing.assert_close(grid[:-1], sde.sigma_of_t(sde.time_grid(5, 1e-5).double()))
     assert grid[-1] == 0
 
 
 # ---- hand-computed cases on a 1-pixel Gaussian N(1, 1) (VE, s = 1): D(x; sigma) = 1 + (x - 1) / (1 + sigma^2)
-def scalar(method, stream, **kw):
+def scalar(cls, stream, steps, **kw):
     sde = VESDE()
     score = GaussianScore(1.0, torch.ones(1, 1, 1, dtype=torch.float64), sde)
     noise = RecordedNoise([torch.full((1, 1, 1, 1), z, dtype=torch.float64) for z in stream])
-    result = SOLVERS[method](score, sde, (1, 1, 1, 1), noise=noise, dtype=torch.float64, **kw)
+    result = solver(cls, steps, **kw)(score, sde, (1, 1, 1, 1), noise=noise, dtype=torch.float64)
     return result.x.item(), result.nfe
 
 
@@ -114,13 +123,13 @@ def test_heun_two_steps_by_hand():
     # sigmas 2, 1, 0; x = 2 z = 2. Step 1 (Heun): D(2; 2) = 1 + 1/5 = 1.2, d = (2 - 1.2) / 2 = 0.4,
     # x_e = 2 - 0.4 = 1.6, D(1.6; 1) = 1 + 0.6/2 = 1.3, d' = 0.3, x = 2 - (0.4 + 0.3) / 2 = 1.65.
     # Step 2 (Euler to 0): D(1.65; 1) = 1.325, x = 1.65 - (1.65 - 1.325) = 1.325. NFE 3.
-    x, nfe = scalar("edm_heun", [1.0], n_steps=2, sigma_min=1.0, sigma_max=2.0)
+    x, nfe = scalar(EDMHeun, [1.0], steps=2, sigma_min=1.0, sigma_max=2.0)
     assert x == pytest.approx(1.325, abs=1e-12) and nfe == 3
 
 
 def test_euler_two_steps_by_hand():
     # Step 1: x = 2 + (1 - 2) (2 - 1.2) / 2 = 1.6. Step 2: x = 1.6 - (1.6 - D(1.6; 1)) = 1.3. NFE 2.
-    x, nfe = scalar("euler", [1.0], n_steps=2, sigma_min=1.0, sigma_max=2.0)
+    x, nfe = scalar(Euler, [1.0], steps=2, sigma_min=1.0, sigma_max=2.0)
     assert x == pytest.approx(1.3, abs=1e-12) and nfe == 2
 
 
@@ -132,7 +141,7 @@ def test_dpmpp_2m_by_hand():
     r = math.log(1.5) / math.log(2)
     d_d = (1 + 1 / (2 * r)) * 1.28 - 1.2 / (2 * r)
     x2 = 0.5 * 2.4 + 0.5 * d_d
-    x, nfe = scalar("dpmpp_2m", [1.0], n_steps=3, sigma_min=1.0, sigma_max=3.0, rho=1.0)
+    x, nfe = scalar(DPMSolverPP2M, [1.0], steps=3, sigma_min=1.0, sigma_max=3.0, rho=1.0)
     assert x == pytest.approx(1 + (x2 - 1) / 2, abs=1e-12) and nfe == 3
     assert x == pytest.approx(1.4370951129, abs=1e-9)
 
@@ -148,34 +157,34 @@ def test_edm_stochastic_two_steps_by_hand():
     x_e = 2.75 - 1.5 * d
     x1 = 2.75 - 1.5 * (d + (x_e - D(x_e, 1.0))) / 2
     expected = D(x1 - 0.75, 1.25)
-    x, nfe = scalar("edm_stochastic", [1.0, 0.5, -1.0], n_steps=2, sigma_min=1.0, sigma_max=2.0, S_churn=0.5)
+    x, nfe = scalar(EDMStochastic, [1.0, 0.5, -1.0], steps=2, sigma_min=1.0, sigma_max=2.0, S_churn=0.5)
     assert x == pytest.approx(expected, abs=1e-12) and nfe == 3
     assert x == pytest.approx(1.0899915896, abs=1e-9)
 
 
 # ---- convergence at the method's order, and to the target -----------------------------------------
-ORDERS = {"edm_heun": 3.0, "dpmpp_2m": 3.0, "euler": 1.7}
+ORDERS = {EDMHeun: 3.0, DPMSolverPP2M: 3.0, Euler: 1.7}
 
 
-@pytest.mark.parametrize("method", list(ORDERS))
+@pytest.mark.parametrize("method", list(ORDERS), ids=lambda c: c.__name__)
 def test_deterministic_error_falls_at_its_order(method):
     limit = ode_limit_law()
     errors = [w2(output_law(method, SDES["VP"], n), limit) for n in (8, 16, 32, 64)]
     gains = [a / b for a, b in zip(errors, errors[1:])]
     # Doubling N doubles the NFE (Heun: 2N - 1); the asymptotic range is the last two doublings.
     assert min(gains[1:]) >= ORDERS[method], (errors, gains)
-    if method == "euler":
+    if method is Euler:
         assert max(gains[1:]) < 2.5, (errors, gains)  # first order: not faster than ~2x
     # To the target itself: with sigma_max = 1e4 the prior sigma_max z misses the data mean by only
     # MEAN sqrt(lam_0) / sigma_max (at 80 that offset alone is 3e-3); 512 levels, 2nd order: < 1e-4.
     final = w2(output_law(method, SDES["VP"], 512, sigma_max=1e4), target_law())
-    assert final < (4e-3 if method == "euler" else 1e-4), final
+    assert final < (4e-3 if method is Euler else 1e-4), final
 
 
 def test_stochastic_sampler_converges():
     kw = dict(S_churn=10.0, S_tmin=0.01, S_tmax=20.0)
-    reference = output_law("edm_stochastic", SDES["VE"], 256, **kw)
-    errors = [w2(output_law("edm_stochastic", SDES["VE"], n, **kw), reference) for n in (8, 16, 32)]
+    reference = output_law(EDMStochastic, SDES["VE"], 256, **kw)
+    errors = [w2(output_law(EDMStochastic, SDES["VE"], n, **kw), reference) for n in (8, 16, 32)]
     gains = [a / b for a, b in zip(errors, errors[1:])]
     assert min(gains) >= 1.8, (errors, gains)
     assert w2(reference, target_law()) < 2e-3
@@ -183,23 +192,23 @@ def test_stochastic_sampler_converges():
 
 def test_sde_grid_schedule_reaches_the_target():
     sde = SDES["VE"]
-    law = output_law("edm_heun", sde, 128, schedule="sde", sigma_min=None, sigma_max=None)
+    law = output_law(EDMHeun, sde, 128, schedule=SDEGrid())
     # VE's own grid is geometric from sigma(eps) = 0.01 5000^eps to sigma(T) = 50: the exact flow between them.
     limit = ode_limit_law(float(sde.sigma_of_t(torch.tensor(sde.default_eps))), sde.sigma_max)
     assert w2(law, limit) < 1e-3
 
 
-@pytest.mark.parametrize("method", list(SOLVERS))
+@pytest.mark.parametrize("method", [EDMHeun, EDMStochastic, DPMSolverPP2M, Euler], ids=lambda c: c.__name__)
 def test_ve_vp_subvp_give_the_same_samples(method):
     """Same noise levels, same draws: the sigma-space samplers do not depend on how the SDE scales x."""
-    laws = [output_law(method, SDES[n], 6, S_churn=1.0) if method == "edm_stochastic"
+    laws = [output_law(method, SDES[n], 6, S_churn=1.0) if method is EDMStochastic
             else output_law(method, SDES[n], 6) for n in SDES]
     for other in laws[1:]:
         torch.testing.assert_close(other[0], laws[0][0], rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(other[1], laws[0][1], rtol=1e-8, atol=1e-12)
 
 
-# ---- through SamplerSettings / generate -----------------------------------------------------------
+# ---- through generate -----------------------------------------------------------------------------
 class ExactStatistics:
     def freq_statistic(self):
         power = H * W * LAM.expand(1, H, W).clone()
@@ -210,21 +219,20 @@ class ExactStatistics:
         return torch.full((1, H, W), MEAN ** 2 + LAM.mean().item())
 
 
-@pytest.mark.parametrize("settings,nfe", [
-    (dict(method="edm_heun", n_steps=5), 9),
-    (dict(method="dpmpp_2m", n_steps=5), 5),
-    (dict(method="euler", n_steps=5, schedule="sde"), 5),
-    (dict(method="edm_stochastic", n_steps=5, S_churn=5.0), 9),
-    (dict(method="edm_heun", n_steps=5, ode_corrector="langevin", n_corrector_steps=2, preconditioner="freq"), 17),
-    (dict(method="dpmpp_2m", n_steps=5, ode_corrector="langevin"), 9),
-])
-def test_generate_counts_nfe_and_keeps_seeds_independent_of_the_batch(settings, nfe):
+@pytest.mark.parametrize("sampler,nfe", [
+    (EDMHeun(steps=5), 9),
+    (DPMSolverPP2M(steps=5), 5),
+    (Euler(steps=5, schedule=SDEGrid()), 5),
+    (EDMStochastic(steps=5, S_churn=5.0), 9),
+    (EDMHeun(steps=5, corrector=Langevin(steps_per_level=2), pds=PDS(filters="freq")), 17),
+    (DPMSolverPP2M(steps=5, corrector=Langevin()), 9),
+], ids=repr)
+def test_generate_counts_nfe_and_keeps_seeds_independent_of_the_batch(sampler, nfe):
     sde = VPSDE()
     score = GaussianScore(MEAN, LAM, sde)
-    s = SamplerSettings(**settings)
-    both = generate(s, score, sde, [3, 7], (1, H, W), statistics=ExactStatistics())
-    alone = generate(s, score, sde, [7], (1, H, W), statistics=ExactStatistics())
-    assert both.nfe == alone.nfe == nfe == solver_nfe(s.method, 5, s.ode_corrector, s.n_corrector_steps)
+    both = generate(sampler, score, sde, [3, 7], (1, H, W), statistics=ExactStatistics())
+    alone = generate(sampler, score, sde, [7], (1, H, W), statistics=ExactStatistics())
+    assert both.nfe == alone.nfe == nfe == sampler.nfe(sde)
     torch.testing.assert_close(both.x[1:], alone.x, rtol=0, atol=1e-6)
     assert not torch.allclose(both.x[0], both.x[1])
 
@@ -236,36 +244,27 @@ def test_langevin_corrector_between_steps_by_hand():
     # x = 1.6 + step g + sqrt(2 step) 0.5. Step 2: x = D(x; 1) = 1 + (x - 1) / 2. NFE 3.
     step = 2 * (0.16 * 0.5 / 0.3) ** 2
     x1 = 1.6 + step * -0.3 + math.sqrt(2 * step) * 0.5
-    x, nfe = scalar("euler", [1.0, 0.5], n_steps=2, sigma_min=1.0, sigma_max=2.0, ode_corrector="langevin")
+    x, nfe = scalar(Euler, [1.0, 0.5], steps=2, sigma_min=1.0, sigma_max=2.0, corrector=Langevin())
     assert x == pytest.approx(1 + (x1 - 1) / 2, abs=1e-12) and nfe == 3
     assert x == pytest.approx(1.412, abs=1e-9)
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(method="edm_heun", rho=0.0), "rho"),
-    (dict(method="edm_stochastic", S_churn=-1.0), "S_churn"),
-    (dict(method="edm_stochastic", S_noise=0.0), "S_noise"),
-    (dict(method="edm_stochastic", S_tmin=2.0, S_tmax=1.0), "S_tmin"),
-    (dict(method="dpmpp_2m", n_steps=1), "levels must be an integer >= 2"),
-    (dict(method="euler", preconditioner="freq"), "PDS only in its Langevin corrector"),
-    (dict(method="pc", ode_corrector="langevin"), "ode_corrector='langevin' does not apply.*sigma-space methods"),
-    (dict(method="edm_heun", schedule="linear"), "schedule"),
-    (dict(method="edm_heun", sigma_min=2.0, sigma_max=1.0), "sigma_min < sigma_max"),
-    (dict(method="edm_heun", schedule="sde", sigma_max=10.0), "sigma_max=10.0 does not apply"),
-    (dict(method="euler", ode_corrector="yes"), "ode_corrector"),
-    (dict(method="heun"), "unknown method 'heun'"),
+@pytest.mark.parametrize("make,message", [
+    (lambda: EDMHeun(schedule=Karras(rho=0.0)), "Karras: rho must be a finite number > 0"),
+    (lambda: EDMStochastic(S_churn=-1.0), "S_churn must be a finite number >= 0"),
+    (lambda: EDMStochastic(S_noise=0.0), "S_noise must be a finite number > 0"),
+    (lambda: EDMStochastic(S_churn=1.0, S_tmin=2.0, S_tmax=1.0), r"S_tmax must be a finite number >= 2 \(S_tmin\)"),
+    (lambda: DPMSolverPP2M(steps=1), "steps must be an integer >= 2"),
+    (lambda: Euler(pds=PDS(filters="freq")), "Euler uses PDS only in its Langevin corrector"),
+    (lambda: EDMHeun(schedule="linear"), "schedule wants a schedule component"),
+    (lambda: Karras(sigma_min=2.0, sigma_max=1.0), "need sigma_min < sigma_max"),
+    (lambda: Euler(corrector="yes"), "corrector wants a Langevin corrector or None, got 'yes'"),
 ])
-def test_bad_settings_are_rejected(kw, message):
+def test_bad_settings_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
-        SamplerSettings(**kw)
+        make()
 
 
 def test_speed_up_leaving_too_few_levels_is_rejected():
     with pytest.raises(ValueError, match="needs >= 2 noise levels"):
-        generate(SamplerSettings(method="edm_heun", speed_up=1000), GaussianScore(MEAN, LAM, VESDE()), VESDE(),
-                 [0], (1, H, W))
-
-
-def test_pc_default_is_unchanged():
-    s = SamplerSettings().to_sampler()
-    assert s == PC() and "schedule" not in s.fields()
+        generate(EDMHeun(speed_up=1000), GaussianScore(MEAN, LAM, VESDE()), VESDE(), [0], (1, H, W))

@@ -1,7 +1,7 @@
 """Predict / validate a tiny real ScoreModule on CPU with 1 or more processes (Lightning DDP, gloo).
 
     python tests/scripts/predict_ddp.py predict OUT_DIR DEVICES SEEDS BATCH
-    python tests/scripts/predict_ddp.py pilot OUT_DIR DEVICES SEEDS BATCH      (alpha: auto, pilot)
+    python tests/scripts/predict_ddp.py pilot OUT_DIR DEVICES SEEDS BATCH      (alpha chosen by Pilot)
     python tests/scripts/predict_ddp.py validate LOG_DIR DEVICES NUM_SAMPLES DATA_NPZ
     python tests/scripts/predict_ddp.py both OUT_DIR DEVICES SEEDS BATCH LOG_DIR NUM_SAMPLES DATA_NPZ
 
@@ -23,13 +23,13 @@ from pds_lightning.callbacks import SampleWriter, SamplingCallback
 from pds_lightning.data import ImageDataModule
 from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
 from pds_lightning.module import ScoreModule
-from pds_lightning.legacy import SamplerSettings
+from pds_lightning.alpha import Pilot
+from pds_lightning.sampling import PC, PDS, Sampler
 from pds_lightning.statistics import ImageStatistics
 
-SETTINGS = SamplerSettings(name="pds_5", preconditioner="both", n_steps=5)
+SETTINGS = PC(name="pds_5", steps=5, pds=PDS(filters="both"))
 # alpha chosen by pilot samples: each rank runs the pilot, rank 0's choice is broadcast.
-PILOT = SamplerSettings(name="pilot_5", preconditioner="both", n_steps=5, alpha="auto", auto_method="pilot",
-                        pilot_samples=2)
+PILOT = PC(name="pilot_5", steps=5, pds=PDS(filters="both", alpha=Pilot(2)))
 
 
 class Features(torch.nn.Module):
@@ -44,7 +44,7 @@ class Features(torch.nn.Module):
         return torch.tanh(self.conv(x)).mean(dim=(-2, -1))
 
 
-def tiny_module(sampler: SamplerSettings = SETTINGS) -> ScoreModule:
+def tiny_module(sampler: Sampler = SETTINGS) -> ScoreModule:
     torch.manual_seed(0)  # the same weights in every process
     module = helpers.tiny_module(helpers.tiny_net(), lr=1e-3, sampler=sampler)
     images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -58,7 +58,7 @@ def trainer(devices: int, **kw) -> L.Trainer:
                      enable_model_summary=False, enable_progress_bar=False, **kw)
 
 
-def predict(out_dir: str, devices: int, seeds: str, batch: int, sampler: SamplerSettings = SETTINGS) -> None:
+def predict(out_dir: str, devices: int, seeds: str, batch: int, sampler: Sampler = SETTINGS) -> None:
     dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
     trainer(devices, logger=False, callbacks=[SampleWriter(out_dir)]).predict(
         tiny_module(sampler), datamodule=dm, return_predictions=False)

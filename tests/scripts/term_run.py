@@ -32,7 +32,7 @@ else:
     out = WORK / "samples"
     args = ["predict", "--config", CONFIG, "--ckpt_path", sys.argv[4], "--trainer.logger", "false",
             "--trainer.default_root_dir", str(WORK), "--data.seeds", sys.argv[5], "--data.predict_batch_size", "1",
-            "--model.sampler.pc_steps", "10", "--model.sampler.corrector.steps_per_level", "20",
+            "--model.sampler.steps", "10", "--model.sampler.corrector.steps_per_level", "20",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out)]
     watched, mid_run = out, lambda: any(out.rglob("*.png"))
 
