@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator
 
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pds_lightning.data.seeds import derived_seed
