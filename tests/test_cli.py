@@ -256,15 +256,15 @@ def switched(*args: str):
 
 
 SWITCHES = {  # command line -> (the sampler built, the name the manifest records)
-    "class path": (["--model.sampler", "pds_lightning.sampling.EDMHeun", "--model.sampler.levels", "18"],
-                   EDMHeun(levels=18), "edmheun"),
-    "class name, pds null": (["--model.sampler", "EDMHeun", "--model.sampler.levels", "18", "--model.sampler.pds",
-                              "null"], EDMHeun(levels=18), "edmheun"),
-    "inline spec": (["--model.sampler", "{class_path: pds_lightning.sampling.Euler, init_args: {levels: 5}}"],
-                    Euler(levels=5), "euler"),
+    "class path": (["--model.sampler", "pds_lightning.sampling.EDMHeun", "--model.sampler.steps", "18"],
+                   EDMHeun(steps=18), "edmheun"),
+    "class name, pds null": (["--model.sampler", "EDMHeun", "--model.sampler.steps", "18", "--model.sampler.pds",
+                              "null"], EDMHeun(steps=18), "edmheun"),
+    "inline spec": (["--model.sampler", "{class_path: pds_lightning.sampling.Euler, init_args: {steps: 5}}"],
+                    Euler(steps=5), "euler"),
     # the same class under another spelling is no switch: the config's fields stay
-    "same class": (["--model.sampler", "pds_lightning.sampling.pc.PC", "--model.sampler.pc_steps", "7"],
-                   PC(pc_steps=7, pds=PDS(filters="both", alpha=5.0), name="pds_100"), "pds_100"),
+    "same class": (["--model.sampler", "pds_lightning.sampling.pc.PC", "--model.sampler.steps", "7"],
+                   PC(steps=7, pds=PDS(filters="both", alpha=5.0), name="pds_100"), "pds_100"),
 }
 
 

@@ -138,10 +138,10 @@ CONFIG_ERRORS = {
     "snr nan": (["--model.sampler.corrector.snr", ".nan"], 1, "snr must be a finite number > 0, got nan"),
     "snr inf": (["--model.sampler.corrector.snr", ".inf"], 1, "snr must be a finite number > 0, got inf"),
     # issue 31 item 6: step counts bounded before anything is allocated (10**8 steps grew to 21 GB)
-    "pc_steps 10**8": (["--model.sampler.pc_steps", "100000000"], 1,
-                       "pds_10: pc_steps gives 100,000,000 steps, more than the 10,000,000 a run may take (each step "
-                       "adds to the SDE's tables and costs a network evaluation; score_sde uses at most 2000); lower "
-                       "pc_steps (set"),
+    "steps 10**8": (["--model.sampler.steps", "100000000"], 1,
+                    "pds_10: steps gives 100,000,000 steps, more than the 10,000,000 a run may take (each step "
+                    "adds to the SDE's tables and costs a network evaluation; score_sde uses at most 2000); lower "
+                    "steps (set"),
     "num_scales 10**12": (["--model.sde.init_args.num_scales", "1000000000000"], 1,
                           "num_scales gives 1,000,000,000,000 steps, more than the 10,000,000 a run may take"),
     "net num_scales 10**12": (["--model.net.init_args.num_scales", "1000000000000"], 1,
@@ -151,7 +151,7 @@ CONFIG_ERRORS = {
                                  "likelihood n_steps gives 1,000,000,000 steps, more than the 10,000,000 a run may "
                                  "take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
                                  "uses at most 2000); lower likelihood n_steps (set"),
-    "speed_up 1e-9": (["--model.sampler.pc_steps", "null", "--model.sampler.speed_up", "1e-9"], 1,
+    "speed_up 1e-9": (["--model.sampler.steps", "null", "--model.sampler.speed_up", "1e-9"], 1,
                       "speed_up=1e-09 (int(100 / 1e-09)) gives 100,000,000,000 steps, more than the 10,000,000 a "
                       "run may take (each step adds to the SDE's tables and costs a network evaluation; score_sde "
                       "uses at most 2000); raise speed_up to at least 1e-05"),
@@ -578,7 +578,7 @@ def test_output_dir_of_other_precision_or_compile_is_refused_in_one_line(tmp_pat
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     args = ["predict", "--config", TINY, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--data.predict_batch_size", "2", "--model.sampler.pds", "null", "--model.sampler.pc_steps", "2",
+            "--data.predict_batch_size", "2", "--model.sampler.pds", "null", "--model.sampler.steps", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out]
     main([str(a) for a in args])
     before = contents(out)

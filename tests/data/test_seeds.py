@@ -97,7 +97,7 @@ def test_the_largest_seed_samples_and_is_named_by_the_rule_the_cli_states(tmp_pa
     from pds_lightning.sampling import PC
 
     model = tiny_module()
-    one_step = PC(pc_steps=1)
+    one_step = PC(steps=1)
     images = model.generate_images([MAX_SEED, 0], sampler=one_step)
     assert images.shape == (2, 1, 8, 8)
     torch.testing.assert_close(images[1:], model.generate_images([0], sampler=one_step), rtol=0, atol=1e-5)
