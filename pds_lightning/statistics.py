@@ -11,6 +11,8 @@ in float64 sums, so batches can be streamed and the partial results of several p
 
 from __future__ import annotations
 
+import io
+
 import os
 import pickle
 from typing import Mapping, Sequence
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pds_lightning.distributed import is_distributed
-from pds_lightning.fileio import atomic_path
+from pds_lightning.fileio import write_atomic
 
 MOMENTS = ("power_mean", "mean", "sq_mean")
 #: What to do with a statistics file that cannot be read.
@@ -172,9 +174,11 @@ class ImageStatistics:
         return stats
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write `state_dict()` to `path` atomically (temp file in the same folder, then rename)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        """Write `state_dict()` to `path` atomically (temp file in the same folder, then rename). Serialised in
+        memory first, so a full disk is an OSError naming `path` (torch.save would raise its own RuntimeError)."""
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImageStatistics":

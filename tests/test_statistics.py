@@ -84,6 +84,21 @@ def test_state_dict_save_load_and_from_moments(tmp_path):
     torch.testing.assert_close(loaded.power_mean, direct.power_mean, rtol=1e-12, atol=0)
 
 
+def test_a_full_disk_names_the_statistics_file_and_leaves_none(tmp_path, monkeypatch):
+    """Issue 31 item 4: a full disk while writing the statistics is an OSError naming the target (torch.save into
+    the temp file raised its own RuntimeError), and neither the file nor a temp is left."""
+    import errno
+
+    from helpers import disk_full_on_write
+
+    stats = ImageStatistics((3, 8, 6)).update(images())
+    path = tmp_path / "stats.pt"
+    monkeypatch.setattr(os, "write", disk_full_on_write(1, starting_with=b""))
+    with pytest.raises(OSError, match=f"No space left on device: '{path}'") as info:
+        stats.save(path)
+    assert info.value.errno == errno.ENOSPC and os.listdir(tmp_path) == []
+
+
 def test_bad_input_is_refused(tmp_path):
     stats = ImageStatistics((3, 8, 6))
     with pytest.raises(RuntimeError, match="empty"):
