@@ -18,7 +18,10 @@ the consistent predictor (`PDS(predictor='consistent')`), DPM-Solver++(2M) SDE (
 with restarts, 2N - 1 + 2 K (n - 1) per interval) on the interval [[0.03, 0.15]] in sigma with K = 2 repeats
 of n = 3 inner levels: the data here are in [0, 1], so the paper's CIFAR-10 interval [0.06, 0.30] for [-1, 1]
 data is halved. Restart's fewest NFE are 11 (2 levels), which it gets at a budget of 10. PC samplers: 2 NFE
-per step. On the Gaussian target the two new rows have the Monte-Carlo figure only.
+per step. Issue 33's rows (docs/pds_stochastic.md): DPM-Solver++(2M) SDE with PDS-shaped noise (frequency filter,
+alpha 5, and alpha by the surrogate, which may choose vanilla; N NFE) and PDS PC with a skew-symmetric term in
+its Langevin corrector (PairedRotation 0.5; 2 NFE per step). On the Gaussian target the DPM-Solver++(2M) SDE rows
+are exact by impulse responses (a frequency-only M keeps them circulant), Restart and the skew row Monte Carlo.
 
 `gaussian`: an exact-score stationary Gaussian at 64x64 (`GaussianScore`) whose mean and power spectrum are
 those of the embedded MNIST digits resized to 64 px, under the demo model's SDE (VE, sigma 0.01..16).
@@ -52,6 +55,7 @@ from pds_lightning.alpha import Pilot, Surrogate, resolve_alpha
 from pds_lightning.fileio import write_atomic
 from pds_lightning.sampling import (PC, PDS, DPMSolverPP2M, DPMSolverPP2MSDE, EDMHeun, EDMStochastic, Euler, Langevin,
                                     ProbabilityFlowODE, RecordedNoise, Restart, Sampler, generate)
+from pds_lightning.sampling.skew import PairedRotation
 
 NFE = (10, 20, 40, 80, 132, 200)
 EDM_CHURN = dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
@@ -75,7 +79,11 @@ def rows() -> dict[str, Sampler]:
             "dpmpp_2m": lambda name: DPMSolverPP2M(name=name), "euler": lambda name: Euler(name=name),
             "edm_heun_pds_corrector": lambda name: EDMHeun(corrector=Langevin(snr=0.16), pds=both(5.0), name=name),
             "dpmpp_2m_sde": lambda name: DPMSolverPP2MSDE(eta=1.0, name=name),
-            "restart": lambda name: Restart(**RESTART, name=name)}
+            "restart": lambda name: Restart(**RESTART, name=name),
+            "dpmpp_2m_sde_pds": lambda name: DPMSolverPP2MSDE(eta=1.0, pds=PDS(filters="freq", alpha=5.0), name=name),
+            "dpmpp_2m_sde_pds_auto": lambda name: DPMSolverPP2MSDE(eta=1.0, pds=PDS(filters="freq", alpha=Surrogate()),
+                                                                   name=name),
+            "pds_skew": lambda name: PC(corrector=Langevin(skew=PairedRotation(0.5)), pds=both(5.0), name=name)}
     return {name: build(name) for name, build in make.items()}
 
 
@@ -134,20 +142,22 @@ class GaussianTarget:
         stream = [torch.zeros(draws + 1, 1, H, W, dtype=torch.float64) for _ in range(draws)]
         for j in range(draws):
             stream[j][j + 1, 0, 0, 0] = 1.0
-        x = float64_run(sampler, self.score, self.sde, (draws + 1, 1, H, W), RecordedNoise(stream)).x[:, 0]
+        M = None if sampler.pds is None else sampler.pds.preconditioner(self.statistics)  # frequency-only here
+        x = float64_run(sampler, self.score, self.sde, (draws + 1, 1, H, W), RecordedNoise(stream), M).x[:, 0]
         return self.w2(x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0))
 
 
-def float64_run(sampler: Sampler, score_fn, sde, shape, noise):
+def float64_run(sampler: Sampler, score_fn, sde, shape, noise, preconditioner=None):
     """An ODE or corrector-free sigma-space sampler run in float64 (the impulse responses need the precision)."""
-    return sampler(score_fn, sde, shape, noise=noise, dtype=torch.float64)
+    return sampler(score_fn, sde, shape, noise=noise, preconditioner=preconditioner, dtype=torch.float64)
 
 
 def exact_w2(target: GaussianTarget, name: str, sampler: Sampler) -> tuple[float | None, str]:
-    """(exact W2 per pixel, how) for the older rows where it is available; the new rows: Monte Carlo only."""
+    """(exact W2 per pixel, how) where it is available; Restart, PDS consistent and the skew row: Monte Carlo only."""
     from pds_lightning.alpha import predict_w2
 
-    if isinstance(sampler, PC) and name != "pds_consistent":  # the recursion knows the official predictor only
+    # the recursion knows the official predictor only, and no skew (it couples modes)
+    if isinstance(sampler, PC) and name not in ("pds_consistent", "pds_skew"):
         candidate = None if sampler.pds is None else sampler.pds.alpha
         pds = PC(steps=sampler.steps, pds=PDS(filters="both", alpha=5.0))
         return float(predict_w2(target.statistics, target.sde, pds, [candidate])[0]), "moments"
@@ -155,6 +165,8 @@ def exact_w2(target: GaussianTarget, name: str, sampler: Sampler) -> tuple[float
         return target.impulse_w2(sampler, 1), "impulse"
     if name == "edm_stochastic":
         return target.impulse_w2(sampler, 1 + sampler.steps_on(target.sde)[0]), "impulse"
+    if name.startswith("dpmpp_2m_sde"):  # the initial draw and one per step to sigma > 0
+        return target.impulse_w2(sampler, sampler.steps_on(target.sde)[0]), "impulse"
     return None, "mc only"
 
 
@@ -340,6 +352,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="samplers_vs_nfe",
+                        help="file name of the results (NAME.json, NAME.md, NAME.png in --output-dir)")
     parser.add_argument("--merge", nargs="+", type=Path, default=[],
                         help="samplers_vs_nfe.json files of runs split over processes (--samplers, --output-dir): "
                              "their rows join the output's json and the report is rewritten; nothing is sampled")
@@ -347,16 +361,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "samplers_vs_nfe.json"
+    path = out / f"{args.name}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"meta": {}, "results": []}
     if args.merge:
         merge(payload, args.merge)
-        finish(out, path, payload)
+        finish(out, path, payload, args.name)
         return
     payload["meta"].update(torch=torch.__version__, threads=args.threads)
     command = ("python -m benchmarks.samplers_vs_nfe --models " + " ".join(args.models) + f" --num-samples "
                f"{args.num_samples} --nfe " + " ".join(map(str, sorted(args.nfe)))
-               + ("" if args.samplers == all_rows else " --samplers " + " ".join(args.samplers)))
+               + ("" if args.samplers == all_rows else " --samplers " + " ".join(args.samplers))
+               + ("" if args.name == "samplers_vs_nfe" else f" --name {args.name}"))
     for model in args.models:
         add_commands(payload["meta"], model, [command])
     if "gaussian" in args.models:
@@ -368,7 +383,7 @@ def main() -> None:
         features = DigitFeatures()
         for name in trained:
             run_trained(name, args, payload, path, features)
-    finish(out, path, payload)
+    finish(out, path, payload, args.name)
 
 
 def merge(payload: dict, paths: list[Path]) -> None:
@@ -382,12 +397,12 @@ def merge(payload: dict, paths: list[Path]) -> None:
             add_commands(payload["meta"], model, as_list(theirs))
 
 
-def finish(out: Path, path: Path, payload: dict) -> None:
-    if write_plot(out / "samplers_vs_nfe.png", payload):
-        payload["meta"]["plot"] = "samplers_vs_nfe.png"
+def finish(out: Path, path: Path, payload: dict, name: str = "samplers_vs_nfe") -> None:
+    if write_plot(out / f"{name}.png", payload):
+        payload["meta"]["plot"] = f"{name}.png"
     write_atomic(path, json.dumps(payload, indent=1).encode())
-    write_report(out / "samplers_vs_nfe.md", payload)
-    print(f"wrote {out / 'samplers_vs_nfe.md'}")
+    write_report(out / f"{name}.md", payload)
+    print(f"wrote {out / f'{name}.md'}")
 
 
 if __name__ == "__main__":

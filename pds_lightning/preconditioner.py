@@ -156,6 +156,32 @@ class Preconditioner(nn.Module):
         self._check_input(g)
         return self._circulant(self._diagonal(self._circulant(g), squared=True)).to(g.dtype)
 
+    def check_gram_diagonal(self) -> None:
+        """ValueError unless M M^T is diagonal in one basis (not both filters), as `gram_apply` needs."""
+        if self.freq_filter is not None and self.space_filter is not None:
+            raise ValueError("f(M M^T) needs M M^T diagonal in one basis, but with both PDS filters M M^T = C S^2 C "
+                             "is diagonal in none (no per-mode closed form); use PDS filters 'freq' or 'space'")
+
+    def gram_apply(self, terms) -> Tensor:
+        """sum_i f_i(B) x_i for B = M M^T, `terms` [(f_i, x_i)], where B is diagonal in one basis: R^2 in the
+        real-FFT basis (frequency filter only), S^2 per pixel (space filter only), 1 without filters.
+
+        Each f_i maps B's eigenvalues (a float64 tensor broadcasting against that basis) to the factors applied
+        there. With both filters B = C S^2 C is diagonal in no single basis, so f(B) has no closed form here.
+        """
+        x0 = terms[0][1]
+        self.check_gram_diagonal()
+        self._check_input(x0)
+        dtype = _compute_dtype(x0)
+        if self.freq_filter is None:
+            S = self.space_filter if self.space_filter is not None else torch.ones(())
+            b = S.to(device=x0.device, dtype=torch.float64) ** 2
+            return sum(f(b).to(dtype) * x.to(dtype) for f, x in terms).to(x0.dtype)
+        H, W = x0.shape[-2:]
+        b = self.freq_filter[..., : W // 2 + 1].to(device=x0.device, dtype=torch.float64) ** 2
+        spectrum = sum(f(b).to(dtype) * torch.fft.rfft2(x.to(dtype)) for f, x in terms)
+        return torch.fft.irfft2(spectrum, s=(H, W)).to(x0.dtype)
+
 
 def read_statistic(path: str | os.PathLike) -> Tensor:
     """An official `.npy` raw statistic as a float32 tensor [C, H, W]."""

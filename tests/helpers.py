@@ -381,3 +381,24 @@ def flow_bomb(levels: int, width: int = 10) -> str:
     parts = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
     parts += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
     return "{" + ", ".join(parts) + "}"
+
+
+# ---- exact output laws of samplers affine in their draws (Gaussian targets) -----------------------------------------
+def impulse_noise(draws: int, shape, rows_per_draw: int = 1):
+    """RecordedNoise of unit impulses: row 0 all zeros, row 1 + j r + p a one at pixel p of draw j (p < r). A sampler
+    affine in its draws then returns its mean in row 0 and, minus it, the response to each impulse."""
+    from pds_lightning.sampling import RecordedNoise
+
+    n = 1 + draws * rows_per_draw
+    stream = [torch.zeros((n,) + tuple(shape), dtype=torch.float64) for _ in range(draws)]
+    for j in range(draws):
+        for p in range(rows_per_draw):
+            stream[j].view(n, -1)[1 + j * rows_per_draw + p, p] = 1.0
+    return RecordedNoise(stream)
+
+
+def circulant_law(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean image, per-mode variances over the full fft2 grid) from a one-channel impulse run x [1 + draws, 1, H, W]
+    of a sampler whose impulse responses are circulant (stationary target, frequency-only M)."""
+    x = x[:, 0]
+    return x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0)

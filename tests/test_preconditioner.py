@@ -148,3 +148,29 @@ def test_shifted_frequency_statistics_are_refused():
     Preconditioner(R)  # unshifted is accepted
     with pytest.raises(ValueError, match="symmetric.*fft-shifted"):
         Preconditioner(torch.fft.fftshift(R, dim=(-2, -1)))
+
+
+@pytest.mark.parametrize("filters", ["freq", "space", "none"])
+def test_gram_apply_is_the_matrix_function_of_m_m_transpose(filters):
+    """sum_i f_i(B) x_i for B = M M^T equals V f(Lambda) V^T x_i from the dense eigendecomposition of B."""
+    gen = torch.Generator().manual_seed(5)
+    C, H, W = 2, 4, 6
+    R = symmetric_filter(C, H, W, gen) if filters == "freq" else torch.ones(C, H, W, dtype=torch.float64)
+    S = torch.rand(C, H, W, generator=gen, dtype=torch.float64) + 0.5 if filters == "space" else torch.ones_like(R)
+    M = Preconditioner(R if filters == "freq" else None, S if filters == "space" else None)
+    x, y = torch.randn(2, 3, C, H, W, generator=gen, dtype=torch.float64)
+    f = lambda b: torch.exp(-0.3 * b)
+    g = lambda b: torch.sqrt(-torch.expm1(-2 * b))
+    got = M.gram_apply([(f, x), (g, y)])
+    R32, S32 = R.float().double().numpy(), S.float().double().numpy()  # the buffers are float32
+    for c, Mc in enumerate(dense_M(R32, S32)):
+        lam, V = np.linalg.eigh(Mc @ Mc.T)
+        fB, gB = ((V * fn(torch.from_numpy(lam)).numpy()) @ V.T for fn in (f, g))
+        want = x[:, c].reshape(3, -1).numpy() @ fB.T + y[:, c].reshape(3, -1).numpy() @ gB.T
+        np.testing.assert_allclose(got[:, c].reshape(3, -1).numpy(), want, rtol=0, atol=1e-10)
+
+
+def test_gram_apply_refuses_both_filters():
+    M = Preconditioner(torch.ones(1, 4, 4), torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match="with both PDS filters M M\\^T = C S\\^2 C is diagonal in none"):
+        M.gram_apply([(lambda b: b, torch.zeros(1, 1, 4, 4))])

@@ -12,7 +12,7 @@ from pds_lightning.alpha.pilot import PILOT_CANDIDATES, PILOT_SEED, pilot_alpha
 from pds_lightning.alpha.surrogate import (DEFAULT_CANDIDATES, AlphaChoice, GaussianSurrogate, Modes, choose_alpha,
                                            pc_output_moments, predict_w2, predicted_w2)
 from pds_lightning.alpha.choosers import Pilot, Surrogate
-from pds_lightning.sampling import PC, Sampler
+from pds_lightning.sampling import Sampler
 from pds_lightning.sde import SDE
 
 __all__ = ["resolve_alpha", "Surrogate", "Pilot", "choose_alpha", "pilot_alpha", "predict_w2", "predicted_w2", "pc_output_moments",
@@ -24,14 +24,13 @@ def resolve_alpha(sampler: Sampler, sde: SDE, statistics, *, centered: bool = Fa
     """(the sampler with a numeric PDS alpha, or vanilla; the choice as a dict for logs and manifests, or None).
 
     A sampler whose PDS alpha is a number (or that has no PDS) comes back unchanged with None. Otherwise its
-    chooser chooses: Pilot samples the model and needs score_fn and the image shape [C, H, W] (on `device`);
-    Surrogate needs neither. `centered`: the model samples in [-1, 1].
+    chooser chooses: Pilot samples the model (any sampler that takes PDS) and needs score_fn and the image shape
+    [C, H, W] (on `device`); Surrogate (PC and DPMSolverPP2MSDE) needs neither. `centered`: the model samples in
+    [-1, 1]. Both may choose vanilla (no PDS) when no alpha beats it.
     """
     pds = sampler.pds
     if pds is None or not pds.chooses_alpha:
         return sampler, None
-    if not isinstance(sampler, PC):
-        raise ValueError(f"sampler {sampler.name!r}: alpha choosers model the PC sampler; give PDS alpha a number")
     if statistics is None:
         raise ValueError(f"sampler {sampler.name!r} chooses alpha but no data statistics are available")
     choice = pds.alpha.choose(sampler, sde, statistics, centered=centered, score_fn=score_fn, shape=shape,

@@ -30,7 +30,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from pds_lightning.alpha.dpmpp_sde import dpmpp_2m_sde_output_moments, refuse_skew
 from pds_lightning.preconditioner import filter_from_statistic
+from pds_lightning.sampling import DPMSolverPP2MSDE
 from pds_lightning.sampling.pc import PC
 from pds_lightning.sde import SDE
 
@@ -185,8 +187,9 @@ class Modes:
 def pc_of(sampler) -> PC:
     """`sampler` if it is a PC with a predictor (what the Gaussian model follows), else a clear error."""
     if not isinstance(sampler, PC):
-        raise ValueError(f"alpha choosers model the PC sampler; sampler {getattr(sampler, 'name', sampler)!r} is "
-                         f"{type(sampler).__name__}: give PDS alpha a number")
+        raise ValueError(f"the Surrogate alpha chooser models PC and DPMSolverPP2MSDE; sampler "
+                         f"{getattr(sampler, 'name', sampler)!r} is {type(sampler).__name__}: give PDS alpha Pilot or "
+                         "a number")
     if sampler.predictor is None:
         raise ValueError(f"alpha choosers model a PC sampler with a predictor; sampler {sampler.name!r} has none: "
                          "give PDS alpha a number")
@@ -249,6 +252,17 @@ def pc_output_moments(modes: Modes, gain: Tensor, sde: SDE, sampler: PC) -> tupl
     return (v_mean if sampler.denoise else v), gamma
 
 
+def recursion(sampler):
+    """The exact Gaussian recursion `(modes, gain, sde, sampler) -> (v, gamma)` that models `sampler`:
+    DPMSolverPP2MSDE's (alpha/dpmpp_sde.py) or PC's (a PC with a predictor, pc_of); a clear error for any other
+    sampler and for a corrector skew (it couples the modes each recursion evolves on their own)."""
+    moments = dpmpp_2m_sde_output_moments if isinstance(sampler, DPMSolverPP2MSDE) else pc_output_moments
+    if moments is pc_output_moments:
+        pc_of(sampler)
+    refuse_skew(sampler)
+    return moments
+
+
 def predicted_w2(modes: Modes, v: Tensor, gamma: Tensor, num_pixels: int, scale: float = 1.0) -> Tensor:
     """W2 per pixel between the output law and the surrogate, [A]; `scale` maps model units to data units.
 
@@ -257,28 +271,28 @@ def predicted_w2(modes: Modes, v: Tensor, gamma: Tensor, num_pixels: int, scale:
     return (w2_sq / num_pixels).sqrt() / scale
 
 
-def predict_w2(statistics, sde: SDE, sampler: PC, candidates: Sequence[float | None], centered: bool = False,
+def predict_w2(statistics, sde: SDE, sampler, candidates: Sequence[float | None], centered: bool = False,
                max_modes: int = 2048) -> Tensor:
-    """Predicted output W2 per pixel ([0, 1] units) of the PC `sampler` on the Gaussian surrogate of
-    `statistics`, for each candidate alpha (None: vanilla) of its PDS filters (none: vanilla only), [A] float64."""
-    sampler = pc_of(sampler)
+    """Predicted output W2 per pixel ([0, 1] units) of the PC or DPMSolverPP2MSDE `sampler` on the Gaussian surrogate
+    of `statistics`, for each candidate alpha (None: vanilla) of its PDS filters (none: vanilla only), [A] float64."""
+    moments = recursion(sampler)
     filters = "none" if sampler.pds is None else sampler.pds.filters
     surrogate = GaussianSurrogate.from_statistics(statistics, centered=centered)
     modes = Modes.from_surrogate(surrogate, statistics.freq_statistic(torch.float64), max_modes=max_modes)
     space_stat = statistics.space_statistic(torch.float64) if filters in ("space", "both") else None
     gain = modes.gains(filters, candidates, space_stat)
-    v, gamma = pc_output_moments(modes, gain, sde, sampler)
+    v, gamma = moments(modes, gain, sde, sampler)
     return predicted_w2(modes, v, gamma, surrogate.lam.numel(), scale=2.0 if centered else 1.0)
 
 
-def choose_alpha(statistics, sde: SDE, sampler: PC, candidates: Sequence[float | None] = DEFAULT_CANDIDATES,
+def choose_alpha(statistics, sde: SDE, sampler, candidates: Sequence[float | None] = DEFAULT_CANDIDATES,
                  centered: bool = False, max_modes: int = 2048) -> AlphaChoice:
     """The candidate alpha (None = vanilla, always included) with the lowest predicted output W2.
 
-    `sampler`: a PC component with a PDS component (its filters); `statistics`: ImageStatistics of the data in
-    [0, 1] (CPU); `centered`: the model's space.
+    `sampler`: a PC or DPMSolverPP2MSDE component with a PDS component (its filters); `statistics`: ImageStatistics
+    of the data in [0, 1] (CPU); `centered`: the model's space.
     """
-    sampler = pc_of(sampler)
+    recursion(sampler)
     if sampler.pds is None:
         raise ValueError(f"sampler {sampler.name!r}: an alpha chooser picks the strength of PDS; give the sampler "
                          "a PDS component (filters 'freq', 'space' or 'both')")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from pds_lightning.sampling.base import Component, check_choice, check_number
+from pds_lightning.sampling.base import Component, check_choice, check_number, check_type
+from pds_lightning.sampling.skew import Skew
 from pds_lightning.sampling.step import StepContext
 from pds_lightning.sde import SDE, per_sample
 
@@ -44,18 +45,33 @@ class Corrector(Component):
 
 class Langevin(Corrector):
     """Langevin MCMC, step 2 a_t (snr ||M z|| / ||M M^T score||)^2 with norms per sample ('sample') or
-    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t."""
+    averaged over the batch ('batch', the official rule). The PDS corrector keeps p_t. `skew`: a skew-symmetric
+    S (sampling/skew.py) added to the drift, (M M^T + S) score, which keeps p_t too; None is S = 0."""
 
-    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample"):
+    def __init__(self, snr: float = 0.16, steps_per_level: int = 1, step_size: str = "sample",
+                 skew: Skew | None = None):
         super().__init__(snr, steps_per_level)
         check_choice("Langevin", "step_size", step_size, STEP_SIZE_MODES)
-        self.step_size = step_size
+        if skew is not None:
+            check_type("Langevin", "skew", skew, Skew, "a skew component (PairedRotation) or None")
+        self.step_size, self.skew = step_size, skew
+
+    def config(self) -> dict:
+        """As Component.config, with `skew` only when set: a config without S stays the one stored (and compared
+        by predict manifests) before the field existed."""
+        config = super().config()
+        if self.skew is None:
+            del config["init_args"]["skew"]
+        return config
 
     def update(self, ctx, x, t):
         alpha_t = ctx.sde.ddpm_alpha(t, x)
         x_mean = x
         for _ in range(self.steps_per_level):
-            g = ctx.preconditioner.drift(ctx.score_fn(x, t))
+            score = ctx.score_fn(x, t)
+            g = ctx.preconditioner.drift(score)
+            if self.skew is not None:  # (M M^T + S) score keeps p_t; the snr step then sees the whole drift
+                g = g + self.skew(score)
             xi = ctx.mz(x)
             g_norm = torch.linalg.vector_norm(g.flatten(1), dim=-1)
             xi_norm = torch.linalg.vector_norm(xi.flatten(1), dim=-1)

@@ -19,6 +19,8 @@ class EDMStochastic(SigmaSampler):
     and S_noise act only through the churn, so with S_churn 0 they must keep their defaults. Other fields:
     SigmaSampler."""
 
+    isotropic_jump = "churn"
+
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                  schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
                  S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0,

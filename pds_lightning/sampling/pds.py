@@ -30,6 +30,9 @@ class AlphaChooser(Component):
         """The choice (an AlphaChoice: `.alpha` a number or None for vanilla) for `sampler` on `sde`."""
         raise NotImplementedError
 
+    def check_sampler(self, sampler) -> None:
+        """ValueError now if this chooser cannot choose for `sampler` (called by the sampler when it is built)."""
+
 
 class PDS(Component):
     """Preconditioned diffusion sampling: filters from the data statistics, strength alpha."""

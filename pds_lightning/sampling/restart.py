@@ -28,6 +28,8 @@ class Restart(SigmaSampler):
     [[0.06, 0.30]], for data in [-1, 1]); `repeats` / `inner_steps`: an int for every interval or a list, one per
     interval. One draw per restart. NFE 2N - 1 + sum K 2 (n - 1). Other fields: SigmaSampler."""
 
+    isotropic_jump = "restart jump"
+
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                  schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
                  intervals: list[list[float]] = [list(v) for v in RESTART_INTERVALS],

@@ -20,6 +20,10 @@ class SigmaSampler(Sampler):
     preconditions only those: M M^T in the ODE drift would change its path). A subclass is its `step` (one
     step from sigma to sigma_next) and its `score_calls` (NFE of the steps alone)."""
 
+    #: The noise jump of a subclass's own (EDM's churn, Restart's restart jump), which must stay isotropic to keep
+    #: the marginals p_sigma, so PDS enters only through the corrector there (docs/pds_stochastic.md).
+    isotropic_jump = ""
+
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                  schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
                  name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):
@@ -33,16 +37,29 @@ class SigmaSampler(Sampler):
             check_type(self.name, "corrector", corrector, Langevin, "a Langevin corrector or None")
         if pds is not None:
             check_type(self.name, "pds", pds, PDS, "a PDS component or None")
-            if corrector is None:
-                raise ValueError(f"{self.name}: {type(self).__name__} uses PDS only in its Langevin corrector; "
-                                 "give corrector: Langevin, or leave pds out")
+            self.check_pds(pds, corrector)
             if pds.predictor != "official" or pds.restrict != "project":
                 raise ValueError(f"{self.name}: PDS predictor / restrict apply to the PC sampler; "
                                  f"{type(self).__name__} has no predictor to precondition and fills in no known part")
             if pds.chooses_alpha:
-                raise ValueError(f"{self.name}: alpha choosers model the PC sampler; give PDS alpha a number")
+                pds.alpha.check_sampler(self)
         self.steps, self.speed_up, self.eps = steps, float(speed_up), eps
         self.schedule, self.corrector, self.pds = schedule, corrector, pds
+
+    def check_pds(self, pds: PDS, corrector: Langevin | None) -> None:
+        """PDS enters through the Langevin corrector only: M M^T in the ODE drift would change its path."""
+        if corrector is None:
+            why = (f" (its {self.isotropic_jump} must add isotropic noise to stay on the marginals p_sigma: "
+                   "docs/pds_stochastic.md)") if self.isotropic_jump else ""
+            raise ValueError(f"{self.name}: {type(self).__name__} uses PDS only in its Langevin corrector{why}; "
+                             "give corrector: Langevin, or leave pds out")
+
+    def check_preconditioner(self, preconditioner) -> None:
+        """Refuse, before any score evaluation, a PDS preconditioner M this run cannot use (check_pds's rule)."""
+        if preconditioner is not None and not preconditioner.is_identity and self.corrector is None:
+            raise ValueError(f"{self.name}: a PDS preconditioner enters {type(self).__name__} only through its "
+                             "Langevin corrector (M M^T in the ODE drift would change its path); give corrector: "
+                             "Langevin, or no preconditioner")
 
     def steps_on(self, sde: SDE) -> tuple[int, float]:
         N, eps = super().steps_on(sde)
@@ -79,10 +96,7 @@ class SigmaSampler(Sampler):
     def __call__(self, score_fn, sde: SDE, shape, *, noise, preconditioner=None, known=None,
                  dtype: torch.dtype = torch.float32) -> SampleResult:
         self.check_task(known)
-        if preconditioner is not None and not preconditioner.is_identity and self.corrector is None:
-            raise ValueError(f"{self.name}: a PDS preconditioner enters {type(self).__name__} only through its "
-                             "Langevin corrector (M M^T in the ODE drift would change its path); give corrector: "
-                             "Langevin, or no preconditioner")
+        self.check_preconditioner(preconditioner)
         run = SigmaRun(score_fn, sde, self.sigmas(sde), shape, noise, preconditioner, self.corrector,
                        self.check_finite_every, dtype)
         self.start(run)

@@ -94,6 +94,10 @@ def heun_step(D: Denoiser, x: Tensor, sigma: float, sigma_next: float) -> Tensor
     return x + (sigma_next - sigma) * 0.5 * (d + d_next)
 
 
+#: run.memory key of the last 2M step's (D, h), read by the next step's second-order bracket.
+PREVIOUS_2M = "dpmpp_2m"
+
+
 def dpmpp_2m_step(run: SigmaRun, x: Tensor, sigma: float, sigma_next: float, eta: float = 0.0,
                   S_noise: float = 1.0) -> Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022), midpoint form, data prediction in lambda = -log sigma; 1 NFE.
@@ -111,10 +115,10 @@ def dpmpp_2m_step(run: SigmaRun, x: Tensor, sigma: float, sigma_next: float, eta
     eta_h = eta * h
     w = -math.expm1(-h - eta_h)
     x = (sigma_next / sigma) * math.exp(-eta_h) * x + w * denoised
-    previous = run.memory.get("dpmpp_2m")
+    previous = run.memory.get(PREVIOUS_2M)
     if previous is not None:
         x = x + (0.5 * w * h / previous[1]) * (denoised - previous[0])
     if eta > 0:
         x = x + (S_noise * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))) * run.noise.noise(x)
-    run.memory["dpmpp_2m"] = (denoised, h)
+    run.memory[PREVIOUS_2M] = (denoised, h)
     return x

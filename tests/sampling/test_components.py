@@ -67,7 +67,8 @@ def gaussian(sde):
     ProbabilityFlowODE(steps=4), ProbabilityFlowODE(steps=4, denoise=False), EDMHeun(steps=5),
     EDMStochastic(steps=4, S_churn=10.0), DPMSolverPP2M(steps=6), Euler(steps=3, schedule=SDEGrid()),
     EDMHeun(steps=4, corrector=Langevin(steps_per_level=2), pds=PDS()), DPMSolverPP2MSDE(steps=5),
-    DPMSolverPP2MSDE(steps=4, eta=0.5, corrector=Langevin(), pds=PDS()),
+    DPMSolverPP2MSDE(steps=4, eta=0.5, corrector=Langevin(), pds=PDS(filters="freq")),
+    DPMSolverPP2MSDE(steps=5, pds=PDS(filters="space")),
     Restart(steps=8, intervals=[[0.5, 2.0]], repeats=2, inner_steps=3),
     Restart(steps=10, intervals=[[0.1, 0.4], [1.0, 3.0]], repeats=[1, 2], inner_steps=[2, 4])], ids=repr)
 def test_nfe_is_exact(sampler):
