@@ -6,7 +6,6 @@ import contextlib
 import copy
 import dataclasses
 import inspect
-import math
 import os
 import pickle
 import re
@@ -27,6 +26,7 @@ from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_ar
 from pds_lightning.models.checkpoint import check_finite_weights, state_dict_mismatch
 from pds_lightning.legacy import sampler_from_hparam
 from pds_lightning.models.score import LabelledScore, ScoreModel
+from pds_lightning.optim import LEGACY_ADAM_ARGUMENTS, Optimizer, optimizer_with_legacy_arguments
 from pds_lightning.safetensors_io import load_weights
 from pds_lightning.sampling import PC, Sampler, generate
 from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
@@ -125,12 +125,6 @@ class NonFiniteLossError(RuntimeError):
                          "for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path last")
 
 
-def warmup_factor(step: int, warmup: int) -> float:
-    """score_sde's learning-rate warm-up: lr * min(step / warmup, 1), step = optimizer steps taken before this
-    update (so the first update has rate 0); no warm-up when warmup <= 0."""
-    return min(step / warmup, 1.0) if warmup > 0 else 1.0
-
-
 def ema_decay_at(decay: float, num_updates: int) -> float:
     """score_sde's EMA warm-up: the effective decay grows as (1 + n) / (10 + n) until it reaches `decay`."""
     return min(decay, (1 + num_updates) / (10 + num_updates))
@@ -149,6 +143,9 @@ class ScoreModule(L.LightningModule):
     label replaced by the null class with probability `label_dropout` (classifier-free guidance).
     `reduce_mean`, `likelihood_weighting`, `train_eps`: the DSMLoss arguments of older configs and checkpoints,
     turned into `loss` once at construction (a loss that says otherwise is refused); new configs set model.loss.
+    `optimizer` (pds_lightning.optim; default Adam()) builds the optimizer, warms up its rate and clips the gradient;
+    `lr`, `beta1`, `adam_eps`, `weight_decay`, `warmup`, `grad_clip`: its flat keys of older configs and
+    checkpoints, turned into `optimizer` the same way (optim.optimizer_with_legacy_arguments).
 
     The EMA is the module's own (`ema_net`, score_sde's warm-up (1 + n) / (10 + n)), not Lightning's
     EMAWeightAveraging: that callback uses a constant decay, starts its average from the first update's weights,
@@ -168,12 +165,13 @@ class ScoreModule(L.LightningModule):
         reduce_mean: bool | None = None,
         likelihood_weighting: bool | None = None,
         train_eps: float | None = None,
-        lr: float = 2e-4,
-        beta1: float = 0.9,
-        adam_eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        warmup: int = 5000,
-        grad_clip: float = 1.0,
+        optimizer: Optimizer | None = None,
+        lr: float | None = None,
+        beta1: float | None = None,
+        adam_eps: float | None = None,
+        weight_decay: float | None = None,
+        warmup: int | None = None,
+        grad_clip: float | None = None,
         ema_decay: float = 0.999,
         sampler: Sampler | None = None,
         compile: bool | dict[str, Any] = False,
@@ -192,10 +190,14 @@ class ScoreModule(L.LightningModule):
             raise ValueError(contradiction)
         self.loss = loss_with_legacy_arguments(loss, reduce_mean=reduce_mean,
                                                likelihood_weighting=likelihood_weighting, train_eps=train_eps)
+        self.optimizer = optimizer_with_legacy_arguments(optimizer, lr=lr, beta1=beta1, adam_eps=adam_eps,
+                                                         weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["net", "sde"])
-        # The loss is recorded once, as model.loss; the old DSM arguments are not kept beside it.
+        # The loss and the optimizer are recorded once, as model.loss / model.optimizer; the old flat arguments
+        # are not kept beside them.
         self.hparams["loss"] = spec_of(self.loss, "model.loss")
-        for key in LEGACY_DSM_ARGUMENTS:
+        self.hparams["optimizer"] = self.optimizer.config()
+        for key in (*LEGACY_DSM_ARGUMENTS, *LEGACY_ADAM_ARGUMENTS):
             self.hparams.pop(key, None)
         # Plain data only in the hyper-parameters, so checkpoints load with weights_only=True; net and sde are
         # recorded as class_path / init_args by set_class_specs (the CLI and load_from_checkpoint call it).
@@ -256,6 +258,8 @@ class ScoreModule(L.LightningModule):
             sde = instantiate(sde, "model.sde", SDE, trusted) if isinstance(sde, dict) else sde
             if isinstance(hparams.get("loss"), dict):
                 hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss, trusted)
+            if isinstance(hparams.get("optimizer"), dict):
+                hparams["optimizer"] = instantiate(hparams["optimizer"], "model.optimizer", Optimizer, trusted)
             for key, settings_type in SETTINGS_HPARAMS.items():
                 if isinstance(hparams.get(key), dict):
                     try:
@@ -437,15 +441,13 @@ class ScoreModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
         # No scheduler: the warm-up is a function of the global step (set_warmup_lr), so a resumed run,
         # including one from a converted score_sde checkpoint that carries no scheduler state, continues it.
-        return torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999), eps=hp.adam_eps,
-                                weight_decay=hp.weight_decay)
+        return self.optimizer.build(self.net.parameters())
 
     def set_warmup_lr(self, step: int) -> float:
-        """Set the optimizer's rate to score_sde's warm-up value for `step` optimizer steps taken; returns it."""
-        lr = self.hparams.lr * warmup_factor(step, int(self.hparams.warmup))
+        """Set the optimizer's rate to model.optimizer's value for `step` optimizer steps taken; returns it."""
+        lr = self.optimizer.lr_at(step)
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -455,8 +457,7 @@ class ScoreModule(L.LightningModule):
         self.set_warmup_lr(self.global_step)  # after a resume, before the first batch (and LearningRateMonitor)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        max_norm = self.hparams.grad_clip if self.hparams.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        grad_norm = self.optimizer.clip(self.net.parameters())
         self.log("train/grad_norm", grad_norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

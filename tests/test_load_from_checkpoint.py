@@ -391,3 +391,14 @@ def test_a_plain_compile_option_of_a_checkpoint_loads(converted_bytes, tmp_path)
     option = {"backend": "inductor", "mode": "max-autotune", "fullgraph": False, "dynamic": None}
     ckpt = edited_checkpoint(converted_bytes, tmp_path / "compile.ckpt", compile=option)
     assert ScoreModule.load_from_checkpoint(ckpt).hparams["compile"] == option
+
+
+def test_an_old_flat_checkpoint_loads_its_optimizer_keys_as_model_optimizer():
+    """tiny_flat_sampler.ckpt (flat lr / beta1 / adam_eps / weight_decay / warmup / grad_clip) loads with them as
+    one Adam, the one it trained with."""
+    model = ScoreModule.load_from_checkpoint(FIXTURES / "tiny_flat_sampler.ckpt")
+    assert model.hparams["optimizer"] == {
+        "class_path": "pds_lightning.optim.Adam",
+        "init_args": {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.0, "warmup": 2,
+                      "grad_clip": 1.0}}
+    assert "lr" not in model.hparams and model.optimizer.lr_at(1) == 0.0005
