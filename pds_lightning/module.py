@@ -29,7 +29,6 @@ from pds_lightning.models.score import LabelledScore, ScoreModel
 from pds_lightning.optim import LEGACY_ADAM_ARGUMENTS, Optimizer, optimizer_with_legacy_arguments
 from pds_lightning.safetensors_io import load_weights
 from pds_lightning.sampling import PC, Sampler, generate
-from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
 from pds_lightning.sde import SDE, VESDE
 from pds_lightning.statistics import ImageStatistics
 
@@ -569,21 +568,21 @@ class ScoreModule(L.LightningModule):
     # ---- inpainting / colorization ----------------------------------------------------------
     @torch.no_grad()
     def complete(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, known part kept."""
+        """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, the known part its
+        task (`batch['task']`, an Inpaint / Colorize) says kept."""
         self.ema_net.eval()
         settings, choice = self.resolved_settings(self.sampler)
-        kind, image = batch["kind"], batch["image"]
+        task, image = batch["task"], batch["image"]
         if tuple(image.shape[1:]) != self.image_shape:
             raise ValueError(f"task images are {tuple(image.shape[1:])} but the model takes {self.image_shape}; "
                              "set data.image_size / data.num_channels to the model's")
-        shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
-        known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
+        shown = task.shown(image, batch["mask"])
+        known = task.known_part(to_model_space(shown, self.centered), batch["mask"])
         result = generate(settings, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
                           statistics=self.data_statistics)
-        filled = to_unit_range(result.x, self.centered)
-        filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
+        filled = task.finish(to_unit_range(result.x, self.centered))
         if batch_idx == 0:
-            self._log_completions(kind, shown, filled, image)
+            self._log_completions(task.name, shown, filled, image)
         info = {"alpha_auto": choice} if choice is not None else {}
         return {"indices": batch["index"].long().cpu(), "seeds": batch["seed"].long().cpu(),
                 "images": filled.float().cpu(), "nfe": result.nfe, "info": info}
