@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from pds_lightning.alpha import resolve_alpha
+from pds_lightning.alpha import AlphaCache, log_alpha_choice, resolve_alpha
 from pds_lightning.checkpoints import SETTINGS_HPARAMS, load_module, module_from_hyper_parameters
 from pds_lightning.classpath import spec_of
 from pds_lightning.data.seeds import derived_seed, seed_values
@@ -132,7 +132,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
-        self._alpha_choices: dict = {}  # resolved_settings cache: (settings, step) -> choice
+        self._alpha_choices = AlphaCache()  # resolved_settings' choices
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
@@ -391,31 +391,24 @@ class ScoreModule(L.LightningModule):
     @torch.no_grad()
     def resolved_settings(self, settings: Sampler) -> tuple[Sampler, dict | None]:
         """`settings` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per settings and
-        training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
-        (rank 0's choice), and logged; other settings come back unchanged with None."""
+        training step (`alpha.AlphaCache`), the same on every rank (rank 0's choice), and logged; other settings
+        come back unchanged with None."""
         settings = sampler_from_hparam(settings)
         if settings.pds is None or not settings.pds.chooses_alpha:
             return settings, None
-        key = (repr(settings), int(self.global_step))
-        if key not in self._alpha_choices:
-            _, choice = resolve_alpha(settings, self.sde, self.data_statistics, centered=self.centered,
-                                      score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
-            if self._trainer is not None and self.trainer.world_size > 1:
-                choice = self.trainer.strategy.broadcast(choice, src=0)
-            # Earlier steps' choices are stale: the weights have changed since.
-            self._alpha_choices = {k: v for k, v in self._alpha_choices.items() if k[1] == key[1]}
-            self._alpha_choices[key] = choice
-            self._log_alpha_choice(settings.name, choice)
-        choice = self._alpha_choices[key]
+        choice = self._alpha_choices.get(settings, int(self.global_step), self._choose_alpha)
         return settings.with_alpha(choice["alpha"]), choice
 
-    def _log_alpha_choice(self, name: str, choice: dict) -> None:
-        """TensorBoard scalars of an `alpha: auto` choice: alpha (0 = vanilla) and its criterion value."""
+    def _choose_alpha(self, settings: Sampler) -> dict:
+        """resolve_alpha's choice for `settings` (rank 0's on every rank), logged to TensorBoard by rank 0."""
+        _, choice = resolve_alpha(settings, self.sde, self.data_statistics, centered=self.centered,
+                                  score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            choice = self.trainer.strategy.broadcast(choice, src=0)
         experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
-        if not hasattr(experiment, "add_scalar") or self.global_rank != 0:
-            return
-        experiment.add_scalar(f"alpha_auto/{name}/alpha", choice["alpha"] or 0.0, self.global_step)
-        experiment.add_scalar(f"alpha_auto/{name}/{choice['criterion']}", choice["value"], self.global_step)
+        if hasattr(experiment, "add_scalar") and self.global_rank == 0:
+            log_alpha_choice(experiment, settings.name, choice, self.global_step)
+        return choice
 
     # ---- likelihood ------------------------------------------------------------------------
     def bits_per_dim(self, x: torch.Tensor, batch_idx: int = 0) -> torch.Tensor:
