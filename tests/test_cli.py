@@ -276,3 +276,29 @@ def test_switching_the_sampler_class_on_the_command_line_starts_from_its_default
     model = switched(*args)
     assert model.sampler == expected
     assert settings_dict(model)["init_args"]["name"] == name  # what predict's manifest records
+
+
+def test_an_old_config_with_flat_optimizer_keys_and_task_kind_still_loads(tmp_path):
+    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.task.kind) loads as
+    the same Adam and the Colorize task; the new form sets Adam's beta2, which the flat keys never could."""
+    import yaml
+
+    from pds_lightning.cli import cli_main
+    from pds_lightning.data.tasks import Colorize
+
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    del config["model"]["optimizer"]
+    config["model"].update(lr=0.002, beta1=0.8, adam_eps=1e-7, warmup=3, grad_clip=0.5)
+    config["data"]["task"] = {"kind": "colorize", "source": "mnist", "indices": "0-1"}
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    with pytest.warns(DeprecationWarning, match=r"^data.task kind: colorize is deprecated"):
+        cli = cli_main(["--config", str(old), "--trainer.logger", "false"], run=False)
+    assert cli.model.hparams["optimizer"] == {
+        "class_path": "pds_lightning.optim.Adam",
+        "init_args": {"lr": 0.002, "betas": [0.8, 0.999], "eps": 1e-7, "weight_decay": 0.0, "warmup": 3,
+                      "grad_clip": 0.5}}
+    assert type(cli.datamodule.task) is Colorize and cli.datamodule.task.indices == "0-1"
+    new = cli_main(["--config", str(ROOT / "tests" / "configs" / "tiny.yaml"), "--model.optimizer.init_args.betas",
+                    "[0.5, 0.99]", "--trainer.logger", "false"], run=False).model
+    assert new.configure_optimizers().defaults["betas"] == (0.5, 0.99)
