@@ -40,7 +40,8 @@ class NonFiniteLossError(RuntimeError):
         value = "non-finite on another rank" if loss is None else f"{loss}"
         super().__init__(f"fit stopped: the training loss is {value} at global step {step}, before that step's "
                          "update (the weights and the saved checkpoints are those of earlier steps); check the data "
-                         "for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path last")
+                         "for NaN/Inf, or lower model.optimizer's lr / raise its warmup, then resume with --ckpt_path "
+                         "last")
 
 
 def ema_decay_at(decay: float, num_updates: int) -> float:

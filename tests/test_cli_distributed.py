@@ -198,7 +198,8 @@ def test_a_loss_that_turns_nan_on_one_rank_stops_every_rank_at_that_step(tmp_pat
                       "ddp", "--trainer.accelerator", "cpu"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-4000:]
     rest = (" at global step 2, before that step's update (the weights and the saved checkpoints are those of earlier "
-            "steps); check the data for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path "
+            "steps); check the data for NaN/Inf, or lower model.optimizer's lr / raise its warmup, then resume with "
+            "--ckpt_path "
             "last (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
     for value in ("nan", "non-finite on another rank"):  # rank 1's loss, rank 0's (the ranks share one stderr)
         line = f"pds-lightning: error: fit stopped: the training loss is {value}{rest}"

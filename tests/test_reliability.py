@@ -274,8 +274,8 @@ def test_a_non_finite_loss_stops_fit_naming_the_step_and_keeps_the_last_good_che
     assert status == 1 and line == (
         "pds-lightning: error: fit stopped: the training loss is nan at global step 2, before that step's update (the "
         "weights and the saved checkpoints are those of earlier steps); check the data for NaN/Inf, or lower "
-        "model.lr / raise model.warmup, then resume with --ckpt_path last (set PDS_LIGHTNING_TRACEBACK=1 for the "
-        "traceback)"), line
+        "model.optimizer's lr / raise its warmup, then resume with --ckpt_path last (set PDS_LIGHTNING_TRACEBACK=1 "
+        "for the traceback)"), line
     assert files_under(work / "ckpt") == ["epoch=0-step=2.ckpt", "last.ckpt"]
     last = torch.load(work / "ckpt" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 and int(last["state_dict"]["ema_num_updates"]) == 2
