@@ -49,10 +49,10 @@ class GaussianScoreModule(ScoreModule):
 def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_path, preconditioner):
     images = write_npz(tmp_path / "in.npz", 1)
     module = tiny_module(sampler=SamplerSettings(n_steps=5, preconditioner=preconditioner))
-    task = Inpaint(source=str(tmp_path / "in.npz"), indices="0-2")
     out = tmp_path / "out"
 
-    def run():
+    def run():  # a new task object each run, as each predict process has
+        task = Inpaint(source=str(tmp_path / "in.npz"), indices="0-2")
         dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="3-4", predict_batch_size=4, task=task)
         cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)
         return json.loads((out / "manifest.json").read_text())
@@ -60,6 +60,8 @@ def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_
     manifest = run()
     assert scan_written_pairs(out) == [(i, s) for i in range(3) for s in (3, 4)]
     assert manifest["num_written"] == 6 and manifest["layout"] == "{index:06d}/{seed:06d}.png"
+    assert manifest["task"] == {"class_path": "pds_lightning.data.tasks.Inpaint", "init_args": {
+        "source": str(tmp_path / "in.npz"), "masks": None, "mask": "center", "indices": "0-2"}}
     known = builtin_mask("center", 8)[0].bool().numpy()
     for i in range(3):
         a, b = (np.asarray(Image.open(task_path(out, i, s))) for s in (3, 4))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from pds_lightning.classpath import spec_of
 from pds_lightning.data.seeds import parse_seed_range
 from pds_lightning.sampling.conditional import clip_keeping_gray
 from pds_lightning.sampling.known import KnownPart, color_basis
@@ -38,6 +39,10 @@ class Task:
         if indices is not None:
             parse_seed_range(indices)
         self.source, self.indices = source, indices
+
+    def config(self) -> dict:
+        """{'class_path', 'init_args'}: what a predict's manifest records of the task (`writer.run_identity`)."""
+        return spec_of(self, "data.task")
 
     def mask_of(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The [1, H, W] 0/1 mask of one input image [C, H, W] in [0, 1] (`mask`: its mask image, or None)."""
