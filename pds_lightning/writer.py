@@ -516,8 +516,8 @@ class TaskWriter(SampleWriter):
         self.existing = set(range(len(self.existing_pairs)))  # counted in the manifest
         dm = trainer.datamodule
         if dm is None or getattr(dm, "task", None) is None:
-            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (kind, source) "
-                             "or use SampleWriter for unconditional samples")
+            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (an Inpaint / "
+                             "Colorize class path with its source) or use SampleWriter for unconditional samples")
         dm.exclude_pairs = set(self.existing_pairs)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
