@@ -23,7 +23,8 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
 from pds_lightning.legacy import flat_config_error, is_flat, old_step_name, old_step_name_error
 from pds_lightning.models.checkpoint import check_finite_weights
-from pds_lightning.module import CheckpointError, ScoreModule, read_checkpoint  # noqa: F401 (kept as cli's name)
+from pds_lightning.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (kept as cli's name)
+from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs
 from pds_lightning.yamlfile import check_file, check_text, check_value, load_file
@@ -48,7 +49,7 @@ TRACEBACK_ENV = "PDS_LIGHTNING_TRACEBACK"
 
 
 def load_checkpoint_safely(path, map_location: Any = "cpu") -> dict[str, Any]:
-    """`module.read_checkpoint` (weights_only=True, one-line errors; `.safetensors` too) in Lightning's layout,
+    """`checkpoints.read_checkpoint` (weights_only=True, one-line errors; `.safetensors` too) in Lightning's layout,
     filled in where the file lacks it (`checkpoints.as_lightning_checkpoint`); non-finite weights named."""
     checkpoint = as_lightning_checkpoint(read_checkpoint(path, map_location=map_location))
     check_finite_weights(checkpoint["state_dict"], f"checkpoint {path}")

@@ -31,7 +31,8 @@ from pds_lightning import classpath, yamlfile
 from pds_lightning.checkpoints import checkpoint_bytes, lightning_checkpoint
 from pds_lightning.fileio import check_outputs, write_atomic_all
 from pds_lightning.models.checkpoint import state_dict_mismatch
-from pds_lightning.module import ScoreModule, check_compile
+from pds_lightning.checkpoints import check_compile
+from pds_lightning.module import ScoreModule
 from pds_lightning.preconditioner import Preconditioner
 from pds_lightning.resources import config_path, shipped_configs as all_shipped_configs
 from pds_lightning.safetensors_io import checkpoint_weights_bytes

@@ -18,7 +18,8 @@ from typing import Sequence
 
 from pds_lightning.convert_diffusers import write_diffusers_folder
 from pds_lightning.fileio import check_new_folder, check_outputs
-from pds_lightning.module import ScoreModule, read_checkpoint
+from pds_lightning.checkpoints import read_checkpoint
+from pds_lightning.module import ScoreModule
 from pds_lightning.safetensors_io import save_checkpoint_weights
 
 

@@ -5,112 +5,29 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
-import math
 import os
-import pickle
-import re
 from typing import Any, Iterable
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import _load as pl_load
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import nn
 
-from pds_lightning.alpha import resolve_alpha
-from pds_lightning.classpath import allow_list, allowing, check_class_paths, instantiate, spec_of
+from pds_lightning.alpha import AlphaCache, log_alpha_choice, resolve_alpha
+from pds_lightning.checkpoints import SETTINGS_HPARAMS, load_module, module_from_hyper_parameters
+from pds_lightning.classpath import spec_of
 from pds_lightning.data.seeds import derived_seed, seed_values
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.likelihood import LikelihoodSettings, bits_per_dim_of_batch
 from pds_lightning.losses import LEGACY_DSM_ARGUMENTS, Loss, loss_with_legacy_arguments
 from pds_lightning.models.checkpoint import check_finite_weights, state_dict_mismatch
-from pds_lightning.legacy import sampler_from_hparam
 from pds_lightning.models.score import LabelledScore, ScoreModel
-from pds_lightning.safetensors_io import load_weights
+from pds_lightning.optim import LEGACY_ADAM_ARGUMENTS, Optimizer, optimizer_with_legacy_arguments
 from pds_lightning.sampling import PC, Sampler, generate
-from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
 from pds_lightning.sde import SDE, VESDE
 from pds_lightning.statistics import ImageStatistics
 
-#: Settings dataclasses among the hyper-parameters, stored as plain dicts (checkpoints load with weights_only);
-#: the sampler component is stored as {'class_path', 'init_args'} (Sampler.config()).
-SETTINGS_HPARAMS = {"likelihood": LikelihoodSettings}
 #: The checkpoint key of the seed every training draw derives from (`ScoreModule.step_draws`).
 DRAW_SEED_KEY = "draw_seed"
-
-
-#: torch.compile's own backends, the only ones a checkpoint may name: another backend is code the file picks.
-BUILTIN_COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
-#: torch.compile keywords a checkpoint may set, with their plain types; its `options` (inductor settings, which
-#: can name a compiler program to run) and any other keyword come only from the user.
-FILE_COMPILE_KEYWORDS = {"fullgraph": (bool,), "dynamic": (bool, type(None)), "backend": (str,),
-                         "mode": (str, type(None)), "disable": (bool,)}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be loaded (truncated, not a pds_lightning checkpoint, or holding objects that are
-    not plain data)."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch marks words with terminal escapes
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """The dict a checkpoint file holds (a `.safetensors` export: its state_dict and hyper_parameters), read
-    without running code, with one-line errors that say what is wrong and what to do.
-
-    torch.load(weights_only=True) refuses any pickled object other than tensors and plain containers *before*
-    building it, so a crafted file cannot run code while it is read."""
-    if not get_filesystem(path).exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path (--ckpt_path)")
-    if str(path).endswith(".safetensors"):  # `export` / convert-* --safetensors: tensors + checked JSON, no pickle
-        state_dict, hparams = load_weights(path)
-        return {"state_dict": state_dict, "hyper_parameters": hparams}
-    try:
-        checkpoint = pl_load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
-            f"containers ({_first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
-            "pds_lightning (or convert-score-sde) from a source you trust") from err
-    except Exception as err:  # truncated zip, wrong format: torch raises RuntimeError, EOFError, ...
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); the file is truncated or "
-            "not a PyTorch checkpoint: copy it again or use another checkpoint (e.g. the previous one)") from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        held = (f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)
-                else f"a {type(checkpoint).__name__}")
-        raise CheckpointError(f"{path} is not a pds_lightning checkpoint: it holds {held}, no 'state_dict' mapping; "
-                              "use a checkpoint of fit or convert-* (convert a score_sde checkpoint with "
-                              "`pds-lightning convert-score-sde` first)")
-    if not isinstance(checkpoint.get("hyper_parameters") or {}, dict):
-        raise CheckpointError(f"{path}: 'hyper_parameters' is a {type(checkpoint['hyper_parameters']).__name__}, "
-                              "not a mapping; it is not a pds_lightning checkpoint")
-    return checkpoint
-
-
-def check_compile(value: Any, where: str) -> None:
-    """Refuse a `compile` hyper-parameter read from a file unless it is true / false or a mapping of the
-    torch.compile keywords in FILE_COMPILE_KEYWORDS with plain values and a built-in backend: the file must not
-    pick code to run at compile time. The user's own choice (load_from_checkpoint(..., compile=...), or
-    --model.compile) is not restricted."""
-    fix = "pass compile=... to load_from_checkpoint (or --model.compile) yourself if you want it"
-    if isinstance(value, bool):
-        return
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: compile takes true/false or torch.compile options (a mapping), got {value!r}")
-    for key, option in value.items():
-        if key not in FILE_COMPILE_KEYWORDS:
-            raise ValueError(f"{where}: compile option {key!r} is refused from a file (it may take only "
-                             f"{sorted(FILE_COMPILE_KEYWORDS)}); {fix}")
-        if not isinstance(option, FILE_COMPILE_KEYWORDS[key]):
-            raise ValueError(f"{where}: compile option {key}={option!r} is not of the plain type torch.compile takes")
-        if key == "backend" and option not in BUILTIN_COMPILE_BACKENDS:
-            raise ValueError(f"{where}: compile backend {option!r} is refused from a file (only torch's built-in "
-                             f"{list(BUILTIN_COMPILE_BACKENDS)}); {fix}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,13 +39,8 @@ class NonFiniteLossError(RuntimeError):
         value = "non-finite on another rank" if loss is None else f"{loss}"
         super().__init__(f"fit stopped: the training loss is {value} at global step {step}, before that step's "
                          "update (the weights and the saved checkpoints are those of earlier steps); check the data "
-                         "for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path last")
-
-
-def warmup_factor(step: int, warmup: int) -> float:
-    """score_sde's learning-rate warm-up: lr * min(step / warmup, 1), step = optimizer steps taken before this
-    update (so the first update has rate 0); no warm-up when warmup <= 0."""
-    return min(step / warmup, 1.0) if warmup > 0 else 1.0
+                         "for NaN/Inf, or lower model.optimizer's lr / raise its warmup, then resume with --ckpt_path "
+                         "last")
 
 
 def ema_decay_at(decay: float, num_updates: int) -> float:
@@ -149,6 +61,9 @@ class ScoreModule(L.LightningModule):
     label replaced by the null class with probability `label_dropout` (classifier-free guidance).
     `reduce_mean`, `likelihood_weighting`, `train_eps`: the DSMLoss arguments of older configs and checkpoints,
     turned into `loss` once at construction (a loss that says otherwise is refused); new configs set model.loss.
+    `optimizer` (pds_lightning.optim; default Adam()) builds the optimizer, warms up its rate and clips the gradient;
+    `lr`, `beta1`, `adam_eps`, `weight_decay`, `warmup`, `grad_clip`: its flat keys of older configs and
+    checkpoints, turned into `optimizer` the same way (optim.optimizer_with_legacy_arguments).
 
     The EMA is the module's own (`ema_net`, score_sde's warm-up (1 + n) / (10 + n)), not Lightning's
     EMAWeightAveraging: that callback uses a constant decay, starts its average from the first update's weights,
@@ -168,12 +83,13 @@ class ScoreModule(L.LightningModule):
         reduce_mean: bool | None = None,
         likelihood_weighting: bool | None = None,
         train_eps: float | None = None,
-        lr: float = 2e-4,
-        beta1: float = 0.9,
-        adam_eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        warmup: int = 5000,
-        grad_clip: float = 1.0,
+        optimizer: Optimizer | None = None,
+        lr: float | None = None,
+        beta1: float | None = None,
+        adam_eps: float | None = None,
+        weight_decay: float | None = None,
+        warmup: int | None = None,
+        grad_clip: float | None = None,
         ema_decay: float = 0.999,
         sampler: Sampler | None = None,
         compile: bool | dict[str, Any] = False,
@@ -192,10 +108,14 @@ class ScoreModule(L.LightningModule):
             raise ValueError(contradiction)
         self.loss = loss_with_legacy_arguments(loss, reduce_mean=reduce_mean,
                                                likelihood_weighting=likelihood_weighting, train_eps=train_eps)
+        self.optimizer = optimizer_with_legacy_arguments(optimizer, lr=lr, beta1=beta1, adam_eps=adam_eps,
+                                                         weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["net", "sde"])
-        # The loss is recorded once, as model.loss; the old DSM arguments are not kept beside it.
+        # The loss and the optimizer are recorded once, as model.loss / model.optimizer; the old flat arguments
+        # are not kept beside them.
         self.hparams["loss"] = spec_of(self.loss, "model.loss")
-        for key in LEGACY_DSM_ARGUMENTS:
+        self.hparams["optimizer"] = self.optimizer.config()
+        for key in (*LEGACY_DSM_ARGUMENTS, *LEGACY_ADAM_ARGUMENTS):
             self.hparams.pop(key, None)
         # Plain data only in the hyper-parameters, so checkpoints load with weights_only=True; net and sde are
         # recorded as class_path / init_args by set_class_specs (the CLI and load_from_checkpoint call it).
@@ -212,7 +132,7 @@ class ScoreModule(L.LightningModule):
         self.centered = centered
         self.image_shape = (num_channels, image_size, image_size)
         self.likelihood = likelihood if likelihood is not None else LikelihoodSettings()
-        self._alpha_choices: dict = {}  # resolved_sampler cache: (sampler, step) -> choice
+        self._alpha_choices = AlphaCache()  # resolved_sampler's choices
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"model.compile takes true/false or torch.compile options (a mapping), got {compile!r}")
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not submodules, not in the state dict
@@ -236,70 +156,20 @@ class ScoreModule(L.LightningModule):
     def from_hyper_parameters(cls, net: nn.Module | dict[str, Any] | None = None,
                               sde: SDE | dict[str, Any] | None = None, *, allowed: Iterable[str] = (),
                               **hparams: Any) -> "ScoreModule":
-        """Build the module from plain hyper-parameters, as a checkpoint or config holds them: `net` / `sde` as
-        {'class_path', 'init_args'} (a checkpoint is untrusted: only classes of pds_lightning, torch.nn and
-        `allowed` are imported, and only subclasses of nn.Module / SDE built; see classpath) or as instances;
-        `sampler` as a component, its {'class_path', 'init_args'} (class paths checked as net's), or an old flat
-        dict (legacy.sampler_from_hparam)."""
-        specs = {}
-        for name, value, base in (("net", net, nn.Module), ("sde", sde, SDE)):
-            if value is None:
-                raise ValueError(f"no {name} to build: the checkpoint does not name its model.{name} (the module was "
-                                 f"built in Python from instances); pass {name}=... to load_from_checkpoint")
-            if isinstance(value, dict):
-                specs[name] = value
-        # `allowed` reaches every nested spec, also those a component builds itself (EDMPrecond's net)
-        with allowing(allowed):
-            trusted = allow_list()
-            for key, value in {"net": net, "sde": sde, **hparams}.items():  # every class path, before any import
-                check_class_paths(value, f"model.{key}", trusted)
-            net = instantiate(net, "model.net", nn.Module, trusted) if isinstance(net, dict) else net
-            sde = instantiate(sde, "model.sde", SDE, trusted) if isinstance(sde, dict) else sde
-            if isinstance(hparams.get("loss"), dict):
-                hparams["loss"] = instantiate(hparams["loss"], "model.loss", Loss, trusted)
-            for key, settings_type in SETTINGS_HPARAMS.items():
-                if isinstance(hparams.get(key), dict):
-                    try:
-                        hparams[key] = settings_type(**hparams[key])
-                    except TypeError as err:
-                        raise ValueError(f"model.{key}: {err}") from err
-            if hparams.get("sampler") is not None:
-                hparams["sampler"] = sampler_from_hparam(hparams["sampler"], allowed)
-            model = cls(net=net, sde=sde, **hparams)
-        model.set_class_specs(specs.get("net"), specs.get("sde"))
-        return model
+        """The module of plain hyper-parameters, as a checkpoint or config holds them (checkpoints.
+        module_from_hyper_parameters: class paths checked against the allow-list before any import)."""
+        return module_from_hyper_parameters(cls, net, sde, allowed=allowed, **hparams)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
                              hparams_file: Any = None, strict: bool | None = None, allowed: Iterable[str] = (),
                              **kwargs: Any) -> "ScoreModule":
         """The module a checkpoint of `fit` or `convert-*` holds (or its `.safetensors` export), in one call and
-        with no config.
-
-        The file is read with weights_only=True (no pickled objects run); net, sde, loss and sampler (nested parts
-        included) are rebuilt from their recorded class paths, each refused before import unless it names a class
-        of pds_lightning or torch.nn, or a name in `allowed` / PDS_LIGHTNING_ALLOWED_CLASSES (class paths or
-        module prefixes you trust), and refused before it runs unless it is a subclass of nn.Module / SDE / Loss /
-        Sampler. The file's `compile` is refused unless plain (`check_compile`). `kwargs` override the saved
-        hyper-parameters (e.g. sampler=PC(steps=10)), or supply net / sde when none is recorded.
-        """
-        if hparams_file is not None:
-            raise ValueError("ScoreModule.load_from_checkpoint takes no hparams_file; pass hyper-parameters as "
-                             "keyword arguments (e.g. sampler=...)")
-        checkpoint = read_checkpoint(checkpoint_path)  # also a `.safetensors` export (export, convert-* --safetensors)
-        check_finite_weights(checkpoint["state_dict"], f"checkpoint {checkpoint_path}")
-        names = inspect.signature(cls.__init__).parameters
-        saved = checkpoint.get("hyper_parameters") or {}
-        hparams = {k: v for k, v in saved.items() if k in names and k != "self"}  # drops Lightning's _class_path etc.
-        if "compile" not in kwargs:  # the file's choice, unlike the caller's
-            check_compile(hparams.get("compile", False), f"{checkpoint_path}: model.compile")
-        hparams.update(kwargs)
-        model = cls.from_hyper_parameters(allowed=allowed, **hparams)
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
-        if isinstance(map_location, (str, torch.device)):
-            model.to(map_location)
-        return model.eval()
+        with no config: read untrusted (weights_only, class paths allow-listed before import; see
+        checkpoints.load_module). `kwargs` override the saved hyper-parameters (e.g. sampler=PC(steps=10)),
+        or supply net / sde when none is recorded; `allowed`: class paths or module prefixes you trust."""
+        return load_module(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                           strict=strict, allowed=allowed, **kwargs)
 
     # ---- score functions -------------------------------------------------------------------
     @property
@@ -440,15 +310,13 @@ class ScoreModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
         # No scheduler: the warm-up is a function of the global step (set_warmup_lr), so a resumed run,
         # including one from a converted score_sde checkpoint that carries no scheduler state, continues it.
-        return torch.optim.Adam(self.net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999), eps=hp.adam_eps,
-                                weight_decay=hp.weight_decay)
+        return self.optimizer.build(self.net.parameters())
 
     def set_warmup_lr(self, step: int) -> float:
-        """Set the optimizer's rate to score_sde's warm-up value for `step` optimizer steps taken; returns it."""
-        lr = self.hparams.lr * warmup_factor(step, int(self.hparams.warmup))
+        """Set the optimizer's rate to model.optimizer's value for `step` optimizer steps taken; returns it."""
+        lr = self.optimizer.lr_at(step)
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -458,8 +326,7 @@ class ScoreModule(L.LightningModule):
         self.set_warmup_lr(self.global_step)  # after a resume, before the first batch (and LearningRateMonitor)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        max_norm = self.hparams.grad_clip if self.hparams.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        grad_norm = self.optimizer.clip(self.net.parameters())
         self.log("train/grad_norm", grad_norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -525,31 +392,24 @@ class ScoreModule(L.LightningModule):
     @torch.no_grad()
     def resolved_sampler(self, sampler: Sampler) -> tuple[Sampler, dict | None]:
         """`sampler` with its PDS alpha chooser resolved by pds_lightning.alpha.resolve_alpha, once per sampler and
-        training step (a pilot samples the model, so it is not repeated per batch), the same on every rank
-        (rank 0's choice), and logged; other samplers come back unchanged with None."""
+        training step (`alpha.AlphaCache`: a pilot samples the model, so it is not repeated per batch), the same on
+        every rank (rank 0's choice), and logged; other samplers come back unchanged with None."""
         sampler = Sampler.from_config(sampler, what="sampler")
         if sampler.pds is None or not sampler.pds.chooses_alpha:
             return sampler, None
-        key = (repr(sampler), int(self.global_step))
-        if key not in self._alpha_choices:
-            _, choice = resolve_alpha(sampler, self.sde, self.data_statistics, centered=self.centered,
-                                      score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
-            if self._trainer is not None and self.trainer.world_size > 1:
-                choice = self.trainer.strategy.broadcast(choice, src=0)
-            # Earlier steps' choices are stale: the weights have changed since.
-            self._alpha_choices = {k: v for k, v in self._alpha_choices.items() if k[1] == key[1]}
-            self._alpha_choices[key] = choice
-            self._log_alpha_choice(sampler.name, choice)
-        choice = self._alpha_choices[key]
+        choice = self._alpha_choices.get(sampler, int(self.global_step), self._choose_alpha)
         return sampler.with_alpha(choice["alpha"]), choice
 
-    def _log_alpha_choice(self, name: str, choice: dict) -> None:
-        """TensorBoard scalars of an alpha chooser's choice: alpha (0 = vanilla) and its criterion value."""
+    def _choose_alpha(self, sampler: Sampler) -> dict:
+        """resolve_alpha's choice for `sampler` (rank 0's on every rank), logged to TensorBoard by rank 0."""
+        _, choice = resolve_alpha(sampler, self.sde, self.data_statistics, centered=self.centered,
+                                  score_fn=self.score_fn(ema=True), shape=self.image_shape, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            choice = self.trainer.strategy.broadcast(choice, src=0)
         experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
-        if not hasattr(experiment, "add_scalar") or self.global_rank != 0:
-            return
-        experiment.add_scalar(f"alpha_auto/{name}/alpha", choice["alpha"] or 0.0, self.global_step)
-        experiment.add_scalar(f"alpha_auto/{name}/{choice['criterion']}", choice["value"], self.global_step)
+        if hasattr(experiment, "add_scalar") and self.global_rank == 0:
+            log_alpha_choice(experiment, sampler.name, choice, self.global_step)
+        return choice
 
     # ---- likelihood ------------------------------------------------------------------------
     def bits_per_dim(self, x: torch.Tensor, batch_idx: int = 0) -> torch.Tensor:
@@ -572,21 +432,21 @@ class ScoreModule(L.LightningModule):
     # ---- inpainting / colorization ----------------------------------------------------------
     @torch.no_grad()
     def complete(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, known part kept."""
+        """Fill in a task batch (data.tasks): each (input, seed) row sampled by `self.sampler`, the known part its
+        task (`batch['task']`, an Inpaint / Colorize) says kept."""
         self.ema_net.eval()
         sampler, choice = self.resolved_sampler(self.sampler)
-        kind, image = batch["kind"], batch["image"]
+        task, image = batch["task"], batch["image"]
         if tuple(image.shape[1:]) != self.image_shape:
             raise ValueError(f"task images are {tuple(image.shape[1:])} but the model takes {self.image_shape}; "
                              "set data.image_size / data.num_channels to the model's")
-        shown = image * batch["mask"] if kind == "inpaint" else image.mean(1, keepdim=True).expand_as(image)
-        known = known_part_for(kind, to_model_space(shown, self.centered), batch["mask"])
+        shown = task.shown(image, batch["mask"])
+        known = task.known_part(to_model_space(shown, self.centered), batch["mask"])
         result = generate(sampler, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
                           statistics=self.data_statistics)
-        filled = to_unit_range(result.x, self.centered)
-        filled = (clip_keeping_gray(filled) if kind == "colorize" else filled).clamp(0.0, 1.0)
+        filled = task.finish(to_unit_range(result.x, self.centered))
         if batch_idx == 0:
-            self._log_completions(kind, shown, filled, image)
+            self._log_completions(task.name, shown, filled, image)
         info = {"alpha_auto": choice} if choice is not None else {}
         return {"indices": batch["index"].long().cpu(), "seeds": batch["seed"].long().cpu(),
                 "images": filled.float().cpu(), "nfe": result.nfe, "info": info}

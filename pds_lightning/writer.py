@@ -18,7 +18,6 @@ only dead writers' temps are removed.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import io
@@ -184,7 +183,7 @@ def run_identity(trainer, module, layout: str) -> dict[str, Any]:
         "image_shape": list(getattr(module, "image_shape", [])),
         "classes": classes,
         "class_seeds": getattr(dm, "seeds", None) if classes is not None else None,
-        "task": dataclasses.asdict(task) if dataclasses.is_dataclass(task) else task,
+        "task": task.config() if callable(getattr(task, "config", None)) else task,  # {class_path, init_args}
         "layout": layout,
         "numerics": numerics(trainer, module),
     })
@@ -517,8 +516,8 @@ class TaskWriter(SampleWriter):
         self.existing = set(range(len(self.existing_pairs)))  # counted in the manifest
         dm = trainer.datamodule
         if dm is None or getattr(dm, "task", None) is None:
-            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (kind, source) "
-                             "or use SampleWriter for unconditional samples")
+            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (an Inpaint / "
+                             "Colorize class path with its source) or use SampleWriter for unconditional samples")
         dm.exclude_pairs = set(self.existing_pairs)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,

@@ -290,3 +290,29 @@ def test_dpmpp_2m_sde_refuses_pds_filters_it_cannot_shape_in_one_line(capsys):
     assert exit_info.value.code == 1 and err.count("pds-lightning: error:") == 1
     assert ("PDS filters 'both' cannot shape the noise of DPMSolverPP2MSDE (M M^T = C S^2 C is diagonal in no single "
             "basis, so its per-mode integrator has no closed form); choose PDS filters 'freq' or 'space'") in err
+
+
+def test_an_old_config_with_flat_optimizer_keys_and_task_kind_still_loads(tmp_path):
+    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.task.kind) loads as
+    the same Adam and the Colorize task; the new form sets Adam's beta2, which the flat keys never could."""
+    import yaml
+
+    from pds_lightning.cli import cli_main
+    from pds_lightning.data.tasks import Colorize
+
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    del config["model"]["optimizer"]
+    config["model"].update(lr=0.002, beta1=0.8, adam_eps=1e-7, warmup=3, grad_clip=0.5)
+    config["data"]["task"] = {"kind": "colorize", "source": "mnist", "indices": "0-1"}
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    with pytest.warns(DeprecationWarning, match=r"^data.task kind: colorize is deprecated"):
+        cli = cli_main(["--config", str(old), "--trainer.logger", "false"], run=False)
+    assert cli.model.hparams["optimizer"] == {
+        "class_path": "pds_lightning.optim.Adam",
+        "init_args": {"lr": 0.002, "betas": [0.8, 0.999], "eps": 1e-7, "weight_decay": 0.0, "warmup": 3,
+                      "grad_clip": 0.5}}
+    assert type(cli.datamodule.task) is Colorize and cli.datamodule.task.indices == "0-1"
+    new = cli_main(["--config", str(ROOT / "tests" / "configs" / "tiny.yaml"), "--model.optimizer.init_args.betas",
+                    "[0.5, 0.99]", "--trainer.logger", "false"], run=False).model
+    assert new.configure_optimizers().defaults["betas"] == (0.5, 0.99)

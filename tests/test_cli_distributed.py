@@ -147,7 +147,7 @@ def test_fit_with_validation_sampling_logs_each_metric_once_as_one_process(work)
     for devices in (1, 2):
         save = root / f"fit_{devices}"
         args = CLI + ["fit", "--config", str(TINY), "--trainer.devices", str(devices), "--trainer.accelerator", "cpu",
-                      "--trainer.strategy", "ddp" if devices > 1 else "auto", "--model.lr", "0",
+                      "--trainer.strategy", "ddp" if devices > 1 else "auto", "--model.optimizer.init_args.lr", "0",
                       "--trainer.logger.init_args.save_dir", str(save), "--trainer.default_root_dir", str(save),
                       "--data.stats_cache_dir", str(root / "stats"),
                       "--trainer.callbacks+=pds_lightning.callbacks.SamplingCallback",
@@ -198,7 +198,8 @@ def test_a_loss_that_turns_nan_on_one_rank_stops_every_rank_at_that_step(tmp_pat
                       "ddp", "--trainer.accelerator", "cpu"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-4000:]
     rest = (" at global step 2, before that step's update (the weights and the saved checkpoints are those of earlier "
-            "steps); check the data for NaN/Inf, or lower model.lr / raise model.warmup, then resume with --ckpt_path "
+            "steps); check the data for NaN/Inf, or lower model.optimizer's lr / raise its warmup, then resume with "
+            "--ckpt_path "
             "last (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)")
     for value in ("nan", "non-finite on another rank"):  # rank 1's loss, rank 0's (the ranks share one stderr)
         line = f"pds-lightning: error: fit stopped: the training loss is {value}{rest}"
@@ -215,7 +216,7 @@ def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
                          str(save), "--data.stats_cache_dir", str(root / "stats"), "--data.conditional", "true",
                          "--model.net.init_args.num_classes", "10", "--model.label_dropout", "0.1",
                          # a large step and no averaging: three updates must move the class embedding visibly
-                         "--model.lr", "0.05", "--model.warmup", "0", "--model.ema_decay", "0"], cwd=root))
+                         "--model.optimizer.init_args.lr", "0.05", "--model.optimizer.init_args.warmup", "0", "--model.ema_decay", "0"], cwd=root))
     [ckpt] = save.rglob("*.ckpt")
     guided = ("--data.conditional", "true", "--model.net.init_args.num_classes", "10",
               "--model.sampler.guidance_scale", "2.0")

@@ -391,3 +391,30 @@ def test_a_plain_compile_option_of_a_checkpoint_loads(converted_bytes, tmp_path)
     option = {"backend": "inductor", "mode": "max-autotune", "fullgraph": False, "dynamic": None}
     ckpt = edited_checkpoint(converted_bytes, tmp_path / "compile.ckpt", compile=option)
     assert ScoreModule.load_from_checkpoint(ckpt).hparams["compile"] == option
+
+
+def test_an_old_flat_checkpoint_loads_its_optimizer_keys_as_model_optimizer():
+    """tiny_flat_sampler.ckpt (flat lr / beta1 / adam_eps / weight_decay / warmup / grad_clip) loads with them as
+    one Adam, the one it trained with."""
+    model = ScoreModule.load_from_checkpoint(FIXTURES / "tiny_flat_sampler.ckpt")
+    assert model.hparams["optimizer"] == {
+        "class_path": "pds_lightning.optim.Adam",
+        "init_args": {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.0, "warmup": 2,
+                      "grad_clip": 1.0}}
+    assert "lr" not in model.hparams and model.optimizer.lr_at(1) == 0.0005
+
+
+def test_checkpoint_reading_and_rebuilding_live_in_checkpoints(tmp_path):
+    """checkpoints.load_module is what ScoreModule.load_from_checkpoint runs, and its one-line read errors are
+    checkpoints.CheckpointError; module.py keeps none of the reading code."""
+    import pds_lightning.module
+    from pds_lightning.checkpoints import CheckpointError, load_module
+
+    model = load_module(ScoreModule, FIXTURES / "tiny_flat_sampler.ckpt")
+    same = ScoreModule.load_from_checkpoint(FIXTURES / "tiny_flat_sampler.ckpt")
+    assert type(model) is ScoreModule and model.hparams == same.hparams
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in model.state_dict().items())
+    (tmp_path / "bad.ckpt").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*bad\.ckpt was refused unread: it holds pickled "):
+        ScoreModule.load_from_checkpoint(tmp_path / "bad.ckpt")
+    assert not {"read_checkpoint", "check_compile", "CheckpointError"} & set(vars(pds_lightning.module))

@@ -176,7 +176,7 @@ def test_learning_rate_warmup_matches_score_sde(tmp_path, warmup):
     rec = RecordLR()
     trainer(tmp_path, max_steps=6, callbacks=[rec], enable_checkpointing=False, limit_val_batches=0).fit(
         module, train_dataloaders=loader(24))
-    lr = module.hparams.lr
+    lr = module.optimizer.lr
     expected = [lr * min(n / warmup, 1.0) if warmup > 0 else lr for n in range(6)]
     assert rec.used == pytest.approx(expected, rel=1e-12, abs=0)
 
@@ -198,3 +198,35 @@ def test_nan_weights_are_named_when_loaded_and_before_sampling(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"ScoreModule: parameter ema_net.all_modules.3.bias holds 1 NaN "
                                                    f"value{fix}")):
         model.generate_images(2)
+
+
+def test_old_flat_optimizer_keys_become_one_model_optimizer():
+    """lr / beta1 / adam_eps / weight_decay / warmup / grad_clip of older configs become model.optimizer once (an
+    Adam with beta2 0.999), stored as that component only, and the optimizer fit builds is that Adam."""
+    module = tiny_module(lr=1e-3, beta1=0.5, adam_eps=1e-6, weight_decay=0.25, warmup=3, grad_clip=0.5)
+    assert module.hparams["optimizer"] == {
+        "class_path": "pds_lightning.optim.Adam",
+        "init_args": {"lr": 1e-3, "betas": [0.5, 0.999], "eps": 1e-6, "weight_decay": 0.25, "warmup": 3,
+                      "grad_clip": 0.5}}
+    assert not {"lr", "beta1", "adam_eps", "weight_decay", "warmup", "grad_clip"} & set(module.hparams)
+    adam = module.configure_optimizers()
+    assert type(adam) is torch.optim.Adam
+    assert {k: adam.defaults[k] for k in ("lr", "betas", "eps", "weight_decay")} == {
+        "lr": 1e-3, "betas": (0.5, 0.999), "eps": 1e-6, "weight_decay": 0.25}
+
+
+def test_model_optimizer_sets_beta2_and_contradicting_flat_keys_are_refused():
+    from pds_lightning.optim import Adam
+
+    module = ScoreModule.from_hyper_parameters(
+        tiny_net(), VESDE(**TINY_SDE), image_size=8, num_channels=1,
+        optimizer={"class_path": "pds_lightning.optim.Adam", "init_args": {"lr": 0.01, "betas": [0.9, 0.99]}})
+    assert module.configure_optimizers().defaults["betas"] == (0.9, 0.99)
+    assert [module.optimizer.lr_at(n) for n in (0, 2500, 5000, 9000)] == [0.0, 0.005, 0.01, 0.01]
+    with pytest.raises(ValueError, match=r"^model.beta1=0.5 contradicts model.optimizer betas=\[0.9, 0.999\]; remove "
+                                         r"model.beta1 and set model.optimizer.init_args.betas$"):
+        tiny_module(optimizer=Adam(), beta1=0.5, lr=None, warmup=None)
+    with pytest.raises(ValueError, match=r"^Adam betas must be two numbers in \[0, 1\)"):
+        Adam(betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"^Adam lr must be a finite number >= 0, got nan$"):
+        Adam(lr=float("nan"))

@@ -122,7 +122,7 @@ def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
 # ---- 3. config errors ------------------------------------------------------------------------------------------
 CONFIG_ERRORS = {
     "unknown key": (["--model.no_such_key", "3"], 2, "unrecognized arguments: --model.no_such_key"),
-    "wrong type": (["--model.lr", "abc"], 2, "Got value: abc"),
+    "wrong type": (["--model.optimizer.init_args.lr", "abc"], 2, "Got value: abc"),
     "image_size vs network": (["--data.image_size", "8"], 1, "model.net image_size=16 contradicts "
                                                               "data.image_size=8; give both the same value"),
     "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
@@ -259,7 +259,7 @@ def diverged_fit(tmp_path_factory):
     os.chdir(work)
     try:
         status, line = run_main("fit", "--config", TINY, "--trainer.default_root_dir", work, "--trainer.logger", "false",
-                                "--data.stats_cache_dir", work / "stats", "--model.lr", "1e30", "--trainer.max_steps",
+                                "--data.stats_cache_dir", work / "stats", "--model.optimizer.init_args.lr", "1e30", "--trainer.max_steps",
                                 6, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                                 "--trainer.callbacks.dirpath", work / "ckpt", "--trainer.callbacks.save_last", "true",
                                 "--trainer.callbacks.every_n_train_steps", 1)
@@ -274,8 +274,8 @@ def test_a_non_finite_loss_stops_fit_naming_the_step_and_keeps_the_last_good_che
     assert status == 1 and line == (
         "pds-lightning: error: fit stopped: the training loss is nan at global step 2, before that step's update (the "
         "weights and the saved checkpoints are those of earlier steps); check the data for NaN/Inf, or lower "
-        "model.lr / raise model.warmup, then resume with --ckpt_path last (set PDS_LIGHTNING_TRACEBACK=1 for the "
-        "traceback)"), line
+        "model.optimizer's lr / raise its warmup, then resume with --ckpt_path last (set PDS_LIGHTNING_TRACEBACK=1 "
+        "for the traceback)"), line
     assert files_under(work / "ckpt") == ["epoch=0-step=2.ckpt", "last.ckpt"]
     last = torch.load(work / "ckpt" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 and int(last["state_dict"]["ema_num_updates"]) == 2

@@ -36,6 +36,8 @@ def test_shipped_config_matches_score_sde_training_fields(path):
     model, data = cfg["model"], cfg["data"]
     assert model["loss"]["class_path"] == "pds_lightning.losses.DSMLoss"
     loss = model["loss"]["init_args"]
+    assert model["optimizer"]["class_path"] == "pds_lightning.optim.Adam"
+    optim = model["optimizer"]["init_args"]
     pairs = [  # (score_sde field, project value)
         ("training.sde", {v: k for k, v in SDE_CLASS.items()}[model["sde"]["class_path"]]),
         ("training.continuous", model["continuous"]),
@@ -43,12 +45,12 @@ def test_shipped_config_matches_score_sde_training_fields(path):
         ("training.likelihood_weighting", loss["likelihood_weighting"]),
         ("training.batch_size", data["batch_size"]),
         ("training.n_iters", cfg["trainer"]["max_steps"] - 1),  # score_sde's loop runs steps 0..n_iters
-        ("optim.lr", model["lr"]),
-        ("optim.beta1", model["beta1"]),
-        ("optim.eps", model["adam_eps"]),
-        ("optim.weight_decay", model["weight_decay"]),
-        ("optim.warmup", model["warmup"]),
-        ("optim.grad_clip", model["grad_clip"]),
+        ("optim.lr", optim["lr"]),
+        ("optim.beta1", optim["betas"][0]),
+        ("optim.eps", optim["eps"]),
+        ("optim.weight_decay", optim["weight_decay"]),
+        ("optim.warmup", optim["warmup"]),
+        ("optim.grad_clip", optim["grad_clip"]),
         ("model.ema_rate", model["ema_decay"]),
         ("data.centered", data["centered"]),
         ("data.random_flip", data["random_flip"]),

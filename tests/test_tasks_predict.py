@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import helpers
 from helpers import cpu_trainer, make_datamodule, tiny_net
-from pds_lightning.data.tasks import TaskSettings, builtin_mask
+from pds_lightning.data.tasks import Colorize, Inpaint, builtin_mask
 from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.module import ScoreModule
@@ -48,10 +48,10 @@ class GaussianScoreModule(ScoreModule):
 def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_path, preconditioner):
     images = write_npz(tmp_path / "in.npz", 1)
     module = tiny_module(sampler=PC(steps=5, pds=None if preconditioner == "none" else PDS(filters=preconditioner)))
-    task = TaskSettings(kind="inpaint", source=str(tmp_path / "in.npz"), indices="0-2")
     out = tmp_path / "out"
 
-    def run():
+    def run():  # a new task object each run, as each predict process has
+        task = Inpaint(source=str(tmp_path / "in.npz"), indices="0-2")
         dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="3-4", predict_batch_size=4, task=task)
         cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)
         return json.loads((out / "manifest.json").read_text())
@@ -59,6 +59,8 @@ def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_
     manifest = run()
     assert scan_written_pairs(out) == [(i, s) for i in range(3) for s in (3, 4)]
     assert manifest["num_written"] == 6 and manifest["layout"] == "{index:06d}/{seed:06d}.png"
+    assert manifest["task"] == {"class_path": "pds_lightning.data.tasks.Inpaint", "init_args": {
+        "source": str(tmp_path / "in.npz"), "masks": None, "mask": "center", "indices": "0-2"}}
     known = builtin_mask("center", 8)[0].bool().numpy()
     for i in range(3):
         a, b = (np.asarray(Image.open(task_path(out, i, s))) for s in (3, 4))
@@ -80,7 +82,7 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
     module = GaussianScoreModule(target, size=8, channels=3,
                                  sampler=PC(steps=20, pds=PDS(filters="both", restrict="subspace")))
     module.set_statistics(ImageStatistics((3, 8, 8)).update(target.sample(64).clamp(0, 1)))
-    task = TaskSettings(kind="colorize", source=str(tmp_path / "rgb.npz"), indices="0-1")
+    task = Colorize(source=str(tmp_path / "rgb.npz"), indices="0-1")
     dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, seeds="0", num_channels=3, task=task)
     out = tmp_path / "out"
     cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)
@@ -93,7 +95,7 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
 def test_colorization_of_a_gray_model_is_refused(tmp_path):
     write_npz(tmp_path / "in.npz", 1)
     dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="0",
-                         task=TaskSettings(kind="colorize", source=str(tmp_path / "in.npz")))
+                         task=Colorize(source=str(tmp_path / "in.npz")))
     with pytest.raises(ValueError, match="needs RGB"):
         cpu_trainer(tmp_path).predict(tiny_module(sampler=PC(steps=2)), datamodule=dm)
 

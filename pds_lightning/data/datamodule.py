@@ -21,7 +21,7 @@ from pds_lightning.data.cache import CachedImages, build_cache, cache_path, cach
 from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
 from pds_lightning.data.seeds import classes_for_seeds, parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
-from pds_lightning.data.tasks import TaskInputs, TaskSettings, task_loader
+from pds_lightning.data.tasks import Task, TaskInputs, TaskSettings, task_component, task_loader
 from pds_lightning.distributed import rank_world
 from pds_lightning.images import rgb_to_gray, to_model_space
 from pds_lightning.likelihood import dequantize
@@ -137,7 +137,8 @@ class ImageDataModule(L.LightningDataModule):
         shuffle_seed: seed of the training order and augmentation, which are functions of (shuffle_seed, epoch)
             so that a resumed fit continues mid-epoch with the batches it would have had; None: rank 0's
             torch.initial_seed() (set by seed_everything).
-        task: inpainting / colorization for predict (`data.tasks.TaskSettings`): outputs per (input, seed).
+        task: inpainting / colorization for predict (`data.tasks.Inpaint` / `Colorize` by class_path; the old
+            {kind: ...} form is translated once): outputs per (input, seed).
         test_size: images of the source the test stage (`pds-lightning likelihood`) scores, the first ones;
             0 = all.
         conditional: batches are (images, class labels) for a class-conditional model (labels from the source:
@@ -170,7 +171,7 @@ class ImageDataModule(L.LightningDataModule):
         predict_batch_size: int = 16,
         cache_dir: str | None = None,
         shuffle_seed: int | None = None,
-        task: TaskSettings | None = None,
+        task: Task | TaskSettings | None = None,
         test_size: int = 0,
         conditional: bool = False,
         classes: str | None = None,
@@ -197,7 +198,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.seeds, self.predict_batch_size = seeds, predict_batch_size
         self.exclude_seeds: set[int] = set()
-        self.task = task
+        self.task = task_component(task)
         self.exclude_pairs: set[tuple[int, int]] = set()  # (input index, seed) done, set by TaskWriter
         self.statistics: ImageStatistics | None = None
         self.conditional, self.classes = conditional, classes

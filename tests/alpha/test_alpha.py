@@ -245,3 +245,30 @@ def test_score_module_runs_the_pilot_once_per_training_step():
     calls.clear()
     second = module.sample(setting, torch.arange(2, 4))
     assert len(calls) == 10 and second.info["alpha_auto"] == first.info["alpha_auto"]
+
+
+def test_the_alpha_cache_lives_in_alpha_one_choice_per_settings_and_step():
+    """alpha.AlphaCache (ScoreModule's `_alpha_choices`): choose runs once per (settings, step); a new step drops
+    the earlier steps' choices (the weights changed); log_alpha_choice writes alpha (0 = vanilla) and the criterion."""
+    from helpers import tiny_module, tiny_net
+    from pds_lightning.alpha import AlphaCache, log_alpha_choice
+
+    assert type(tiny_module(tiny_net(ch_mult=[1]))._alpha_choices) is AlphaCache
+    cache, made = AlphaCache(), []
+    a, b = (PC(name=n, steps=10, pds=PDS(filters="both", alpha=Surrogate())) for n in ("a", "b"))
+    choose = lambda s: made.append(s.name) or {"alpha": len(made)}  # noqa: E731
+    assert [cache.get(a, 0, choose), cache.get(a, 0, choose), cache.get(b, 0, choose)] == [
+        {"alpha": 1}, {"alpha": 1}, {"alpha": 2}]
+    assert cache.get(a, 1, choose) == {"alpha": 3} and list(cache.choices) == [(repr(a), 1)]
+    assert made == ["a", "b", "a"]
+
+    class Scalars:  # the one call log_alpha_choice makes of a TensorBoard SummaryWriter
+        def __init__(self):
+            self.logged = []
+
+        def add_scalar(self, tag, value, step):
+            self.logged.append((tag, value, step))
+
+    experiment = Scalars()
+    log_alpha_choice(experiment, "auto10", {"alpha": None, "criterion": "predicted_w2", "value": 0.25}, 7)
+    assert experiment.logged == [("alpha_auto/auto10/alpha", 0.0, 7), ("alpha_auto/auto10/predicted_w2", 0.25, 7)]
