@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import MODELS, ROOT, image_stack, load_model, save_grid
-from pds_lightning.data.tasks import builtin_mask
+from pds_lightning.data.tasks import Colorize, Inpaint, builtin_mask
 from pds_lightning.fileio import write_atomic
 from pds_lightning.images import to_model_space, to_unit_range
 from pds_lightning.metrics import log_spectral_distance
 from pds_lightning.sampling import generate
-from pds_lightning.sampling.conditional import clip_keeping_gray, known_part_for
+from pds_lightning.sampling.conditional import clip_keeping_gray
 from pds_lightning.sampling import PC, PDS
 from pds_lightning.statistics import ImageStatistics
 
@@ -62,10 +62,10 @@ class Task:
         if kind == "inpaint":
             self.mask = builtin_mask("center", truth.shape[-1])[None]
             self.unknown = (1 - self.mask).bool().expand_as(truth)
-            self.known = known_part_for("inpaint", to_model_space(truth * self.mask, centered), self.mask)
+            self.known = Inpaint("benchmark").known_part(to_model_space(truth * self.mask, centered), self.mask)
         else:
             self.mask = self.unknown = None
-            self.known = known_part_for("colorize", to_model_space(truth, centered))
+            self.known = Colorize("benchmark").known_part(to_model_space(truth, centered), None)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space samples -> images in [0, 1], the known part checked unchanged."""

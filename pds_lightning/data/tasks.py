@@ -81,6 +81,8 @@ class Inpaint(Task):
         return images * masks
 
     def known_part(self, shown: torch.Tensor, masks: torch.Tensor) -> KnownPart:
+        if masks is None:
+            raise ValueError("inpainting needs a mask (1 = known pixel, 0 = to fill)")
         return KnownPart(shown, masks)  # the known pixels kept bit for bit
 
 

@@ -28,9 +28,6 @@ from torch import Tensor
 from pds_lightning.sampling.known import KnownPart, RestrictedPreconditioner, color_basis
 from pds_lightning.sampling.pds import RESTRICT_CHOICES
 
-#: The conditional tasks and the channel count each needs (None: any).
-TASKS = {"inpaint": None, "colorize": 3}
-
 
 def clip_keeping_gray(x: Tensor) -> Tensor:
     """RGB images [B, 3, H, W] brought into [0, 1] by shrinking each pixel's colour towards its gray
@@ -42,22 +39,4 @@ def clip_keeping_gray(x: Tensor) -> Tensor:
     return gray + scale * chroma
 
 
-def known_part_for(task: str, images: Tensor, mask: Tensor | None = None) -> KnownPart:
-    """The KnownPart of a task over model-space images [B, C, H, W]: 'inpaint' keeps mask == 1 pixels (mask
-    [B, 1 or C, H, W]); 'colorize' keeps the gray axis of RGB images (gray inputs replicated to 3 channels)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    if task == "inpaint":
-        if mask is None:
-            raise ValueError("inpainting needs a mask (1 = known pixel, 0 = to fill)")
-        return KnownPart(images, mask)
-    if images.shape[1] != 3:
-        raise ValueError(f"colorization needs RGB images (3 channels), got {images.shape[1]}; set "
-                         "data.num_channels: 3 and a model trained on colour images")
-    mask = torch.zeros_like(images[:1])
-    mask[:, 0] = 1.0
-    return KnownPart(images, mask, color_basis())
-
-
-__all__ = ["TASKS", "RESTRICT_CHOICES", "KnownPart", "RestrictedPreconditioner", "color_basis", "clip_keeping_gray",
-           "known_part_for"]
+__all__ = ["RESTRICT_CHOICES", "KnownPart", "RestrictedPreconditioner", "color_basis", "clip_keeping_gray"]

@@ -13,8 +13,8 @@ import torch
 from helpers import GaussianModule
 from pds_lightning.sampling import (ALD, PC, PDS as PDSComponent, AncestralSampling, EulerMaruyama, Langevin,
                                     ProbabilityFlowODE, ReverseDiffusion, generate)
-from pds_lightning.sampling.conditional import (KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis,
-                                                known_part_for)
+from pds_lightning.data.tasks import Colorize, Inpaint
+from pds_lightning.sampling.conditional import KnownPart, RestrictedPreconditioner, clip_keeping_gray, color_basis
 from pds_lightning.sampling.noise import SeededNoise
 from pds_lightning.models.gaussian import GaussianScore, power_law_spectrum
 from pds_lightning.preconditioner import Preconditioner
@@ -60,7 +60,7 @@ def test_inpainting_keeps_the_known_pixels_exactly_and_fills_with_the_conditiona
     target, lam, stats = gaussian_problem(sde)
     x0 = target.sample(1, torch.Generator().manual_seed(0)).float()
     B = 256
-    known = known_part_for("inpaint", x0.expand(B, -1, -1, -1), center_mask())
+    known = Inpaint("mnist").known_part(x0.expand(B, -1, -1, -1), center_mask())
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
     out = pc(restrict, pds, steps=200)(target, sde, None, known=known, noise=SeededNoise(range(B)),
                                        preconditioner=pre).x
@@ -88,7 +88,7 @@ def test_colorization_keeps_the_gray_axis_for_every_pc_sampler(restrict, pds, pr
     target, _, stats = gaussian_problem(sde, channels=3)
     rgb = target.sample(4, torch.Generator().manual_seed(1)).float()
     gray = rgb.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # what a gray input looks like
-    known = known_part_for("colorize", gray)
+    known = Colorize("mnist").known_part(gray, None)
     pre = Preconditioner.from_statistics(stats.freq_statistic(), stats.space_statistic(), 5.0) if pds else None
     sampler = pc(restrict, pds, steps=50, predictor=predictor, corrector=corrector)
     out = sampler(target, sde, None, known=known, noise=SeededNoise(range(4)), preconditioner=pre).x
@@ -123,18 +123,18 @@ def test_a_seed_gives_the_same_completion_in_any_batch():
     x0 = module.target.sample(3, torch.Generator().manual_seed(2)).float()
     mask = center_mask(3)
     both = generate(sampler, module.target, module.sde, [7, 8, 9], None, module.data_statistics,
-                    known=known_part_for("inpaint", x0, mask)).x
+                    known=Inpaint("mnist").known_part(x0, mask)).x
     one = generate(sampler, module.target, module.sde, [8], None, module.data_statistics,
-                   known=known_part_for("inpaint", x0[1:2], mask)).x
+                   known=Inpaint("mnist").known_part(x0[1:2], mask)).x
     assert torch.equal(both[1:2], one)
 
 
 def test_bad_inputs_are_named():
     x = torch.rand(2, 1, H, H)
     with pytest.raises(ValueError, match="inpainting needs a mask"):
-        known_part_for("inpaint", x)
+        Inpaint("mnist").known_part(x, None)
     with pytest.raises(ValueError, match="colorization needs RGB images"):
-        known_part_for("colorize", x)
+        Colorize("mnist").known_part(x, None)
     with pytest.raises(ValueError, match="0 \\(unknown\\) and 1"):
         KnownPart(x, torch.full((1, 1, H, H), 0.5))
     with pytest.raises(ValueError, match="run pds_lightning.sampling.PC"):
