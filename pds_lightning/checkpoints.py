@@ -228,13 +228,6 @@ def save_checkpoint(checkpoint: dict[str, Any], output_path: str | os.PathLike) 
     return output_path
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """A `.safetensors` export as a Lightning checkpoint at step 0 (weights, statistics, hyper-parameters; no
-    optimizer state): what `predict` / `validate` / `test` / a fine-tuning `fit` read with `--ckpt_path`."""
-    state_dict, hparams = load_weights(path)
-    return as_lightning_checkpoint({"state_dict": state_dict, "hyper_parameters": hparams})
-
-
 def as_lightning_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """`checkpoint` ({'state_dict', 'hyper_parameters'} at least) with Lightning's keys filled in where it has
     none (no 'pytorch-lightning_version'): a `.safetensors` export and the project's older checkpoints, saved as

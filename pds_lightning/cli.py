@@ -23,7 +23,7 @@ from pds_lightning.data import ImageDataModule
 from pds_lightning.fileio import write_new
 from pds_lightning.legacy import flat_config_error, is_flat, old_step_name, old_step_name_error
 from pds_lightning.models.checkpoint import check_finite_weights
-from pds_lightning.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (kept as cli's name)
+from pds_lightning.checkpoints import read_checkpoint
 from pds_lightning.module import ScoreModule
 from pds_lightning.preemption import EXIT_STATUS, sigterm_callbacks
 from pds_lightning.resources import config_path, shipped_configs

@@ -660,7 +660,8 @@ def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,
     outputs, config_path = checkpoint_outputs(output, safetensors, what="OUTPUT"), output.with_suffix(".yaml")
     check_outputs([*outputs, ("the predict config", config_path)], [model_dir, statistics_from], force)
     root, origin = resolve(model_dir, revision)
-    check_outputs([*outputs, ("the predict config", config_path)], [root, statistics_from], force)
+    if origin:  # a Hub repo id: its snapshot folder in the cache is an input too, known only after the download
+        check_outputs([*outputs, ("the predict config", config_path)], [root, statistics_from], force)
     source = open_model(root)
     check_score_model(source.config, str(model_dir))
     sde, sampler = ve_sde(source.scheduler, sigma_min, sigma_max, num_scales)
