@@ -20,7 +20,9 @@ of n = 3 inner levels: the data here are in [0, 1], so the paper's CIFAR-10 inte
 data is halved. Restart's fewest NFE are 11 (2 levels), which it gets at a budget of 10. PC samplers: 2 NFE
 per step. Issue 33's rows (docs/pds_stochastic.md): DPM-Solver++(2M) SDE with PDS-shaped noise (frequency filter,
 alpha 5, and alpha by the surrogate, which may choose vanilla; N NFE) and PDS PC with a skew-symmetric term in
-its Langevin corrector (PairedRotation 0.5; 2 NFE per step). On the Gaussian target the DPM-Solver++(2M) SDE rows
+its Langevin corrector (PairedRotation 0.5; 2 NFE per step), and DPM-Solver++(2M) SDE whose noise goes to the
+Fourier modes the data has not yet resolved (`UnresolvedBands()`: scale 4, sharpness 4; N NFE). On the Gaussian
+target the DPM-Solver++(2M) SDE rows
 are exact by impulse responses (a frequency-only M keeps them circulant), Restart and the skew row Monte Carlo.
 
 `gaussian`: an exact-score stationary Gaussian at 64x64 (`GaussianScore`) whose mean and power spectrum are
@@ -54,7 +56,7 @@ from benchmarks.common import (MODELS, ROOT, Scorer, alpha_text, image_stack, lo
 from pds_lightning.alpha import Pilot, Surrogate, resolve_alpha
 from pds_lightning.fileio import write_atomic
 from pds_lightning.sampling import (PC, PDS, DPMSolverPP2M, DPMSolverPP2MSDE, EDMHeun, EDMStochastic, Euler, Langevin,
-                                    ProbabilityFlowODE, RecordedNoise, Restart, Sampler, generate)
+                                    ProbabilityFlowODE, RecordedNoise, Restart, Sampler, UnresolvedBands, generate)
 from pds_lightning.sampling.skew import PairedRotation
 
 NFE = (10, 20, 40, 80, 132, 200)
@@ -83,7 +85,8 @@ def rows() -> dict[str, Sampler]:
             "dpmpp_2m_sde_pds": lambda name: DPMSolverPP2MSDE(eta=1.0, pds=PDS(filters="freq", alpha=5.0), name=name),
             "dpmpp_2m_sde_pds_auto": lambda name: DPMSolverPP2MSDE(eta=1.0, pds=PDS(filters="freq", alpha=Surrogate()),
                                                                    name=name),
-            "pds_skew": lambda name: PC(corrector=Langevin(skew=PairedRotation(0.5)), pds=both(5.0), name=name)}
+            "pds_skew": lambda name: PC(corrector=Langevin(skew=PairedRotation(0.5)), pds=both(5.0), name=name),
+            "dpmpp_2m_sde_bands": lambda name: DPMSolverPP2MSDE(eta=1.0, pds=UnresolvedBands(), name=name)}
     return {name: build(name) for name, build in make.items()}
 
 

@@ -353,7 +353,7 @@ class ScoreModule(L.LightningModule):
         self.ema_net.eval()
         sampler, choice = self.resolved_sampler(sampler)
         result = generate(sampler, self.score_fn(ema=True), self.sde, seeds.to(self.device),
-                          self.image_shape, statistics=self.data_statistics,
+                          self.image_shape, statistics=self.data_statistics, centered=self.centered,
                           classes=None if classes is None else torch.as_tensor(classes).to(self.device))
         result.x = to_unit_range(result.x, self.centered).clamp(0.0, 1.0)
         if choice is not None:
@@ -443,7 +443,7 @@ class ScoreModule(L.LightningModule):
         shown = task.shown(image, batch["mask"])
         known = task.known_part(to_model_space(shown, self.centered), batch["mask"])
         result = generate(sampler, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
-                          statistics=self.data_statistics)
+                          statistics=self.data_statistics, centered=self.centered)
         filled = task.finish(to_unit_range(result.x, self.centered))
         if batch_idx == 0:
             self._log_completions(task.name, shown, filled, image)

@@ -162,9 +162,10 @@ class Preconditioner(nn.Module):
             raise ValueError("f(M M^T) needs M M^T diagonal in one basis, but with both PDS filters M M^T = C S^2 C "
                              "is diagonal in none (no per-mode closed form); use PDS filters 'freq' or 'space'")
 
-    def gram_apply(self, terms) -> Tensor:
+    def gram_apply(self, terms, sigma: float | None = None) -> Tensor:
         """sum_i f_i(B) x_i for B = M M^T, `terms` [(f_i, x_i)], where B is diagonal in one basis: R^2 in the
-        real-FFT basis (frequency filter only), S^2 per pixel (space filter only), 1 without filters.
+        real-FFT basis (frequency filter only), S^2 per pixel (space filter only), 1 without filters. B is the
+        same at every noise level, so `sigma` (which UnresolvedBandsGram reads) changes nothing here.
 
         Each f_i maps B's eigenvalues (a float64 tensor broadcasting against that basis) to the factors applied
         there. With both filters B = C S^2 C is diagonal in no single basis, so f(B) has no closed form here.
@@ -172,15 +173,68 @@ class Preconditioner(nn.Module):
         x0 = terms[0][1]
         self.check_gram_diagonal()
         self._check_input(x0)
-        dtype = _compute_dtype(x0)
         if self.freq_filter is None:
+            dtype = _compute_dtype(x0)
             S = self.space_filter if self.space_filter is not None else torch.ones(())
             b = S.to(device=x0.device, dtype=torch.float64) ** 2
             return sum(f(b).to(dtype) * x.to(dtype) for f, x in terms).to(x0.dtype)
-        H, W = x0.shape[-2:]
-        b = self.freq_filter[..., : W // 2 + 1].to(device=x0.device, dtype=torch.float64) ** 2
-        spectrum = sum(f(b).to(dtype) * torch.fft.rfft2(x.to(dtype)) for f, x in terms)
-        return torch.fft.irfft2(spectrum, s=(H, W)).to(x0.dtype)
+        W = x0.shape[-1]
+        return fourier_gram_apply(self.freq_filter[..., : W // 2 + 1].to(device=x0.device, dtype=torch.float64) ** 2,
+                                  terms)
+
+
+def fourier_gram_apply(b: Tensor, terms) -> Tensor:
+    """sum_i f_i(B) x_i for B = F^-1 diag(b) F, b float64 per real-FFT coefficient [C, H, W // 2 + 1] (one rfft2
+    per term, one irfft2)."""
+    x0 = terms[0][1]
+    dtype = _compute_dtype(x0)
+    spectrum = sum(f(b).to(dtype) * torch.fft.rfft2(x.to(dtype)) for f, x in terms)
+    return torch.fft.irfft2(spectrum, s=tuple(x0.shape[-2:])).to(x0.dtype)
+
+
+def unresolved_gains(lam: Tensor, sigma: float, scale: float, sharpness: float) -> Tensor:
+    """b_k(sigma) = scale / (1 + (lam_k / sigma^2)^sharpness): about `scale` on the Fourier modes whose data
+    variance lam_k is still below sigma^2 (not yet resolved), about 0 on the resolved ones (as a logistic in
+    log lam, so no power overflows)."""
+    return scale * torch.sigmoid(sharpness * (2.0 * math.log(sigma) - lam.log()))
+
+
+class UnresolvedBandsGram(nn.Module):
+    """B(sigma) = F^-1 diag(b(sigma)) F with b = `unresolved_gains` of the data's mode variances `lam` [C, H, W]
+    (model space): a frequency preconditioner that follows the noise level. Only f(B(sigma)) exists
+    (`gram_apply`): it shapes the noise of a solver that integrates each mode exactly."""
+
+    is_identity = False
+
+    def __init__(self, lam: Tensor, scale: float, sharpness: float):
+        super().__init__()
+        lam = _check_image_tensor(lam, "mode variances").to(torch.float64)
+        if (lam <= 0).any():
+            raise ValueError(f"mode variances must be positive everywhere (min {lam.min().item():.3g})")
+        if not torch.allclose(lam, frequency_mirror(lam), rtol=1e-9, atol=0):
+            raise ValueError("mode variances are not symmetric under k -> -k; they must come from |fft2|^2 "
+                             "statistics of real images stored unshifted (DC at [0, 0])")
+        self.scale, self.sharpness = float(scale), float(sharpness)
+        self.register_buffer("lam", lam.clone())
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.lam.shape)
+
+    def check_gram_diagonal(self) -> None:
+        """B(sigma) is diagonal in the real-FFT basis at every sigma: nothing to refuse."""
+
+    def gains(self, sigma: float) -> Tensor:
+        """b(sigma) per real-FFT coefficient, float64 [C, H, W // 2 + 1]."""
+        return unresolved_gains(self.lam[..., : self.lam.shape[-1] // 2 + 1], sigma, self.scale, self.sharpness)
+
+    def gram_apply(self, terms, sigma: float) -> Tensor:
+        """sum_i f_i(B(sigma)) x_i (see Preconditioner.gram_apply)."""
+        x0 = terms[0][1]
+        if tuple(x0.shape[-3:]) != self.shape:
+            raise ValueError(f"the mode variances are [C, H, W] = {self.shape} but the images are {tuple(x0.shape)}; "
+                             "build them from statistics of images of this size")
+        return fourier_gram_apply(self.gains(sigma).to(x0.device), terms)
 
 
 def read_statistic(path: str | os.PathLike) -> Tensor:

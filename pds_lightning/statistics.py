@@ -205,6 +205,29 @@ class ImageStatistics:
         return f"ImageStatistics(shape={self.shape}, count={self.count})"
 
 
+def mode_variance(statistics, centered: bool = False, floor: float = 1e-10, who: str = "the mode variances",
+                  advice: str = "") -> torch.Tensor:
+    """Variance of each unitary Fourier mode of the data in model space, float64 [C, H, W]:
+    lam(k) = (power_mean(k) - |fft2(mean)(k)|^2) / (H W), floored at floor * max(lam) (no mode exactly
+    deterministic); `centered`: the model sees 2 x - 1, so lam scales by 4. `who` (what needs them) starts and
+    `advice` ends the errors."""
+    if getattr(statistics, "count", 0) <= 0:
+        raise ValueError(f"{who} needs data statistics with count > 0; compute them (ImageStatistics){advice}")
+    power = statistics.power_mean.to(torch.float64)
+    mean = statistics.mean.to(torch.float64)
+    if not mean.any() and power.any():
+        raise ValueError(
+            f"{who} needs the pixel mean of the data, but these statistics have none (mean zero everywhere with a "
+            "non-zero power spectrum: official PDS .npy statistics, as pds_lightning.convert stores them, hold only "
+            f"log1p(mean |fft2 x|^2) and mean x^2), so the mean would count as variance{advice}; or recompute the "
+            "statistics from the training data (the data module's statistics, or "
+            "ScoreModule.set_statistics(ImageStatistics(shape).update(images)))")
+    H, W = power.shape[-2:]
+    lam = (power - torch.fft.fft2(mean).abs().square()) / (H * W)
+    lam = lam.clamp_min(floor * float(lam.max().clamp_min(1e-300)))
+    return 4.0 * lam if centered else lam
+
+
 def moments_problem(moments: Mapping[str, torch.Tensor]) -> str:
     """'' when the moments can be those of images in [0, 1] (all finite, power_mean >= 0, mean and sq_mean in
     [0, 1]), else what is wrong with the first that cannot. Exact bounds: a float sum of values <= 1 divided by

@@ -12,6 +12,7 @@ stationary data).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -28,12 +29,15 @@ def refuse_skew(sampler) -> None:
                          "the corrector's skew couples modes; give PDS alpha Pilot or a number")
 
 
-def dpmpp_2m_sde_output_moments(modes, gain: Tensor, sde: SDE, sampler: DPMSolverPP2MSDE) -> tuple[Tensor, Tensor]:
+def dpmpp_2m_sde_output_moments(modes, gain: Tensor | Callable[[float], Tensor], sde: SDE,
+                                sampler: DPMSolverPP2MSDE) -> tuple[Tensor, Tensor]:
     """Exact output moments of DPMSolverPP2MSDE on the Gaussian model of `modes` (lam, count, mean_sq), per
-    candidate and mode: (variance v, mean factor gamma: E x_out = gamma mu), each [A, K]; `gain` b = M M^T per mode."""
+    candidate and mode: (variance v, mean factor gamma: E x_out = gamma mu), each [A, K]; `gain` b of B per mode,
+    or a function of sigma giving it (a B(sigma), read at each step's start as the sampler does)."""
     sigmas = sampler.sigmas(sde)
     eta, S_noise = sampler.eta, sampler.S_noise
-    lam, b = modes.lam, gain
+    gain_at = gain if callable(gain) else (lambda sigma: gain)
+    lam, b = modes.lam, gain_at(sigmas[0])
     V = torch.full_like(b, sigmas[0] ** 2)  # x_hat = sigma_0 z: y = sigma_0 z - mu
     P, cov = torch.zeros_like(b), torch.zeros_like(b)  # Var y_{i-1}, Cov(y_i, y_{i-1})
     m, m_prev = -torch.ones_like(b), torch.zeros_like(b)
@@ -43,6 +47,7 @@ def dpmpp_2m_sde_output_moments(modes, gain: Tensor, sde: SDE, sampler: DPMSolve
         if sigma_next == 0:  # x' = D
             return kappa ** 2 * V, 1 + kappa * m
         h = math.log(sigma / sigma_next)
+        b = gain_at(sigma)
         eta_h = eta * b * h
         w = -torch.expm1(-h - eta_h)
         a, c = (sigma_next / sigma) * torch.exp(-eta_h) + w * kappa, torch.zeros_like(b)

@@ -35,6 +35,7 @@ from pds_lightning.preconditioner import filter_from_statistic
 from pds_lightning.sampling import DPMSolverPP2MSDE
 from pds_lightning.sampling.pc import PC
 from pds_lightning.sde import SDE
+from pds_lightning.statistics import mode_variance
 
 #: Default candidates: None is vanilla (no preconditioning); the official default 5 is included.
 DEFAULT_CANDIDATES: tuple[float | None, ...] = (None, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0,
@@ -50,28 +51,12 @@ class GaussianSurrogate:
 
     @classmethod
     def from_statistics(cls, statistics, centered: bool = False, floor: float = 1e-10) -> "GaussianSurrogate":
-        """lam(k) = (power_mean(k) - |fft2(mean)(k)|^2) / (H W), floored at floor * max(lam) (no mode is exactly
-        deterministic). `centered`: the model sees 2 x - 1, so the mean maps and lam scales by 4."""
-        if getattr(statistics, "count", 0) <= 0:
-            raise ValueError("the Surrogate alpha chooser needs data statistics with count > 0; compute them "
-                             "(ImageStatistics) or give a number for alpha")
-        power = statistics.power_mean.to(torch.float64)
+        """lam from `pds_lightning.statistics.mode_variance`; the mean image mapped to model space (`centered`:
+        2 x - 1)."""
+        lam = mode_variance(statistics, centered, floor, who="the Surrogate alpha chooser", advice=(
+            "; use PDS(alpha=Pilot()) (measured on samples of the model), or give alpha a number"))
         mean = statistics.mean.to(torch.float64)
-        if not mean.any() and power.any():
-            raise ValueError(
-                "the Surrogate alpha chooser needs the pixel mean of the data, but these statistics "
-                "have none (mean zero everywhere with a non-zero power spectrum: official PDS .npy statistics, "
-                "as pds_lightning.convert stores them, hold only log1p(mean |fft2 x|^2) and mean x^2). The "
-                "surrogate would count the mean as variance and predict errors several times too high. Use "
-                "PDS(alpha=Pilot()) (measured on samples of the model), or recompute the statistics from the "
-                "training data (the data module with stats_num_images > 0, or ScoreModule.set_statistics("
-                "ImageStatistics(shape).update(images))), or give alpha a number")
-        H, W = power.shape[-2:]
-        lam = (power - torch.fft.fft2(mean).abs().square()) / (H * W)
-        lam = lam.clamp_min(floor * float(lam.max().clamp_min(1e-300)))
-        if centered:
-            return cls(4.0 * lam, 2.0 * mean - 1.0)
-        return cls(lam, mean)
+        return cls(lam, 2.0 * mean - 1.0 if centered else mean)
 
 
 @dataclass

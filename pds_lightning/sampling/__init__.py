@@ -15,7 +15,7 @@ from pds_lightning.sampling.generate import generate
 from pds_lightning.sampling.noise import RecordedNoise, SeededNoise
 from pds_lightning.sampling.ode import ProbabilityFlowODE
 from pds_lightning.sampling.pc import PC
-from pds_lightning.sampling.pds import PDS, AlphaChooser
+from pds_lightning.sampling.pds import PDS, AlphaChooser, Preconditioning, UnresolvedBands
 from pds_lightning.sampling.predictors import AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
 from pds_lightning.sampling.reference import pds_pc_sampler
 from pds_lightning.sampling.restart import Restart
@@ -24,5 +24,6 @@ from pds_lightning.sampling.step import NonFiniteSampleError
 
 __all__ = ["Component", "Sampler", "SampleResult", "PC", "ProbabilityFlowODE", "EDMHeun", "EDMStochastic",
            "DPMSolverPP2M", "Euler", "DPMSolverPP2MSDE", "Restart", "Predictor", "ReverseDiffusion", "EulerMaruyama",
-           "AncestralSampling", "Corrector", "Langevin", "ALD", "Karras", "SDEGrid", "PDS", "AlphaChooser", "generate",
-           "SeededNoise", "RecordedNoise", "pds_pc_sampler", "NonFiniteSampleError"]
+           "AncestralSampling", "Corrector", "Langevin", "ALD", "Karras", "SDEGrid", "Preconditioning", "PDS",
+           "UnresolvedBands", "AlphaChooser", "generate", "SeededNoise", "RecordedNoise", "pds_pc_sampler",
+           "NonFiniteSampleError"]

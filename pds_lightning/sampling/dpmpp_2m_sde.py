@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pds_lightning.sampling.base import check_number
 from pds_lightning.sampling.correctors import Langevin
-from pds_lightning.sampling.pds import PDS
+from pds_lightning.sampling.pds import Preconditioning
 from pds_lightning.sampling.schedules import Karras, Schedule
 from pds_lightning.sampling.sigma import SigmaSampler
 from pds_lightning.sampling.solvers import PREVIOUS_2M, SigmaRun, dpmpp_2m_step
@@ -23,14 +23,17 @@ from pds_lightning.sampling.solvers import PREVIOUS_2M, SigmaRun, dpmpp_2m_step
 
 class DPMSolverPP2MSDE(SigmaSampler):
     """Data prediction in lambda = -log sigma with fresh noise each step: `eta` scales the noise the step adds
-    (1: the reverse SDE's, 0: DPM-Solver++(2M) exactly), `S_noise` its amplitude. `pds` (filters 'freq' or
-    'space') shapes that noise: eta b per eigenvalue b of M M^T, no extra NFE (docs/pds_stochastic.md), and
-    preconditions the corrector when one is given. Other fields: SigmaSampler."""
+    (1: the reverse SDE's, 0: DPM-Solver++(2M) exactly), `S_noise` its amplitude. `pds` shapes that noise, eta b
+    per eigenvalue b of B, no extra NFE (docs/pds_stochastic.md): PDS (filters 'freq' or 'space'; B = M M^T, which
+    also preconditions the corrector when one is given) or UnresolvedBands (B(sigma) from the data's mode
+    variances). Other fields: SigmaSampler."""
+
+    shapes_noise = True
 
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
-                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
-                 eta: float = 1.0, S_noise: float = 1.0, name: str | None = None, guidance_scale: float = 0.0,
-                 check_finite_every: int = 0):
+                 schedule: Schedule = Karras(), corrector: Langevin | None = None,
+                 pds: Preconditioning | None = None, eta: float = 1.0, S_noise: float = 1.0, name: str | None = None,
+                 guidance_scale: float = 0.0, check_finite_every: int = 0):
         super().__init__(steps, speed_up, eps, schedule, corrector, pds, name, guidance_scale, check_finite_every)
         check_number(self.name, "eta", eta, low=0, hint=" (1: the reverse SDE's noise, 0: deterministic)")
         check_number(self.name, "S_noise", S_noise, low=0)
@@ -57,6 +60,7 @@ class DPMSolverPP2MSDE(SigmaSampler):
         return n
 
     def step(self, run, x, sigma, sigma_next):
+        # B is read at the step's start sigma (for UnresolvedBands; PDS's B is constant)
         if run.ctx.preconditioner.is_identity:  # vanilla: the shared 2M step, bytes unchanged
             return dpmpp_2m_step(run, x, sigma, sigma_next, self.eta, self.S_noise)
         return self.shaped_step(run, x, sigma, sigma_next)
@@ -85,4 +89,4 @@ class DPMSolverPP2MSDE(SigmaSampler):
             z = run.noise.noise(x)
             terms.append((lambda b: self.S_noise * sigma_next * torch.sqrt(-torch.expm1(-2 * eta_h(b))), z))
         run.memory[PREVIOUS_2M] = (denoised, h)
-        return run.ctx.preconditioner.gram_apply(terms)
+        return run.ctx.preconditioner.gram_apply(terms, sigma)

@@ -14,7 +14,7 @@ from pds_lightning.sde import SDE
 
 
 def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor, shape, statistics=None,
-             classes: Sequence[int] | Tensor | None = None, known=None) -> SampleResult:
+             classes: Sequence[int] | Tensor | None = None, known=None, centered: bool = False) -> SampleResult:
     """One sample per seed, shape [len(seeds), C, H, W]; each depends only on its seed, its class, its known
     part and `sampler`.
 
@@ -22,7 +22,8 @@ def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor
     known part's. `statistics`: an ImageStatistics-like object (PDS filters) or None. `classes` (one per seed)
     samples a class-conditional `score_fn(x, t, class_labels)`, guided by `sampler.guidance_scale`. `known`
     (a sampling.known.KnownPart, one row per seed) fills in inpainting / colorization. A PDS alpha chooser
-    must be resolved first (pds_lightning.alpha.resolve_alpha).
+    must be resolved first (pds_lightning.alpha.resolve_alpha). `centered`: the model sees 2 x - 1 (for the
+    preconditioners built from the data's moments in model space).
     """
     if not isinstance(sampler, Sampler):
         raise ValueError(f"generate wants a sampler component (e.g. pds_lightning.sampling.PC), got "
@@ -44,7 +45,7 @@ def generate(sampler: Sampler, score_fn, sde: SDE, seeds: Sequence[int] | Tensor
     sampler.check_task(known)
     preconditioner = None
     if sampler.pds is not None:
-        preconditioner = sampler.pds.preconditioner(statistics, sampler.name).to(device)
+        preconditioner = sampler.pds.preconditioner(statistics, sampler.name, centered).to(device)
     score_fn = class_score(sampler, score_fn, classes, len(seeds_list), device)
     return sampler(score_fn, sde, (len(seeds_list),) + shape, noise=SeededNoise(seeds_list, device),
                    preconditioner=preconditioner, known=known)

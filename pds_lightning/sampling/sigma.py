@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pds_lightning.sampling.base import Sampler, SampleResult, check_budget, check_type
 from pds_lightning.sampling.correctors import Langevin
-from pds_lightning.sampling.pds import PDS
+from pds_lightning.sampling.pds import PDS, Preconditioning
 from pds_lightning.sampling.schedules import MIN_STEPS, Karras, Schedule
 from pds_lightning.sampling.solvers import SigmaRun
 from pds_lightning.sde import SDE
@@ -23,10 +23,14 @@ class SigmaSampler(Sampler):
     #: The noise jump of a subclass's own (EDM's churn, Restart's restart jump), which must stay isotropic to keep
     #: the marginals p_sigma, so PDS enters only through the corrector there (docs/pds_stochastic.md).
     isotropic_jump = ""
+    #: Whether the steps' own noise can be shaped per eigenmode of a preconditioner (UnresolvedBands, PDS
+    #: without a corrector): DPMSolverPP2MSDE.
+    shapes_noise = False
 
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
-                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
-                 name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):
+                 schedule: Schedule = Karras(), corrector: Langevin | None = None,
+                 pds: Preconditioning | None = None, name: str | None = None, guidance_scale: float = 0.0,
+                 check_finite_every: int = 0):
         super().__init__(name, guidance_scale, check_finite_every)
         check_budget(self.name, "steps", steps, speed_up, eps, minimum=MIN_STEPS)
         check_type(self.name, "schedule", schedule, Schedule, "a schedule component (Karras, SDEGrid)")
@@ -36,13 +40,8 @@ class SigmaSampler(Sampler):
         if corrector is not None:
             check_type(self.name, "corrector", corrector, Langevin, "a Langevin corrector or None")
         if pds is not None:
-            check_type(self.name, "pds", pds, PDS, "a PDS component or None")
-            self.check_pds(pds, corrector)
-            if pds.predictor != "official" or pds.restrict != "project":
-                raise ValueError(f"{self.name}: PDS predictor / restrict apply to the PC sampler; "
-                                 f"{type(self).__name__} has no predictor to precondition and fills in no known part")
-            if pds.chooses_alpha:
-                pds.alpha.check_sampler(self)
+            check_type(self.name, "pds", pds, Preconditioning, "a PDS or UnresolvedBands component, or None")
+            pds.check_sigma_sampler(self, corrector)
         self.steps, self.speed_up, self.eps = steps, float(speed_up), eps
         self.schedule, self.corrector, self.pds = schedule, corrector, pds
 
