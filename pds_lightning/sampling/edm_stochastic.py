@@ -6,7 +6,7 @@ import math
 
 from pds_lightning.sampling.base import check_number
 from pds_lightning.sampling.correctors import Langevin
-from pds_lightning.sampling.pds import PDS
+from pds_lightning.sampling.pds import Preconditioning
 from pds_lightning.sampling.schedules import Karras, Schedule
 from pds_lightning.sampling.sigma import SigmaSampler
 from pds_lightning.sampling.solvers import heun_step
@@ -22,7 +22,7 @@ class EDMStochastic(SigmaSampler):
     isotropic_jump = "churn"
 
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
-                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
+                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: Preconditioning | None = None,
                  S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0,
                  name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):
         super().__init__(steps, speed_up, eps, schedule, corrector, pds, name, guidance_scale, check_finite_every)

@@ -7,7 +7,7 @@ import torch
 from pds_lightning.sampling.base import Sampler, SampleResult, check_budget, check_type
 from pds_lightning.sampling.correctors import Corrector, Langevin
 from pds_lightning.sampling.known import RestrictedPreconditioner
-from pds_lightning.sampling.pds import PDS
+from pds_lightning.sampling.pds import PDS, Preconditioning
 from pds_lightning.sampling.predictors import Predictor, ReverseDiffusion
 from pds_lightning.sampling.step import (CountingScore, StepContext, check_finite, identity_if_none,
                                          initial_sample)
@@ -25,7 +25,7 @@ class PC(Sampler):
 
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
                  predictor: Predictor | None = ReverseDiffusion(),
-                 corrector: Corrector | None = Langevin(), pds: PDS | None = None, denoise: bool = True,
+                 corrector: Corrector | None = Langevin(), pds: Preconditioning | None = None, denoise: bool = True,
                  name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):
         super().__init__(name, guidance_scale, check_finite_every)
         check_budget(self.name, "steps", steps, speed_up, eps)
@@ -34,7 +34,8 @@ class PC(Sampler):
         if corrector is not None:
             check_type(self.name, "corrector", corrector, Corrector, "a corrector component or None")
         if pds is not None:
-            check_type(self.name, "pds", pds, PDS, "a PDS component or None")
+            check_type(self.name, "pds", pds, PDS,
+                       "a PDS component or None (UnresolvedBands shapes the noise of DPMSolverPP2MSDE only)")
         check_type(self.name, "denoise", denoise, bool, "true or false")
         if predictor is None and corrector is None:
             raise ValueError(f"{self.name}: a PC sampler needs a predictor, a corrector or both")

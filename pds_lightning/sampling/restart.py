@@ -9,7 +9,7 @@ import torch
 
 from pds_lightning.sampling.base import check_number
 from pds_lightning.sampling.correctors import Langevin
-from pds_lightning.sampling.pds import PDS
+from pds_lightning.sampling.pds import Preconditioning
 from pds_lightning.sampling.schedules import MIN_STEPS, Karras, Schedule
 from pds_lightning.sampling.sigma import SigmaSampler
 from pds_lightning.sampling.solvers import heun_step
@@ -31,7 +31,7 @@ class Restart(SigmaSampler):
     isotropic_jump = "restart jump"
 
     def __init__(self, steps: int | None = None, speed_up: float = 1.0, eps: float | None = None,
-                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: PDS | None = None,
+                 schedule: Schedule = Karras(), corrector: Langevin | None = None, pds: Preconditioning | None = None,
                  intervals: list[list[float]] = [list(v) for v in RESTART_INTERVALS],
                  repeats: int | list[int] = RESTART_REPEATS, inner_steps: int | list[int] = RESTART_INNER_STEPS,
                  name: str | None = None, guidance_scale: float = 0.0, check_finite_every: int = 0):

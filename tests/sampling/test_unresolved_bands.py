@@ -10,7 +10,7 @@ from pds_lightning.alpha import GaussianSurrogate, Modes
 from pds_lightning.alpha.dpmpp_sde import dpmpp_2m_sde_output_moments
 from pds_lightning.models.gaussian import GaussianScore
 from pds_lightning.preconditioner import UnresolvedBandsGram, unresolved_gains
-from pds_lightning.sampling import (DPMSolverPP2MSDE, EDMHeun, EDMStochastic, Karras, Langevin, Restart, Sampler,
+from pds_lightning.sampling import (PC, DPMSolverPP2MSDE, EDMHeun, EDMStochastic, Karras, Langevin, Restart, Sampler,
                                     UnresolvedBands, generate)
 from pds_lightning.sde import VESDE, VPSDE
 from pds_lightning.statistics import ImageStatistics, mode_variance
@@ -114,6 +114,7 @@ def test_component_round_trip_and_exact_nfe():
     (lambda: EDMStochastic(pds=UnresolvedBands()), "which only DPMSolverPP2MSDE does"),
     (lambda: Restart(pds=UnresolvedBands()), "which only DPMSolverPP2MSDE does"),
     (lambda: EDMHeun(pds=UnresolvedBands(), corrector=Langevin()), "which only DPMSolverPP2MSDE does"),
+    (lambda: PC(pds=UnresolvedBands()), r"pc: pds wants a PDS component or None \(UnresolvedBands shapes the noise"),
 ])
 def test_refuses(make, message):
     with pytest.raises(ValueError, match=message):
@@ -133,3 +134,39 @@ def test_refuses_statistics_it_cannot_use():
         generate(s, lambda x, t: -x, sde, [0], (1, 4, 4), statistics=STATS)
     with pytest.raises(ValueError, match="mode variances are not symmetric under k -> -k"):
         UnresolvedBandsGram(torch.rand(1, H, W, dtype=torch.float64) + 0.1, 4.0, 4.0)
+
+
+def test_score_module_builds_the_bands_in_its_model_space():
+    """ScoreModule.sample passes its model space: a centered model's bands use 4 lam (2 x - 1), as generate with
+    centered=True does, and not the [0, 1] variances."""
+    from helpers import tiny_module, tiny_net
+
+    from pds_lightning.images import to_unit_range
+
+    module = tiny_module(tiny_net(centered=True), statistics=True, centered=True)
+    s = DPMSolverPP2MSDE(steps=4, pds=UnresolvedBands())
+    seeds = torch.arange(2)
+    got = module.sample(s, seeds).x
+    score, stats = module.score_fn(ema=True), module.data_statistics
+    same = generate(s, score, module.sde, seeds, module.image_shape, statistics=stats, centered=True).x
+    other = generate(s, score, module.sde, seeds, module.image_shape, statistics=stats, centered=False).x
+    torch.testing.assert_close(got, to_unit_range(same, True).clamp(0, 1), rtol=0, atol=0)
+    assert not torch.allclose(got, to_unit_range(other, True).clamp(0, 1))
+
+
+def test_the_cli_builds_and_refuses_it(capsys):
+    from pds_lightning.cli import cli_main, main
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    model = cli_main(["--config", str(root / "configs" / "demo.yaml"), "--model.sampler",
+                      "pds_lightning.sampling.DPMSolverPP2MSDE", "--model.sampler.steps", "20", "--model.sampler.pds",
+                      "pds_lightning.sampling.UnresolvedBands", "--model.sampler.pds.sharpness", "8"], run=False).model
+    assert model.sampler == DPMSolverPP2MSDE(steps=20, pds=UnresolvedBands(4.0, 8.0))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", str(root / "tests/configs/tiny.yaml"), "--model.sampler",
+              "pds_lightning.sampling.EDMStochastic", "--model.sampler.steps", "3", "--model.sampler.pds",
+              "pds_lightning.sampling.UnresolvedBands"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("pds-lightning: error:") == 1
+    assert ("UnresolvedBands shapes the noise a solver integrates per Fourier mode, which only DPMSolverPP2MSDE does "
+            "(EDMStochastic has none to shape)") in err
