@@ -15,6 +15,11 @@ best at 20 NFE against the score_sde model's best at 200, its best at 10 against
 (rows of one run: same seeds and sample count). "Best" is per metric (spectral error, FD-digits).
 A goal is met when the EDM figure is at most the score_sde one; a shortfall smaller than the two standard
 errors combined (sqrt(se_a^2 + se_b^2)) is reported as within noise, not as met.
+
+Issue 33's goal, per model and budget (10, 20, 40, 80): the best preconditioned row (a sampler whose component has
+`pds`: PDS or UnresolvedBands) against the best unpreconditioned one, both by spectral error. Met when the
+preconditioned spectral error is lower by more than their combined standard error and its FD-digits is not higher
+by more than theirs; the goal asks for two budgets or more on every model.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 from pathlib import Path
 
 from benchmarks.common import alpha_text
+from benchmarks.samplers_vs_nfe import rows as sampler_rows
 
 from pds_lightning.fileio import write_atomic
 
@@ -32,6 +38,13 @@ PAIRS = (("demo", "demo_edm"), ("patches", "patches_edm"))
 METRICS = (("spectral_error", "spectral error"), ("fd_digits", "FD-digits"))
 #: (EDM model's budget, score_sde model's budget) of issue 25's goal.
 GOALS = ((20, 200), (10, 40))
+#: Budgets of issue 33's goal.
+PDS_BUDGETS = (10, 20, 40, 80)
+
+
+def preconditioned() -> set[str]:
+    """Names of the benchmark rows whose sampler has a `pds` component."""
+    return {name for name, sampler in sampler_rows().items() if sampler.pds is not None}
 
 
 def figure(r: dict | None) -> str:
@@ -73,6 +86,40 @@ def goal_lines(rows: list[dict], floor: dict | None, base: str, edm: str) -> lis
     return lines
 
 
+def pds_goal(rows: list[dict], model: str, budget: int) -> tuple[dict | None, dict | None, str]:
+    """(best preconditioned row, best unpreconditioned row, verdict) by spectral error at `budget`."""
+    with_pds = preconditioned()
+    mine = [r for r in rows if r["model"] == model and r["budget"] == budget]
+    pick = lambda group: min(group, key=lambda r: r["spectral_error"], default=None)
+    p = pick([r for r in mine if r["sampler"] in with_pds])
+    u = pick([r for r in mine if r["sampler"] not in with_pds])
+    if p is None or u is None:
+        return p, u, "not measured"
+    noise = {m: math.hypot(p[m + "_se"], u[m + "_se"]) for m, _ in METRICS}
+    gain = u["spectral_error"] - p["spectral_error"]
+    fd_excess = p["fd_digits"] - u["fd_digits"]
+    if gain <= 0:
+        return p, u, f"not met (spectral error higher by {-gain:.3g})"
+    if gain <= noise["spectral_error"]:
+        return p, u, f"within noise (spectral error lower by {gain:.3g} <= {noise['spectral_error']:.3g})"
+    if fd_excess > noise["fd_digits"]:
+        return p, u, f"not met (FD-digits higher by {fd_excess:.3g} > {noise['fd_digits']:.3g})"
+    return p, u, "met"
+
+
+def pds_goal_lines(rows: list[dict], models: list[str]) -> list[str]:
+    lines = ["| model | NFE budget | best preconditioned | best unpreconditioned | verdict |", "|---|---|---|---|---|"]
+    for model in models:
+        met = 0
+        for b in PDS_BUDGETS:
+            p, u, v = pds_goal(rows, model, b)
+            met += v == "met"
+            show = lambda r: "-" if r is None else f"`{r['sampler']}` ({r['nfe']}) {figure(r)}"
+            lines.append(f"| {model} | {b} | {show(p)} | {show(u)} | {v} |")
+        lines.append(f"| {model} | | | | **{met} of {len(PDS_BUDGETS)} budgets met** |")
+    return lines
+
+
 def pair_lines(rows: list[dict], floor: dict, base: str, edm: str) -> list[str]:
     mine = [r for r in rows if r["model"] in (base, edm)]
     counts = sorted({r["num_samples"] for r in mine})
@@ -83,6 +130,8 @@ def pair_lines(rows: list[dict], floor: dict, base: str, edm: str) -> list[str]:
              f"Samples per row: {', '.join(map(str, counts))}; cells: spectral error / FD-digits ± one bootstrap "
              f"SE, lower is better; NFE is the exact count of the {base} row (the same for {edm} except "
              f"where noted).", "", "### Goal (issue 25)", "", *goal_lines(rows, floor.get(base), base, edm), "",
+             "### Goal (issue 33): preconditioned against unpreconditioned", "", *pds_goal_lines(rows, [base, edm]),
+             "",
              "### Best per budget", "", "| NFE | metric | " + f"best on {base} | best on {edm} |", "|---|---|---|---|"]
     for b in budgets:
         for metric, label in METRICS:
