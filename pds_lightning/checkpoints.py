@@ -9,7 +9,6 @@ import inspect
 import io
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +18,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import nn
 
 from pds_lightning.classpath import allow_list, allowing, check_class_paths, instantiate
-from pds_lightning.fileio import write_atomic
+from pds_lightning.fileio import first_line, write_atomic
 from pds_lightning.likelihood import LikelihoodSettings
 from pds_lightning.losses import Loss
 from pds_lightning.legacy import sampler_from_hparam
@@ -45,11 +44,6 @@ class CheckpointError(ValueError):
     not plain data)."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch marks words with terminal escapes
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The dict a checkpoint file holds (a `.safetensors` export: its state_dict and hyper_parameters), read
     without running code, with one-line errors that say what is wrong and what to do.
@@ -66,11 +60,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} was refused unread: it holds pickled objects other than tensors and plain "
-            f"containers ({_first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
+            f"containers ({first_line(err)}), and unpickling them could run code. Use a checkpoint written by "
             "pds_lightning (or convert-score-sde) from a source you trust") from err
     except Exception as err:  # truncated zip, wrong format: torch raises RuntimeError, EOFError, ...
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); the file is truncated or "
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}); the file is truncated or "
             "not a PyTorch checkpoint: copy it again or use another checkpoint (e.g. the previous one)") from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         held = (f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)

@@ -250,3 +250,10 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False, inputs: tuple 
             os.rename(old, path)  # put the replaced folder back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's terminal colour escapes removed), for one-line errors that
+    quote a library's reason; the error's type when it has no message."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pds_lightning.distributed import is_distributed
-from pds_lightning.fileio import write_atomic
+from pds_lightning.fileio import first_line, write_atomic
 
 MOMENTS = ("power_mean", "mean", "sq_mean")
 #: What to do with a statistics file that cannot be read.
@@ -191,7 +191,7 @@ class ImageStatistics:
                              f"corrupt file, or pickled objects that could run code: do not load it otherwise); "
                              f"{_FIX}") from err
         except Exception as err:  # a truncated or foreign file: say which one
-            reason = _first_line(err).split(". ")[0]  # torch's first sentence, not its advice after it
+            reason = first_line(err).split(". ")[0]  # torch's first sentence, not its advice after it
             raise ValueError(f"cannot read image statistics from {path} ({type(err).__name__}: {reason}); "
                              f"{_FIX}") from err
         if not isinstance(state, Mapping):
@@ -247,8 +247,3 @@ def moments_problem(moments: Mapping[str, torch.Tensor]) -> str:
 
 def _values(n: int) -> str:
     return f"{n} value{'' if n == 1 else 's'}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
