@@ -139,7 +139,7 @@ class RunConfigCallback(SaveConfigCallback):
 class OneLineErrorParser(LightningArgumentParser):
     """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
     is not accepted" for a field of another sampler) over an indented list of Union subtypes. Options must be
-    spelled out: argparse's prefix matching took `--data.seed 0-3` for `--data.seeds`."""
+    spelled out: argparse's prefix matching took `--data.predict.seed 0-3` for `--data.predict.seeds`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)

@@ -30,7 +30,7 @@ def fitted(tmp_path_factory):
     """A checkpoint written by `pds-lightning fit` (3 steps of the tiny config)."""
     tmp = tmp_path_factory.mktemp("fit")
     proc = subprocess.run([sys.executable, "-m", "pds_lightning", "fit", "--config", str(TINY_CONFIG),
-                           "--trainer.default_root_dir", str(tmp), "--data.stats_cache_dir", "",
+                           "--trainer.default_root_dir", str(tmp), "--data.stats.cache_dir", "",
                            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                            "--trainer.callbacks.dirpath", str(tmp / "ckpt"), "--trainer.callbacks.save_last", "true"],
                           cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=600)

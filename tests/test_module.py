@@ -116,9 +116,9 @@ def test_train_eps_outside_the_time_range_is_refused():
     ({"sigma_max": 50.0}, None, {}, "model.net sigma_max=50 contradicts model.sde sigma_max=16"),
     ({"sigma_min": 0.002}, None, {}, "model.net sigma_min=0.002 contradicts model.sde sigma_min=0.01"),
     ({"num_scales": 1000}, None, {}, "model.net num_scales=1000 contradicts model.sde num_scales=100"),
-    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.image_size=8"),
-    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.num_channels=3"),
-    ({}, None, {"centered": True}, "model.net centered=False contradicts data.centered=True"),
+    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.images.size=8"),
+    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.images.num_channels=3"),
+    ({}, None, {"centered": True}, "model.net centered=False contradicts data.images.centered=True"),
 ])
 def test_a_fact_the_network_repeats_must_agree_with_its_home(net_args, sde, module_args, message):
     with pytest.raises(ValueError, match=message):

@@ -66,7 +66,7 @@ class PDS(Component):
                              "(ScoreModule.sample does this for you), or give alpha a number")
         if statistics is None:
             raise ValueError(f"sampler {sampler_name!r} uses PDS (filters {self.filters!r}) but no data statistics "
-                             "are available; fit computes them (data.stats_num_images > 0), a converted model gets "
+                             "are available; fit computes them (data.stats.num_images > 0), a converted model gets "
                              "them from `pds-lightning convert-diffusers ... --statistics-from IMAGE_FOLDER` or "
                              "`convert-score-sde ... --freq-stat F.npy --space-stat S.npy`; or drop the pds component")
         freq = statistics.freq_statistic() if self.filters in ("freq", "both") else None
