@@ -293,7 +293,7 @@ def test_dpmpp_2m_sde_refuses_pds_filters_it_cannot_shape_in_one_line(capsys):
 
 
 def test_an_old_config_with_flat_optimizer_keys_and_task_kind_still_loads(tmp_path):
-    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.predict.task.kind) loads as
+    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.task: {kind: ...}) loads as
     the same Adam and the Colorize task; the new form sets Adam's beta2, which the flat keys never could."""
     import yaml
 

@@ -205,7 +205,7 @@ DATA_ERRORS = {
     "empty": "holds no png/jpg",
     "truncated": "05.png",
     "mixed channels": "05.png has 3 channel(s) but num_channels is 1; set `convert_channels: true`",
-    "too small": "05.png is 12x12 px, smaller than image_size 16; set `allow_upscale: true`",
+    "too small": "05.png is 12x12 px, smaller than the image size 16; set `allow_upscale: true`",
 }
 
 

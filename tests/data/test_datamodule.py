@@ -87,7 +87,7 @@ def test_channel_conversion_or_rejection(tmp_path):
 
 def test_small_images_need_allow_upscale(tmp_path):
     save_png(tmp_path / "imgs/small.png", np.full((6, 6, 3), 128, np.uint8))
-    with pytest.raises(ValueError, match=r"small\.png is 6x6 px, smaller than image_size 8.*allow_upscale"):
+    with pytest.raises(ValueError, match=r"small\.png is 6x6 px, smaller than the image size 8.*allow_upscale"):
         all_train(make_dm(tmp_path / "imgs", tmp_path, batch_size=1).setup_images())
     dm = make_dm(tmp_path / "imgs", tmp_path, images=dict(allow_upscale=True)).setup_images()
     x = all_train(dm)
