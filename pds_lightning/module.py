@@ -490,7 +490,8 @@ def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: i
     """A one-line error when the network's own copy of a fact disagrees with its home: the image geometry
     (data:, linked to the model) or the VE noise levels (model.sde); None when they agree or the net has none."""
     pairs = [(f"model.net {name}={_net_fact(net, name)}", f"data.images.{key}={value}", _net_fact(net, name), value)
-             for name, key, value in (("image_size", "size", image_size), ("num_channels", "num_channels", num_channels))]
+             for name, key, value in (("image_size", "size", image_size),
+                                      ("num_channels", "num_channels", num_channels))]
     if centered and _net_fact(net, "centered") is False:
         # Only this direction is always wrong (data in [-1, 1] remapped again by 2x - 1). A network that takes
         # [0, 1] data as they are (diffusers' center_input_sample: false, the net inside EDMPrecond) is sound.

@@ -316,7 +316,8 @@ class SampleWriter(BasePredictionWriter):
             dm.exclude_seeds = set(self.existing)  # read when the predict dataloader is built, after setup
         elif self.existing:
             rank_zero_warn("SampleWriter: no datamodule, so seeds already written are sampled again "
-                           "(their files are kept); use ImageDataModule(predict=Predict(seeds=...)) to resume efficiently")
+                           "(their files are kept); use ImageDataModule(predict=Predict(seeds=...)) to resume "
+                           "efficiently")
 
     def _check_writable(self, trainer) -> None:
         problem = check_writable(self.output_dir)  # every rank: nodes may mount different file systems

@@ -112,8 +112,9 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
             "--data.stats.cache_dir", tmp_path / "stats", cwd=tmp_path)
     ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
     out = tmp_path / "auto"
-    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.predict.seeds", "0-1",
-            "--model.sampler.pds.alpha", "pds_lightning.alpha.Surrogate", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false",
+            "--data.predict.seeds", "0-1", "--model.sampler.pds.alpha", "pds_lightning.alpha.Surrogate",
+            "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     choice = manifest["resolved"]["alpha_auto"]
@@ -125,8 +126,8 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     from pds_lightning.alpha import PILOT_CANDIDATES
 
     out = tmp_path / "pilot"
-    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.predict.seeds", "0-1",
-            "--model.sampler.pds.alpha", "pds_lightning.alpha.Pilot",
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false",
+            "--data.predict.seeds", "0-1", "--model.sampler.pds.alpha", "pds_lightning.alpha.Pilot",
             "--model.sampler.pds.alpha.samples", "2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     choice = json.loads((out / "manifest.json").read_text())["resolved"]["alpha_auto"]

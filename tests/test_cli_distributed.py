@@ -221,8 +221,8 @@ def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
     guided = ("--data.conditional", "true", "--model.net.init_args.num_classes", "10",
               "--model.sampler.guidance_scale", "2.0")
     one = root / "conditional_one"
-    assert_ok(run(CLI + predict_args(ckpt, one, "0-7", "--data.predict.classes", "3,7", "--data.predict.batch_size", "3",
-                                     *guided), cwd=root))
+    assert_ok(run(CLI + predict_args(ckpt, one, "0-7", "--data.predict.classes", "3,7",
+                                     "--data.predict.batch_size", "3", *guided), cwd=root))
     two = root / "conditional_two"
     assert_ok(run(CLI + predict_args(ckpt, two, "0-7", "--data.predict.classes", "3,7", "--trainer.devices", "2",
                                      "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *guided), cwd=root))

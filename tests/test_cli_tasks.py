@@ -45,7 +45,8 @@ def test_fit_with_val_bpd_then_likelihood_and_inpainting(tmp_path):
     out = tmp_path / "filled"
     (tmp_path / "p").mkdir()
     run_cli("predict", "--config", CONFIG, "--ckpt_path", ckpt, "--trainer.default_root_dir", tmp_path / "p",
-            "--data.predict.task", "pds_lightning.data.tasks.Inpaint", "--data.predict.task.source", "mnist", "--data.predict.task.indices", "0-1",
+            "--data.predict.task", "pds_lightning.data.tasks.Inpaint", "--data.predict.task.source", "mnist",
+            "--data.predict.task.indices", "0-1",
             "--data.predict.seeds", "5", "--trainer.callbacks+=pds_lightning.callbacks.TaskWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path / "p")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["000000/000005.png", "000001/000005.png"]

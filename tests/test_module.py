@@ -154,8 +154,9 @@ def test_shipped_configs_give_each_fact_once_or_agree(tmp_path):
         spec = spec["init_args"].get("net", spec)  # EDMPrecond: the wrapped network's own levels
         net.sigmas = tiny_net(**{k: spec["init_args"][k] for k in ("sigma_min", "sigma_max", "num_scales")}).sigmas
         sde = instantiate(cfg["model"]["sde"], "model.sde", SDE)
-        assert net_contradiction(net, sde, data["image_size"], data.get("num_channels", 3),
-                                 data.get("centered", False)) is None, path.name
+        images = data["images"]
+        assert net_contradiction(net, sde, images["size"], images.get("num_channels", 3),
+                                 images.get("centered", False)) is None, path.name
 
 
 class RecordLR(L.Callback):

@@ -230,7 +230,8 @@ def test_nan_images_in_an_npz_are_refused_naming_the_file_and_index(tmp_path, ca
     np.savez(tmp_path / "nan.npz", images=images)
     status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source",
                              tmp_path / "nan.npz", "--data.split.val_size", "0", "--data.stats.num_images", "12",
-                             "--trainer.default_root_dir", tmp_path / "run", "--data.stats.cache_dir", tmp_path / "stats")
+                             "--trainer.default_root_dir", tmp_path / "run", "--data.stats.cache_dir",
+                             tmp_path / "stats")
     assert status == 1 and line == (f"pds-lightning: error: {tmp_path / 'nan.npz'}: image 3 holds NaN/Inf values (2 "
                                     "image(s) do: 3, 7); remove or repair them: float images must be finite values in "
                                     "[0, 1] (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
@@ -259,8 +260,9 @@ def diverged_fit(tmp_path_factory):
     os.chdir(work)
     try:
         status, line = run_main("fit", "--config", TINY, "--trainer.default_root_dir", work, "--trainer.logger", "false",
-                                "--data.stats.cache_dir", work / "stats", "--model.optimizer.init_args.lr", "1e30", "--trainer.max_steps",
-                                6, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                                "--data.stats.cache_dir", work / "stats", "--model.optimizer.init_args.lr", "1e30",
+                                "--trainer.max_steps", 6,
+                                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                                 "--trainer.callbacks.dirpath", work / "ckpt", "--trainer.callbacks.save_last", "true",
                                 "--trainer.callbacks.every_n_train_steps", 1)
     finally:
@@ -549,8 +551,8 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     out = tmp_path / "out"
     main([str(a) for a in predict_args(ckpt, out)])  # seeds 0-3 at 10 steps, alpha 5
     before = contents(out)
-    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.predict.seeds", "0-7", "--model.sampler.steps", "2",
-                                                   "--model.sampler.pds.alpha", "3"))
+    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.predict.seeds", "0-7", "--model.sampler.steps",
+                                                   "2", "--model.sampler.pds.alpha", "3"))
     assert status == 1 and "holds the samples of another run" in line, line
     assert "settings.init_args.steps: 10 there -> 2 now" in line and "settings.init_args.pds.init_args.alpha: 5.0 there -> 3.0 now" in line
     assert "predict into a new output_dir" in line

@@ -36,7 +36,7 @@ def test_predict_keeps_the_fit_record_and_writes_its_own(tmp_path, monkeypatch):
     assert yaml.safe_load(fit_record)["ckpt_path"] is None
     first, second = (yaml.safe_load((log_dir / name).read_text())
                      for name in ("predict_config.yaml", "predict_config_1.yaml"))
-    assert (first["data"]["seeds"], second["data"]["seeds"]) == ("0-1", "2-3")
+    assert (first["data"]["predict"]["seeds"], second["data"]["predict"]["seeds"]) == ("0-1", "2-3")
     assert first["ckpt_path"] == second["ckpt_path"] == str(ckpt) and first["model"]["sampler"]["init_args"]["steps"] == 2
     assert sorted(p.name for p in log_dir.iterdir() if "config" in p.name) == [
         "config.yaml", "predict_config.yaml", "predict_config_1.yaml"]

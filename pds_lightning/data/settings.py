@@ -112,7 +112,8 @@ def old_data_keys_warning(old: list[str], where: str) -> str:
 def grouped_data(data: dict[str, Any], where: str, warn: bool = True) -> dict[str, Any]:
     """`data` (ImageDataModule's init arguments as plain data) with its old flat keys (OLD_DATA_KEYS) moved into
     their groups, with one warning naming each new key. An old key whose group field is also set to another value
-    is refused in one line, naming both. A group given as an object counts with the fields it sets (not default)."""
+    is refused in one line, naming both. A group given as an object counts with the fields it sets (off their
+    defaults)."""
     old = [key for key in data if key in OLD_DATA_KEYS]
     if not old:
         return data
@@ -157,5 +158,5 @@ def plain_group(value: Any) -> dict[str, Any]:
     return fields
 
 
-__all__ = ["Augment", "GROUPS", "Images", "OLD_DATA_KEYS", "Predict", "Split", "Stats", "at_least", "group", "grouped_data",
-           "old_data_keys_warning", "plain_group", "set_fields"]
+__all__ = ["Augment", "GROUPS", "Images", "OLD_DATA_KEYS", "Predict", "Split", "Stats", "at_least", "group",
+           "grouped_data", "old_data_keys_warning", "plain_group", "set_fields"]

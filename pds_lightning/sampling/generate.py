@@ -55,7 +55,8 @@ def class_score(sampler: Sampler, score_fn, classes, n: int, device: torch.devic
     if classes is None:
         if sampler.guidance_scale != 0:
             raise ValueError(f"sampler {sampler.name!r} has guidance_scale {sampler.guidance_scale} but no classes "
-                             "were given; pass one class per seed (predict: data.predict.classes) or set guidance_scale: 0")
+                             "were given; pass one class per seed (predict: data.predict.classes) or set "
+                             "guidance_scale: 0")
         return score_fn
     num_classes = getattr(score_fn, "num_classes", None)
     if not num_classes:

@@ -55,7 +55,8 @@ def cache_files(folder: Path) -> list[str]:
 @pytest.mark.parametrize("crop_size", [None, 18])
 def test_cache_equals_the_uncached_pipeline_exactly(tmp_path, crop_size):
     folder = make_folder(tmp_path / "imgs")
-    plain = datamodule(folder, tmp_path, images=dict(crop_size=crop_size), num_workers=1)  # same worker RNG for augmentation
+    # num_workers 1 in both: the same worker RNG for augmentation
+    plain = datamodule(folder, tmp_path, images=dict(crop_size=crop_size), num_workers=1)
     cached = datamodule(folder, tmp_path, images=dict(crop_size=crop_size, cache_dir=str(tmp_path / "cache")),
                         num_workers=1)
     names = cache_files(tmp_path / "cache")
@@ -259,7 +260,8 @@ def test_changed_bytes_in_the_cache_data_are_named_with_the_image(tmp_path):
     assert noise != bytes(data[offset:offset + 16])
     data[offset:offset + 16] = noise
     path.write_bytes(bytes(data))
-    dm = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))  # the header validates: the file is used as it is
+    # The header validates: the file is used as it is.
+    dm = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     assert torch.equal(dm.prepared[6], datamodule(folder, tmp_path).prepared[6])  # other images still read
     message = (f"image cache {path}: image 7 ({dm.prepared.source.describe(7)}) does not match its CRC32 (the file "
                "changed after it was written: a disk or copy error); delete it to rebuild")

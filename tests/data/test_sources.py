@@ -188,7 +188,8 @@ def test_a_bad_image_gives_the_same_line_with_loader_workers(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     lines = []
     for workers in (0, 1):
-        args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"), "--data.images.num_channels", "3",
+        args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"),
+                "--data.images.num_channels", "3",
                 "--model.net.init_args.num_channels", "3",
                 "--data.split.val_size", "0", "--data.stats.num_images", "6",
                 "--data.stats.cache_dir", "", "--data.num_workers", str(workers)]

@@ -33,7 +33,8 @@ def test_masks_from_a_source_are_thresholded_and_resized(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images=images)
     dm = make_datamodule(tmp_path / "images.npz", tmp_path,
-                         predict=dict(seeds="0", task=Inpaint(source=str(tmp_path / "images.npz"), masks=str(tmp_path / "masks.npz"))))
+                         predict=dict(seeds="0", task=Inpaint(source=str(tmp_path / "images.npz"),
+                                                              masks=str(tmp_path / "masks.npz"))))
     batch = next(iter(dm.predict_dataloader()))
     assert batch["kind"] == "inpaint" and "restrict" not in batch  # the sampler's PDS says how (pds.restrict)
     assert batch["image"].shape == (3, 1, 8, 8) and batch["index"].tolist() == [0, 1, 2]
@@ -85,8 +86,9 @@ def test_tasks_are_components_each_with_its_own_operator():
 
 def test_an_old_task_kind_is_translated_once_with_a_warning(tmp_path):
     np.savez(tmp_path / "images.npz", images=np.zeros((2, 8, 8), dtype=np.uint8))
-    with pytest.warns(DeprecationWarning, match=r"^data.predict.task kind: colorize is deprecated; write data.predict.task: "
-                                                r"\{class_path: pds_lightning.data.tasks.Colorize, init_args: "):
+    with pytest.warns(DeprecationWarning, match=r"^data.predict.task kind: colorize is deprecated; write "
+                                                r"data.predict.task: \{class_path: pds_lightning.data.tasks.Colorize, "
+                                                r"init_args: "):
         dm = make_datamodule(tmp_path / "images.npz", tmp_path,
                              predict=dict(seeds="0", task=TaskSettings(kind="colorize", source="x", indices="1")))
     assert type(dm.predict.task) is Colorize and (dm.predict.task.source, dm.predict.task.indices) == ("x", "1")

@@ -31,7 +31,8 @@ if MODE == "fit":
 else:
     out = WORK / "samples"
     args = ["predict", "--config", CONFIG, "--ckpt_path", sys.argv[4], "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(WORK), "--data.predict.seeds", sys.argv[5], "--data.predict.batch_size", "1",
+            "--trainer.default_root_dir", str(WORK), "--data.predict.seeds", sys.argv[5],
+            "--data.predict.batch_size", "1",
             "--model.sampler.steps", "10", "--model.sampler.corrector.steps_per_level", "20",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out)]
     watched, mid_run = out, lambda: any(out.rglob("*.png"))
