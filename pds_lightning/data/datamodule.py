@@ -171,10 +171,9 @@ class ImageDataModule(L.LightningDataModule):
             given = grouped_data({**given, **old}, "ImageDataModule(...)")
         at_least(1, batch_size=batch_size)
         at_least(0, num_workers=num_workers)
-        self.images, self.augment, self.split, self.stats = (group(GROUPS[name], given[name])
-                                                             for name in ("images", "augment", "split", "stats"))
-        predict = group(Predict, given["predict"])
-        self.predict = replace(predict, task=task_component(predict.task))
+        groups = {name: group(GROUPS[name], value) for name, value in given.items()}
+        groups["predict"] = replace(groups["predict"], task=task_component(groups["predict"].task))
+        self.images, self.augment, self.split, self.stats, self.predict = (groups[name] for name in GROUPS)
         self.save_hyperparameters()
         # Plain data in the hyper-parameters (checkpoints load with weights_only=True), one key per group.
         for name in (*OLD_DATA_KEYS, "old"):
