@@ -19,7 +19,7 @@ import yaml
 from benchmarks.common import alpha_text
 
 from pds_lightning.alpha import choose_alpha
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Images
 from pds_lightning.fileio import write_atomic
 from pds_lightning.alpha import Surrogate
 from pds_lightning.sampling import PC, PDS, Langevin
@@ -39,10 +39,9 @@ demo at 20 steps. The predicted W2 itself is exact only on Gaussian targets (tes
 def statistics_and_sde(config: str):
     cfg = yaml.safe_load((ROOT / config).read_text())
     data = cfg["data"]
-    dm = ImageDataModule(source=data["source"], image_size=data["image_size"], num_channels=data["num_channels"],
-                         centered=data.get("centered", False))
+    dm = ImageDataModule(source=data["source"], images=Images(**data["images"]))
     dm.setup("fit")
-    return dm.statistics, VESDE(**cfg["model"]["sde"]["init_args"]), bool(data.get("centered", False))
+    return dm.statistics, VESDE(**cfg["model"]["sde"]["init_args"]), dm.images.centered
 
 
 def main(out: Path = ROOT / "benchmarks" / "results" / "alpha_auto.md") -> str:

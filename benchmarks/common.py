@@ -38,7 +38,7 @@ def load_model(config: str, ckpt: str):
 
 
 def image_stack(dm, indices) -> torch.Tensor:
-    return torch.stack([dm.images[int(i)] for i in indices])
+    return torch.stack([dm.prepared[int(i)] for i in indices])
 
 
 def training_images(dm, n: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Class-conditional demo: does the generated digit have the asked class? Accuracy of the shipped digit
 classifier (pds_lightning.features) on samples of the conditional demo model at guidance scales 0, 1, 3,
-vanilla vs PDS (alpha 5, both filters), 40 and 100 PC steps. Seed s asks for class s % 10 (data.classes 0-9).
+vanilla vs PDS (alpha 5, both filters), 40 and 100 PC steps. Seed s asks for class s % 10 (data.predict.classes 0-9).
 Writes benchmarks/results/conditional.md (+ .json).
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.conditional --ckpt runs/demo_conditional/checkpoints/last.ckpt

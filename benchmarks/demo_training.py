@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import ROOT, image_stack, load_model, save_grid
 from pds_lightning.fileio import write_atomic
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Images
 from pds_lightning.features import load_digit_classifier
 
 CONFIDENT = 0.9
@@ -81,7 +81,7 @@ def main() -> None:
         raise SystemExit(f"no TensorBoard events under {args.run}; run `pds-lightning fit --config {args.config}`")
     rows = timeline(logs[-1].parent, classifier)
     settings = [k for k in rows[-1] if k not in ("step", "minutes", "val_loss")]
-    dm = ImageDataModule(source="mnist", image_size=32, num_channels=1).setup_images()
+    dm = ImageDataModule(source="mnist", images=Images(size=32, num_channels=1)).setup_images()
     real = image_stack(dm, dm.val_indices)
     real_frac, real_mean = confident(classifier, real)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pds_lightning.fileio import write_atomic
-from pds_lightning.data import EMBEDDED, ImageDataModule, embedded_data_dir
+from pds_lightning.data import EMBEDDED, ImageDataModule, Images, embedded_data_dir
 from pds_lightning.features import DEFAULT_WEIGHTS, DigitClassifier
 
 NUM_TEST = 1000
@@ -29,7 +29,7 @@ TEST_SEED = 1
 
 def digit_splits() -> dict[str, torch.Tensor]:
     """Indices into the embedded MNIST of the classifier's train and test splits and the held-out reference."""
-    dm = ImageDataModule(source="mnist", image_size=32, num_channels=1).setup_images()
+    dm = ImageDataModule(source="mnist", images=Images(size=32, num_channels=1)).setup_images()
     pick = torch.randperm(len(dm.train_indices), generator=torch.Generator().manual_seed(TEST_SEED))
     return {"train": dm.train_indices[pick[NUM_TEST:]].sort().values,
             "test": dm.train_indices[pick[:NUM_TEST]].sort().values,

@@ -111,7 +111,7 @@ def check_multi_gpu_predict(steps: int) -> dict:
             cmd = [sys.executable, "-m", "pds_lightning.cli", "predict", "--config", "configs/demo.yaml",
                    "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.accelerator", "gpu",
                    "--trainer.devices", str(n), "--trainer.strategy", "ddp" if n > 1 else "auto",
-                   "--data.seeds", "0-15", "--model.sampler.steps", str(steps),
+                   "--data.predict.seeds", "0-15", "--model.sampler.steps", str(steps),
                    "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir",
                    str(out)]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -26,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import Augment, ImageDataModule, Images, Split, Stats
 from pds_lightning.data.sources import FolderSource
 from pds_lightning.data.loading import available_cpus, default_num_workers
 from pds_lightning.models import NCSNpp, ScoreModel
@@ -134,18 +134,20 @@ def main() -> None:
                 build = ""
                 if cached:
                     start = time.perf_counter()
-                    ImageDataModule(str(folder), image_size=size, cache_dir=cache_dir,
+                    ImageDataModule(str(folder), images=Images(size=size, cache_dir=cache_dir),
                                     num_workers=default_num_workers(), **common).setup("fit")
                     build = f"{time.perf_counter() - start:.1f} s"
                 for w in workers:
-                    dm = ImageDataModule(str(folder), image_size=size, cache_dir=cache_dir, num_workers=w, **common)
+                    dm = ImageDataModule(str(folder), images=Images(size=size, cache_dir=cache_dir), num_workers=w,
+                                         **common)
                     dm.setup("fit")
                     rate = loader_rate(dm, args.batches)
                     rows.append((f"JPEG folder, {size} px", "yes" if cached else "no", w, f"{rate:,.0f}", build))
                     print(rows[-1], flush=True)
         for w in workers:
-            dm = ImageDataModule("mnist", image_size=32, num_channels=1, val_size=256, stats_num_images=0,
-                                 random_flip=False, batch_size=64, num_workers=w, shuffle_seed=0)
+            dm = ImageDataModule("mnist", images=Images(size=32, num_channels=1), augment=Augment(random_flip=False),
+                                 split=Split(val_size=256), stats=Stats(num_images=0), batch_size=64, num_workers=w,
+                                 shuffle_seed=0)
             dm.setup("fit")
             rows.append(("embedded MNIST (configs/demo.yaml data), 32 px", "(array)", w,
                          f"{loader_rate(dm, args.batches):,.0f}", ""))

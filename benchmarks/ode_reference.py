@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     model, dm = load_model(*MODELS[args.model])
     seeds = torch.arange(args.num_samples)
-    shape = (args.num_samples, dm.hparams.num_channels, dm.hparams.image_size, dm.hparams.image_size)
+    shape = (args.num_samples, dm.images.num_channels, dm.images.size, dm.images.size)
     with torch.no_grad():
         t0 = time.perf_counter()
         raw, nfe = adaptive_ode(model, seeds, shape, args.rtol, args.atol, args.budget)

@@ -25,7 +25,7 @@ PYEOF
     strategy=auto; [ "$n" -gt 1 ] && strategy=ddp
     OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore "$PY" -m pds_lightning.cli predict --config "$CONFIG" --ckpt_path "$CKPT" \
       --trainer.logger false --trainer.enable_progress_bar false --trainer.accelerator cpu --trainer.devices "$n" \
-      --trainer.strategy "$strategy" --data.seeds "$SEEDS" --model.sampler.steps "$STEPS" \
+      --trainer.strategy "$strategy" --data.predict.seeds "$SEEDS" --model.sampler.steps "$STEPS" \
       --trainer.callbacks+=pds_lightning.callbacks.SampleWriter --trainer.callbacks.output_dir "$OUT/p$n" >/dev/null 2>&1
     row "$OUT/p$n" "$n"
   done

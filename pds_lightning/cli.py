@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pds_lightning.checkpoints import as_lightning_checkpoint, save_checkpoint
 from pds_lightning.classpath import import_class
 from pds_lightning.data import ImageDataModule
+from pds_lightning.data.settings import GROUPS, OLD_DATA_KEYS, grouped_data, old_data_keys_warning
 from pds_lightning.fileio import write_new
 from pds_lightning.legacy import flat_config_error, is_flat, old_step_name, old_step_name_error
 from pds_lightning.models.checkpoint import check_finite_weights
@@ -138,7 +139,7 @@ class RunConfigCallback(SaveConfigCallback):
 class OneLineErrorParser(LightningArgumentParser):
     """A parser whose errors end in one line: jsonargparse spreads a component's error (e.g. "Option 'S_churn'
     is not accepted" for a field of another sampler) over an indented list of Union subtypes. Options must be
-    spelled out: argparse's prefix matching took `--data.seed 0-3` for `--data.seeds`."""
+    spelled out: argparse's prefix matching took `--data.predict.seed 0-3` for `--data.predict.seeds`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -164,10 +165,30 @@ def bounded(load):
 
     def load_bounded(text: str, path: str | None = None) -> Any:
         check_value(text, str(path) if path else value_name(text))
-        return load(text)
+        return with_grouped_data(load(text), str(path) if path else "a config value")
 
     load_bounded.bounds = load
     return load_bounded
+
+
+def with_grouped_data(config: Any, where: str, warn: bool = True) -> Any:
+    """A loaded config with the old flat keys of its `data` section, at the top or under a subcommand's key, moved
+    into their groups (`data.settings.grouped_data`: one warning, a contradiction refused); anything else as it is.
+    jsonargparse reads every config file through the YAML loader (`bounded`), so this is where old configs load."""
+    if not isinstance(config, dict):
+        return config
+    out = _grouped_section(config, where, warn)
+    for key in LightningCLI.subcommands():
+        if isinstance(out.get(key), dict):
+            out[key] = _grouped_section(out[key], where, warn)
+    return out
+
+
+def _grouped_section(section: dict, where: str, warn: bool) -> dict:
+    data = section.get("data")
+    if not (isinstance(data, dict) and any(key in OLD_DATA_KEYS for key in data)):
+        return section
+    return {**section, "data": grouped_data(data, where, warn=warn)}
 
 
 def bound_yaml_loader() -> None:
@@ -217,9 +238,9 @@ class PDSLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         # One place for the image geometry: the data's values are the model's.
-        parser.link_arguments("data.image_size", "model.image_size")
-        parser.link_arguments("data.num_channels", "model.num_channels")
-        parser.link_arguments("data.centered", "model.centered")
+        parser.link_arguments("data.images.size", "model.image_size")
+        parser.link_arguments("data.images.num_channels", "model.num_channels")
+        parser.link_arguments("data.images.centered", "model.centered")
         sampler = next((action for action in parser._actions if action.dest == "model.sampler"), None)
         if sampler is not None:
             sampler.__class__ = _switch_action(type(sampler))
@@ -350,6 +371,30 @@ def check_flat_samplers(argv: list[str]) -> None:
                 raise ValueError(old_step_name_error(old_step_name(sampler), f"{where} in {value}"))
 
 
+def with_grouped_data_flags(argv: list[str]) -> list[str]:
+    """`argv` with each old flat data option (`--data.seeds 0-9`, `--data.task.init_args.source x`; OLD_DATA_KEYS)
+    spelled with its group's key (`--data.predict.seeds 0-9`), with one warning naming the new keys; an old option
+    and its new one with different values are refused in one line (`data.settings.grouped_data`)."""
+    out, old, given = list(argv), [], {}
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        key, _, rest = flag.removeprefix("--data.").partition(".")
+        if not flag.startswith("--data.") or (key not in OLD_DATA_KEYS and key not in GROUPS):
+            continue
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if key in GROUPS:
+            given.setdefault(key, {})[rest] = value
+            continue
+        old.append(key)
+        out[i] = f"--data.{OLD_DATA_KEYS[key]}{'.' + rest if rest else ''}{eq}{value if eq else ''}"
+        if not rest:
+            given[key] = value
+    if old:
+        grouped_data(given, "the command line", warn=False)  # refuses an old option contradicting its new one
+        warnings.warn(old_data_keys_warning(list(dict.fromkeys(old)), "the command line"), UserWarning, stacklevel=2)
+    return out
+
+
 def config_samplers(config) -> list[tuple[str, object]]:
     """(where, value) of each sampler a config holds: `model.sampler` and the `samplers` of trainer callbacks,
     at the top or under a subcommand's key."""
@@ -412,6 +457,7 @@ def _main(argv: list[str] | None = None) -> None:
     argv = with_shipped_configs(argv)
     check_config_files(argv)
     check_flat_samplers(argv)
+    argv = with_grouped_data_flags(argv)
     if from_command_line:  # LightningCLI reads sys.argv itself; passing args too triggers its "args and argv" warning
         sys.argv[1:] = argv
     cli_main(None if from_command_line else argv)

@@ -38,7 +38,7 @@ import argparse
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -491,13 +491,14 @@ def statistics_buffers(shape: tuple[int, int, int], statistics_from: str | os.Pa
         return buffers
     if not Path(statistics_from).is_dir():
         raise ConversionError(f"--statistics-from {statistics_from} is not a folder of images")
-    from pds_lightning.data import ImageDataModule
+    from pds_lightning.data import Augment, ImageDataModule, Images, Split, Stats
 
-    dm = ImageDataModule(source=str(statistics_from), image_size=shape[1], num_channels=shape[0], val_size=0,
-                         stats_num_images=max(num_images, 1), stats_cache_dir="", num_workers=0, random_flip=False)
+    dm = ImageDataModule(source=str(statistics_from), images=Images(size=shape[1], num_channels=shape[0]),
+                         augment=Augment(random_flip=False), split=Split(val_size=0),
+                         stats=Stats(num_images=max(num_images, 1), cache_dir=""), num_workers=0)
     dm.setup_images()
     if num_images == 0:
-        dm.hparams.stats_num_images = len(dm.train_indices)
+        dm.stats = replace(dm.stats, num_images=len(dm.train_indices))
     dm.setup("fit")
     stats = dm.statistics
     buffers.update(stat_count=torch.tensor(float(stats.count), dtype=torch.float64),
@@ -646,7 +647,8 @@ def predict_config(model_cfg: dict[str, Any], output: Path) -> dict[str, Any]:
     return {"trainer": {"callbacks": [{"class_path": "pds_lightning.callbacks.SampleWriter",
                                        "init_args": {"output_dir": f"samples/{output.stem}"}}]},
             "model": model_cfg,
-            "data": {"image_size": size, "num_channels": 3, "centered": False, "seeds": "0-15", "predict_batch_size": 4}}
+            "data": {"images": {"size": size, "num_channels": 3, "centered": False},
+                     "predict": {"seeds": "0-15", "batch_size": 4}}}
 
 
 def convert_diffusers(model_dir: str | os.PathLike, output: str | os.PathLike,

@@ -209,7 +209,7 @@ class ScoreModule(L.LightningModule):
         if shape != self.image_shape:
             raise ValueError(
                 f"data statistics have shape {shape} but the model expects images {self.image_shape}; "
-                "set data.image_size / data.num_channels to match model.image_size / model.num_channels")
+                "set data.images.size / data.images.num_channels to match model.image_size / model.num_channels")
         self.stat_count.fill_(float(stats.count))
         self.stat_power_mean.copy_(stats.power_mean)
         self.stat_mean.copy_(stats.mean)
@@ -231,7 +231,7 @@ class ScoreModule(L.LightningModule):
         problem = state_dict_mismatch(self.state_dict(), checkpoint.get("state_dict", {}))
         if problem:
             raise ValueError(f"checkpoint does not fit this model ({problem}); it was trained with another "
-                             "model.net / data.image_size config: use the config.yaml saved next to the checkpoint")
+                             "model.net / data.images.size config: use the config.yaml saved next to the checkpoint")
         if checkpoint.get(DRAW_SEED_KEY) is not None:
             self.draw_seed = int(checkpoint[DRAW_SEED_KEY])
 
@@ -374,7 +374,7 @@ class ScoreModule(L.LightningModule):
         not depend on its batch, so the images are those `pds-lightning predict` writes for the seeds (up to
         float rounding when the batches differ). `classes`: one class per seed (class-conditional models).
         """
-        seeds = torch.tensor(seed_values(seeds), dtype=torch.long)  # the CLI's seed rules (data.seeds)
+        seeds = torch.tensor(seed_values(seeds), dtype=torch.long)  # the CLI's seed rules (data.predict.seeds)
         # Weights that turned NaN after loading (e.g. training in this process) would give NaN images.
         check_finite_weights({k: v for k, v in self.state_dict().items() if not k.startswith("net.")}, "ScoreModule")
         sampler = self.sampler if sampler is None else Sampler.from_config(sampler, what="sampler")
@@ -439,7 +439,7 @@ class ScoreModule(L.LightningModule):
         task, image = batch["task"], batch["image"]
         if tuple(image.shape[1:]) != self.image_shape:
             raise ValueError(f"task images are {tuple(image.shape[1:])} but the model takes {self.image_shape}; "
-                             "set data.image_size / data.num_channels to the model's")
+                             "set data.images.size / data.images.num_channels to the model's")
         shown = task.shown(image, batch["mask"])
         known = task.known_part(to_model_space(shown, self.centered), batch["mask"])
         result = generate(sampler, self.score_fn(ema=True), self.sde, batch["seed"], known.y.shape, known=known,
@@ -463,7 +463,7 @@ class ScoreModule(L.LightningModule):
         if isinstance(batch, dict):
             return self.complete(batch, batch_idx)
         classes = None
-        if isinstance(batch, (list, tuple)):  # (seeds, classes) from data.classes
+        if isinstance(batch, (list, tuple)):  # (seeds, classes) from data.predict.classes
             batch, classes = batch
         seeds = batch if torch.is_tensor(batch) else torch.as_tensor(batch)
         result = self.sample(self.sampler, seeds.long(), classes)
@@ -489,12 +489,13 @@ def seeded_default_generators(seed: int, device: torch.device):
 def net_contradiction(net: nn.Module, sde: SDE, image_size: int, num_channels: int, centered: bool) -> str | None:
     """A one-line error when the network's own copy of a fact disagrees with its home: the image geometry
     (data:, linked to the model) or the VE noise levels (model.sde); None when they agree or the net has none."""
-    pairs = [(f"model.net {name}={_net_fact(net, name)}", f"data.{name}={value}", _net_fact(net, name), value)
-             for name, value in (("image_size", image_size), ("num_channels", num_channels))]
+    pairs = [(f"model.net {name}={_net_fact(net, name)}", f"data.images.{key}={value}", _net_fact(net, name), value)
+             for name, key, value in (("image_size", "size", image_size),
+                                      ("num_channels", "num_channels", num_channels))]
     if centered and _net_fact(net, "centered") is False:
         # Only this direction is always wrong (data in [-1, 1] remapped again by 2x - 1). A network that takes
         # [0, 1] data as they are (diffusers' center_input_sample: false, the net inside EDMPrecond) is sound.
-        pairs.append(("model.net centered=False", "data.centered=True", False, True))
+        pairs.append(("model.net centered=False", "data.images.centered=True", False, True))
     sigmas = getattr(net, "sigmas", None)
     if isinstance(sde, VESDE) and torch.is_tensor(sigmas) and sigmas.numel() > 1:
         # score_sde's network keeps the SMLD levels sigma_max -> sigma_min; a VE model's must be the SDE's.

@@ -172,9 +172,9 @@ def run_identity(trainer, module, layout: str) -> dict[str, Any]:
     the tensors do not hold, e.g. the SDE), image shape, classes with the seed list they are cycled over
     (together they fix each seed's class), the inpainting / colorization task, the file layout and the
     numerics (`numerics`)."""
-    dm = getattr(trainer, "datamodule", None)
-    classes = getattr(dm, "classes", None)
-    task = getattr(dm, "task", None)
+    predict = getattr(getattr(trainer, "datamodule", None), "predict", None)  # ImageDataModule's data.predict
+    classes = getattr(predict, "classes", None)
+    task = getattr(predict, "task", None)
     # Only what changes the images beside the weights: training settings (lr, loss, ...) do not.
     hparams = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if k in SAMPLING_HPARAMS}
     return plain({
@@ -182,7 +182,7 @@ def run_identity(trainer, module, layout: str) -> dict[str, Any]:
         "model": {"fingerprint": model_fingerprint(module), "hparams": hparams},
         "image_shape": list(getattr(module, "image_shape", [])),
         "classes": classes,
-        "class_seeds": getattr(dm, "seeds", None) if classes is not None else None,
+        "class_seeds": getattr(predict, "seeds", None) if classes is not None else None,
         "task": task.config() if callable(getattr(task, "config", None)) else task,  # {class_path, init_args}
         "layout": layout,
         "numerics": numerics(trainer, module),
@@ -316,7 +316,8 @@ class SampleWriter(BasePredictionWriter):
             dm.exclude_seeds = set(self.existing)  # read when the predict dataloader is built, after setup
         elif self.existing:
             rank_zero_warn("SampleWriter: no datamodule, so seeds already written are sampled again "
-                           "(their files are kept); use ImageDataModule(seeds=...) to resume efficiently")
+                           "(their files are kept); use ImageDataModule(predict=Predict(seeds=...)) to resume "
+                           "efficiently")
 
     def _check_writable(self, trainer) -> None:
         problem = check_writable(self.output_dir)  # every rank: nodes may mount different file systems
@@ -515,8 +516,8 @@ class TaskWriter(SampleWriter):
         self.existing_pairs = {tuple(p) for p in trainer.strategy.broadcast(done, src=0)}
         self.existing = set(range(len(self.existing_pairs)))  # counted in the manifest
         dm = trainer.datamodule
-        if dm is None or getattr(dm, "task", None) is None:
-            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.task (an Inpaint / "
+        if dm is None or getattr(getattr(dm, "predict", None), "task", None) is None:
+            raise ValueError("TaskWriter writes inpainting / colorization outputs: set data.predict.task (an Inpaint / "
                              "Colorize class path with its source) or use SampleWriter for unconditional samples")
         dm.exclude_pairs = set(self.existing_pairs)
 

@@ -285,11 +285,18 @@ def cpu_trainer(tmp_path, **kw):
 
 
 def make_datamodule(source, tmp_path, **kwargs) -> ImageDataModule:
-    """An 8 px data module on `source` with its statistics cache in tmp_path (no validation split, no flips)."""
-    settings = dict(image_size=8, val_size=0, stats_num_images=0, stats_cache_dir=str(tmp_path / "stats"),
-                    random_flip=False)
-    settings.update(kwargs)
-    return ImageDataModule(source=str(source), **settings)
+    """An 8 px data module on `source` with its statistics cache in tmp_path (no validation split, no flips);
+    keywords override these (`over_groups`)."""
+    settings = dict(images=dict(size=8), augment=dict(random_flip=False), split=dict(val_size=0),
+                    stats=dict(num_images=0, cache_dir=str(tmp_path / "stats")))
+    return ImageDataModule(source=str(source), **over_groups(settings, kwargs))
+
+
+def over_groups(settings: dict, overrides: dict) -> dict:
+    """ImageDataModule keywords: `overrides` over `settings`, a group given as a dict (images=dict(size=8)) field
+    by field."""
+    return {**settings, **{key: {**settings.get(key, {}), **value} if isinstance(value, dict) else value
+                           for key, value in overrides.items()}}
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -46,14 +46,14 @@ def test_shipped_config_instantiates(config):
     from pds_lightning.cli import cli_main
 
     cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
-    assert cli.model.image_shape == (cli.datamodule.hparams.num_channels,) + 2 * (cli.datamodule.hparams.image_size,)
-    assert cli.model.net.image_size == cli.datamodule.hparams.image_size
+    assert cli.model.image_shape == (cli.datamodule.images.num_channels,) + 2 * (cli.datamodule.images.size,)
+    assert cli.model.net.image_size == cli.datamodule.images.size
 
 
 @pytest.mark.slow
 def test_fit_then_predict_from_checkpoint_alone(tmp_path):
     config = ROOT / "tests" / "configs" / "tiny.yaml"
-    run_cli("fit", "--config", config, "--trainer.default_root_dir", tmp_path, "--data.stats_cache_dir",
+    run_cli("fit", "--config", config, "--trainer.default_root_dir", tmp_path, "--data.stats.cache_dir",
             tmp_path / "stats", cwd=tmp_path)
     ckpts = sorted(tmp_path.rglob("*.ckpt"))
     assert ckpts, "fit wrote no checkpoint"
@@ -109,11 +109,12 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
 
     config = ROOT / "tests" / "configs" / "tiny.yaml"
     run_cli("fit", "--config", config, "--trainer.default_root_dir", tmp_path,
-            "--data.stats_cache_dir", tmp_path / "stats", cwd=tmp_path)
+            "--data.stats.cache_dir", tmp_path / "stats", cwd=tmp_path)
     ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
     out = tmp_path / "auto"
-    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--model.sampler.pds.alpha", "pds_lightning.alpha.Surrogate", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false",
+            "--data.predict.seeds", "0-1", "--model.sampler.pds.alpha", "pds_lightning.alpha.Surrogate",
+            "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     choice = manifest["resolved"]["alpha_auto"]
@@ -125,8 +126,8 @@ def test_predict_with_alpha_auto_records_the_choice_in_the_manifest(tmp_path):
     from pds_lightning.alpha import PILOT_CANDIDATES
 
     out = tmp_path / "pilot"
-    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--model.sampler.pds.alpha", "pds_lightning.alpha.Pilot",
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.logger", "false",
+            "--data.predict.seeds", "0-1", "--model.sampler.pds.alpha", "pds_lightning.alpha.Pilot",
             "--model.sampler.pds.alpha.samples", "2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
             "--trainer.callbacks.output_dir", out, cwd=tmp_path)
     choice = json.loads((out / "manifest.json").read_text())["resolved"]["alpha_auto"]
@@ -218,7 +219,7 @@ def test_an_alias_bomb_inside_a_string_is_refused_in_one_line(tmp_path, capsys):
         assert f"max_steps: {steps}\n" in out and f"val_check_interval: {steps}\n" in out
 
 
-# Issue 31 item 14: argparse took an option's prefix for the option (`--data.seed 0-3` ran as `--data.seeds`).
+# Issue 31 item 14: argparse took an option's prefix for the option (`--data.seed 0-3` ran as `--data.predict.seeds`).
 ABBREVIATED = {
     "predict": (["predict", "--config", ROOT / "tests/configs/tiny.yaml", "--data.seed", "0-3", "--print_config"],
                 "error: unrecognized arguments: --data.seed 0-3"),
@@ -293,7 +294,7 @@ def test_dpmpp_2m_sde_refuses_pds_filters_it_cannot_shape_in_one_line(capsys):
 
 
 def test_an_old_config_with_flat_optimizer_keys_and_task_kind_still_loads(tmp_path):
-    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.task.kind) loads as
+    """A config of before model.optimizer / the task components (flat lr, beta1, ..., data.task: {kind: ...}) loads as
     the same Adam and the Colorize task; the new form sets Adam's beta2, which the flat keys never could."""
     import yaml
 
@@ -306,13 +307,13 @@ def test_an_old_config_with_flat_optimizer_keys_and_task_kind_still_loads(tmp_pa
     config["data"]["task"] = {"kind": "colorize", "source": "mnist", "indices": "0-1"}
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump(config))
-    with pytest.warns(DeprecationWarning, match=r"^data.task kind: colorize is deprecated"):
+    with pytest.warns(DeprecationWarning, match=r"^data.predict.task kind: colorize is deprecated"):
         cli = cli_main(["--config", str(old), "--trainer.logger", "false"], run=False)
     assert cli.model.hparams["optimizer"] == {
         "class_path": "pds_lightning.optim.Adam",
         "init_args": {"lr": 0.002, "betas": [0.8, 0.999], "eps": 1e-7, "weight_decay": 0.0, "warmup": 3,
                       "grad_clip": 0.5}}
-    assert type(cli.datamodule.task) is Colorize and cli.datamodule.task.indices == "0-1"
+    assert type(cli.datamodule.predict.task) is Colorize and cli.datamodule.predict.task.indices == "0-1"
     new = cli_main(["--config", str(ROOT / "tests" / "configs" / "tiny.yaml"), "--model.optimizer.init_args.betas",
                     "[0.5, 0.99]", "--trainer.logger", "false"], run=False).model
     assert new.configure_optimizers().defaults["betas"] == (0.5, 0.99)

@@ -34,7 +34,7 @@ CLI = [sys.executable, "-m", "pds_lightning.cli"]
 
 def predict_args(ckpt, out, seeds=f"0-{len(SEEDS) - 1}", *extra) -> list[str]:
     return ["predict", "--config", str(TINY), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
-            "--model.sampler.steps", "4", "--data.seeds", seeds, "--data.predict_batch_size", "2",
+            "--model.sampler.steps", "4", "--data.predict.seeds", seeds, "--data.predict.batch_size", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out),
             *extra]
 
@@ -68,7 +68,7 @@ def work(tmp_path_factory):
     """A tiny checkpoint (3 training steps) and the 1-process PNGs of REFERENCE_SEEDS."""
     root = tmp_path_factory.mktemp("cli_distributed")
     assert_ok(run(CLI + ["fit", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir",
-                         str(root), "--data.stats_cache_dir", str(root / "stats")], cwd=root))
+                         str(root), "--data.stats.cache_dir", str(root / "stats")], cwd=root))
     [ckpt] = root.rglob("*.ckpt")
     reference = root / "reference"
     assert_ok(run(CLI + predict_args(ckpt, reference, f"0-{len(REFERENCE_SEEDS) - 1}"), cwd=root))
@@ -151,7 +151,7 @@ def test_fit_with_validation_sampling_logs_each_metric_once_as_one_process(work)
         args = CLI + ["fit", "--config", str(TINY), "--trainer.devices", str(devices), "--trainer.accelerator", "cpu",
                       "--trainer.strategy", "ddp" if devices > 1 else "auto", "--model.optimizer.init_args.lr", "0",
                       "--trainer.logger.init_args.save_dir", str(save), "--trainer.default_root_dir", str(save),
-                      "--data.stats_cache_dir", str(root / "stats"),
+                      "--data.stats.cache_dir", str(root / "stats"),
                       "--trainer.callbacks+=pds_lightning.callbacks.SamplingCallback",
                       "--trainer.callbacks.samplers", settings, "--trainer.callbacks.num_samples", "5"]
         assert_ok(run(args, cwd=root))
@@ -169,7 +169,7 @@ def test_sigkill_two_processes_then_resume_on_two(work):
     root, ckpt, reference = work
     out, seeds = root / "killed", f"0-{len(REFERENCE_SEEDS) - 1}"
     args = CLI + predict_args(ckpt, out, seeds, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                              "--trainer.accelerator", "cpu", "--data.predict_batch_size", "1")
+                              "--trainer.accelerator", "cpu", "--data.predict.batch_size", "1")
     # A new session, so that SIGKILL reaches the launcher and the rank it started, as a scheduler's kill does.
     proc = subprocess.Popen(args, cwd=root, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -195,7 +195,7 @@ def test_a_loss_that_turns_nan_on_one_rank_stops_every_rank_at_that_step(tmp_pat
     """Issue 31 item 5: the non-finite-loss decision is all-reduced, so the rank whose loss is finite stops too
     (alone, it would wait for the other in the gradient all-reduce) and no NaN update is applied."""
     proc = run(CLI + ["fit", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir",
-                      str(tmp_path), "--data.stats_cache_dir", str(tmp_path / "stats"), "--model.loss",
+                      str(tmp_path), "--data.stats.cache_dir", str(tmp_path / "stats"), "--model.loss",
                       "helpers.NaNOnOneRank", "--trainer.max_steps", "6", "--trainer.devices", "2", "--trainer.strategy",
                       "ddp", "--trainer.accelerator", "cpu"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-4000:]
@@ -215,7 +215,7 @@ def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
     root = work[0]
     save = root / "conditional"
     assert_ok(run(CLI + ["fit", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir",
-                         str(save), "--data.stats_cache_dir", str(root / "stats"), "--data.conditional", "true",
+                         str(save), "--data.stats.cache_dir", str(root / "stats"), "--data.conditional", "true",
                          "--model.net.init_args.num_classes", "10", "--model.label_dropout", "0.1",
                          # a large step and no averaging: three updates must move the class embedding visibly
                          "--model.optimizer.init_args.lr", "0.05", "--model.optimizer.init_args.warmup", "0", "--model.ema_decay", "0"], cwd=root))
@@ -223,15 +223,15 @@ def test_two_processes_give_each_seed_class_pair_the_one_process_sample(work):
     guided = ("--data.conditional", "true", "--model.net.init_args.num_classes", "10",
               "--model.sampler.guidance_scale", "2.0")
     one = root / "conditional_one"
-    assert_ok(run(CLI + predict_args(ckpt, one, "0-7", "--data.classes", "3,7", "--data.predict_batch_size", "3",
-                                     *guided), cwd=root))
+    assert_ok(run(CLI + predict_args(ckpt, one, "0-7", "--data.predict.classes", "3,7",
+                                     "--data.predict.batch_size", "3", *guided), cwd=root))
     two = root / "conditional_two"
-    assert_ok(run(CLI + predict_args(ckpt, two, "0-7", "--data.classes", "3,7", "--trainer.devices", "2",
+    assert_ok(run(CLI + predict_args(ckpt, two, "0-7", "--data.predict.classes", "3,7", "--trainer.devices", "2",
                                      "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *guided), cwd=root))
     reference = png_bytes(one, SEEDS)
     manifest = check_output(two, reference, 2)
     assert manifest["classes"] == "3,7"
     swapped = root / "conditional_swapped"
-    assert_ok(run(CLI + predict_args(ckpt, swapped, "0-7", "--data.classes", "7,3", *guided), cwd=root))
+    assert_ok(run(CLI + predict_args(ckpt, swapped, "0-7", "--data.predict.classes", "7,3", *guided), cwd=root))
     changed = png_bytes(swapped, SEEDS)
     assert all(changed[s] != reference[s] for s in SEEDS)  # every seed asks for the other digit now

@@ -272,7 +272,7 @@ def test_cli_converts_and_predict_samples_what_the_safetensors_model_samples(tmp
     assert out.with_suffix(".yaml").is_file() and out.with_suffix(".safetensors").is_file()
     samples = tmp_path / "samples"
     proc = subprocess.run([sys.executable, "-m", "pds_lightning.cli", "predict", "--config", str(out.with_suffix(".yaml")),
-                           "--ckpt_path", str(out), "--trainer.logger", "false", "--data.seeds", "0-1",
+                           "--ckpt_path", str(out), "--trainer.logger", "false", "--data.predict.seeds", "0-1",
                            "--trainer.callbacks.output_dir", str(samples)],
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from pds_lightning.cli import ALIASES, EXTRA_COMMANDS
+from pds_lightning.data.settings import OLD_DATA_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -124,3 +126,36 @@ def test_samplers_are_taught_as_components_not_flat_keys(page):
                       r"|^\s*n_steps\s*:|--model\.sampler\.(?:n_steps|preconditioner|method|alpha|snr|predictor "
                       r"\w+)\b", code, flags=re.M)
     assert not flat, (page.name, flat)
+
+
+def flat_data_keys(text: str) -> list[str]:
+    """The old flat data keys (`OLD_DATA_KEYS`) a text names: as options or dotted keys (`--data.seeds`,
+    `data.image_size`), or as keys of a YAML `data:` mapping (block or flow style)."""
+    keys = "|".join(OLD_DATA_KEYS)
+    found = re.findall(rf"(?<![\w./])(?:--)?data\.(?:{keys})\b(?!\.py|\.seed_values)", text)
+    for block in re.findall(r"^(\s*)data:[ \t]*(\{.*\}|#.*)?\n?((?:\1[ \t]+\S.*\n?|[ \t]*\n)*)", text, flags=re.M):
+        indent, flow, body = block
+        section = yaml.safe_load(flow if flow.startswith("{") else textwrap.dedent(body) or "{}")
+        found += [f"data: {{{key}: ...}}" for key in (section if isinstance(section, dict) else {})
+                  if key in OLD_DATA_KEYS]
+    return found
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_data_is_taught_in_groups_not_flat_keys(page):
+    """Issue 32: the pages teach `data.images.size`, `--data.predict.seeds`, ... only (old keys still load)."""
+    assert not flat_data_keys(code_of(page.read_text())), page.name
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_and_their_header_commands_use_grouped_data_keys(config):
+    assert not flat_data_keys(config.read_text()), config.name
+
+
+def test_the_flat_data_check_finds_every_spelling():
+    """The check above can fail: each spelling of an old key is found, the grouped ones are not."""
+    text = ("pds-lightning predict --data.seeds 0-9 --data.predict.seeds 0-9\n`data.image_size`\n"
+            "data:\n  source: mnist\n  val_size: 8\n  split: {val_size: 8}\nmodel: {}\n"
+            "data: {stats_num_images: 4, stats: {num_images: 4}}\n`pds_lightning.data.seeds`\n")
+    assert flat_data_keys(text) == ["--data.seeds", "data.image_size", "data: {val_size: ...}",
+                                    "data: {stats_num_images: ...}"]

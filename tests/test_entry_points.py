@@ -26,9 +26,9 @@ OLD_PLAIN_CKPT = ROOT / "tests" / "fixtures" / "tiny_flat_sampler_conditional.ck
 SEEDS = 2
 # Cheap settings shared by every entry point: no logger, 2 sampler / ODE steps, one validation batch.
 CHEAP = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
-         "false", "--trainer.limit_val_batches", "1", "--data.stats_cache_dir", "", "--data.seeds", f"0-{SEEDS - 1}",
-         "--model.sampler.steps", "2", "--data.test_size", "2", "--model.likelihood.n_steps", "2",
-         "--model.likelihood.estimator", "gaussian"]
+         "false", "--trainer.limit_val_batches", "1", "--data.stats.cache_dir", "", "--data.predict.seeds",
+         f"0-{SEEDS - 1}", "--model.sampler.steps", "2", "--data.split.test_size", "2", "--model.likelihood.n_steps",
+         "2", "--model.likelihood.estimator", "gaussian"]
 
 
 @dataclass
@@ -68,8 +68,8 @@ def converted_checkpoint(tmp_path_factory) -> Kind:
     work = tmp_path_factory.mktemp("convert")
     run("convert-score-sde", SCORE_SDE_CKPT, "--config", SCORE_SDE_CONFIG, "--output", work / "converted.ckpt")
     args = ["--config", SCORE_SDE_CONFIG, "--trainer.accelerator", "cpu", "--data.source", "patches",
-            "--data.image_size", 16, "--data.num_channels", 3, "--data.batch_size", 2, "--data.val_size", 2,
-            "--data.stats_num_images", 8, *CHEAP]
+            "--data.images.size", 16, "--data.images.num_channels", 3, "--data.batch_size", 2,
+            "--data.split.val_size", 2, "--data.stats.num_images", 8, *CHEAP]
     return Kind(work / "converted.ckpt", args, 7)
 
 
@@ -83,7 +83,7 @@ def diffusers_checkpoint(tmp_path_factory) -> Kind:
     write_images(work / "images", 4)
     run("convert-diffusers", folder, work / "converted.ckpt", "--statistics-from", work / "images")
     args = ["--config", work / "converted.yaml", "--data.source", "patches", "--data.batch_size", 2,
-            "--data.val_size", 2, "--data.stats_num_images", 8, *CHEAP]
+            "--data.split.val_size", 2, "--data.stats.num_images", 8, *CHEAP]
     return Kind(work / "converted.ckpt", args, 0, has_writer=True, nfe_per_step=3)  # the scheduler: 2 corrector steps
 
 
@@ -102,8 +102,8 @@ def converted_safetensors(tmp_path_factory) -> Kind:
     run("convert-score-sde", SCORE_SDE_CKPT, "--config", SCORE_SDE_CONFIG, "--output", work / "converted.ckpt",
         "--safetensors")
     args = ["--config", SCORE_SDE_CONFIG, "--trainer.accelerator", "cpu", "--data.source", "patches",
-            "--data.image_size", 16, "--data.num_channels", 3, "--data.batch_size", 2, "--data.val_size", 2,
-            "--data.stats_num_images", 8, *CHEAP]
+            "--data.images.size", 16, "--data.images.num_channels", 3, "--data.batch_size", 2,
+            "--data.split.val_size", 2, "--data.stats.num_images", 8, *CHEAP]
     return Kind(work / "converted.safetensors", args, 0)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pds_lightning.callbacks import SamplingCallback
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import Augment, ImageDataModule, Images, Split, Stats
 from pds_lightning.evaluate import main, write_reference_statistics
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import (FID_MIN_SAMPLES, FIDStatistics, InceptionUnavailableError, TorchScriptFeatures,
@@ -188,8 +188,9 @@ def test_sampling_callback_logs_fid_against_reference_statistics(tmp_path, incep
     with pytest.warns(UserWarning, match="FID over 12 samples"):
         callback = SamplingCallback([sampler], num_samples=12, inception_weights=str(inception_file),
                                     fid_reference_stats=str(tmp_path / "ref.npz"))
-    dm = ImageDataModule(source=str(tmp_path / "data.npz"), image_size=SIZE, num_channels=CHANNELS, batch_size=4,
-                         val_size=8, stats_num_images=0, stats_cache_dir="", random_flip=False)
+    dm = ImageDataModule(source=str(tmp_path / "data.npz"), images=Images(size=SIZE, num_channels=CHANNELS),
+                         augment=Augment(random_flip=False), split=Split(val_size=8),
+                         stats=Stats(num_images=0, cache_dir=""), batch_size=4)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     cpu_trainer(tmp_path, logger=logger, callbacks=[callback], max_epochs=1, limit_train_batches=1,
                 num_sanity_val_steps=0).fit(model, datamodule=dm)

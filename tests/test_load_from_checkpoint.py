@@ -30,7 +30,7 @@ def fitted(tmp_path_factory):
     """A checkpoint written by `pds-lightning fit` (3 steps of the tiny config)."""
     tmp = tmp_path_factory.mktemp("fit")
     proc = subprocess.run([sys.executable, "-m", "pds_lightning", "fit", "--config", str(TINY_CONFIG),
-                           "--trainer.default_root_dir", str(tmp), "--data.stats_cache_dir", "",
+                           "--trainer.default_root_dir", str(tmp), "--data.stats.cache_dir", "",
                            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                            "--trainer.callbacks.dirpath", str(tmp / "ckpt"), "--trainer.callbacks.save_last", "true"],
                           cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=600)
@@ -41,8 +41,9 @@ def fitted(tmp_path_factory):
 def module_from_config(config: Path, state_dict) -> ScoreModule:
     """The reference: the module built from the config's model section (as the CLI does), with the weights."""
     cfg = yaml.safe_load(config.read_text())["model"]
-    data = yaml.safe_load(config.read_text()).get("data", {})
-    geometry = {k: data.get(k, cfg.get(k)) for k in ("image_size", "num_channels") if data.get(k, cfg.get(k))}
+    images = yaml.safe_load(config.read_text()).get("data", {}).get("images", {})
+    geometry = {k: images.get(key, cfg.get(k)) for k, key in (("image_size", "size"), ("num_channels", "num_channels"))
+                if images.get(key, cfg.get(k))}
     extra = {k: cfg[k] for k in ("continuous", "centered") if k in cfg}
     sampler = cfg.get("sampler")  # {'class_path', 'init_args'}
     module = ScoreModule(net=instantiate(cfg["net"]), sde=instantiate(cfg["sde"]), sampler=sampler, **geometry, **extra)

@@ -116,9 +116,9 @@ def test_train_eps_outside_the_time_range_is_refused():
     ({"sigma_max": 50.0}, None, {}, "model.net sigma_max=50 contradicts model.sde sigma_max=16"),
     ({"sigma_min": 0.002}, None, {}, "model.net sigma_min=0.002 contradicts model.sde sigma_min=0.01"),
     ({"num_scales": 1000}, None, {}, "model.net num_scales=1000 contradicts model.sde num_scales=100"),
-    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.image_size=8"),
-    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.num_channels=3"),
-    ({}, None, {"centered": True}, "model.net centered=False contradicts data.centered=True"),
+    ({"image_size": 16}, None, {"image_size": 8}, "model.net image_size=16 contradicts data.images.size=8"),
+    ({}, None, {"num_channels": 3}, "model.net num_channels=1 contradicts data.images.num_channels=3"),
+    ({}, None, {"centered": True}, "model.net centered=False contradicts data.images.centered=True"),
 ])
 def test_a_fact_the_network_repeats_must_agree_with_its_home(net_args, sde, module_args, message):
     with pytest.raises(ValueError, match=message):
@@ -154,8 +154,9 @@ def test_shipped_configs_give_each_fact_once_or_agree(tmp_path):
         spec = spec["init_args"].get("net", spec)  # EDMPrecond: the wrapped network's own levels
         net.sigmas = tiny_net(**{k: spec["init_args"][k] for k in ("sigma_min", "sigma_max", "num_scales")}).sigmas
         sde = instantiate(cfg["model"]["sde"], "model.sde", SDE)
-        assert net_contradiction(net, sde, data["image_size"], data.get("num_channels", 3),
-                                 data.get("centered", False)) is None, path.name
+        images = data["images"]
+        assert net_contradiction(net, sde, images["size"], images.get("num_channels", 3),
+                                 images.get("centered", False)) is None, path.name
 
 
 class RecordLR(L.Callback):

@@ -72,7 +72,7 @@ def ckpt(fit_run):
 
 def predict_args(ckpt, out, *extra):
     return ["predict", "--config", TINY, "--ckpt_path", ckpt, "--trainer.logger", "false",
-            "--data.seeds", "0-3", "--data.predict_batch_size", "2",
+            "--data.predict.seeds", "0-3", "--data.predict.batch_size", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out, *extra]
 
 
@@ -123,14 +123,14 @@ def test_fit_killed_resumes_from_last_checkpoint_with_its_state(fit_run):
 CONFIG_ERRORS = {
     "unknown key": (["--model.no_such_key", "3"], 2, "unrecognized arguments: --model.no_such_key"),
     "wrong type": (["--model.optimizer.init_args.lr", "abc"], 2, "Got value: abc"),
-    "image_size vs network": (["--data.image_size", "8"], 1, "model.net image_size=16 contradicts "
-                                                              "data.image_size=8; give both the same value"),
+    "image_size vs network": (["--data.images.size", "8"], 1, "model.net image_size=16 contradicts "
+                                                              "data.images.size=8; give both the same value"),
     "sigma_max vs network": (["--model.sde.init_args.sigma_max", "20"], 1, "model.net sigma_max=16 contradicts "
                                                                           "model.sde sigma_max=20"),
     "alpha <= 1": (["--model.sampler.pds.alpha", "1.0"], 1, "alpha must be a finite number > 1"),
     "speed_up < 1 step": (["--model.sampler.steps", "null", "--model.sampler.speed_up", "200"], 1,
                           "speed_up=200.0 leaves int(100 / 200.0) = 0 steps; use speed_up <= 100"),
-    "seed range": (["--data.seeds", "3-x"], 1, "malformed seed range part '3-x'"),
+    "seed range": (["--data.predict.seeds", "3-x"], 1, "malformed seed range part '3-x'"),
     "predictor": (["--model.sampler.predictor", "heun"], 2, "model.sampler"),
     "corrector": (["--model.sampler.corrector", "ula"], 2, "model.sampler"),
     # issue 24: a field of another sampler is a parse error naming it; issue 23 item 12: snr nan / inf refused
@@ -163,7 +163,7 @@ def test_config_error_is_one_line_and_writes_nothing(case, tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     extra, code, message = CONFIG_ERRORS[case]
     status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", tmp_path / "run",
-                             "--data.stats_cache_dir", tmp_path / "stats", *extra)
+                             "--data.stats.cache_dir", tmp_path / "stats", *extra)
     assert status == code and message in line, line
     assert files_under(tmp_path) == []
 
@@ -205,7 +205,7 @@ DATA_ERRORS = {
     "empty": "holds no png/jpg",
     "truncated": "05.png",
     "mixed channels": "05.png has 3 channel(s) but num_channels is 1; set `convert_channels: true`",
-    "too small": "05.png is 12x12 px, smaller than image_size 16; set `allow_upscale: true`",
+    "too small": "05.png is 12x12 px, smaller than the image size 16; set `allow_upscale: true`",
 }
 
 
@@ -214,9 +214,9 @@ def test_data_error_is_one_line_and_leaves_no_checkpoint(case, tmp_path, capsys,
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "nowhere" if case == "missing path" else make_folder(tmp_path, case)
     status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source", source,
-                             "--data.convert_channels", "false", "--data.stats_num_images", "12",
-                             "--data.val_size", "0", "--trainer.default_root_dir", tmp_path / "run",
-                             "--data.stats_cache_dir", tmp_path / "stats")
+                             "--data.images.convert_channels", "false", "--data.stats.num_images", "12",
+                             "--data.split.val_size", "0", "--trainer.default_root_dir", tmp_path / "run",
+                             "--data.stats.cache_dir", tmp_path / "stats")
     assert status == 1 and line.startswith("pds-lightning: error: ") and DATA_ERRORS[case] in line, line
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "stats").exists()
 
@@ -229,8 +229,9 @@ def test_nan_images_in_an_npz_are_refused_naming_the_file_and_index(tmp_path, ca
     images[7, 0, 0] = np.inf
     np.savez(tmp_path / "nan.npz", images=images)
     status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source",
-                             tmp_path / "nan.npz", "--data.val_size", "0", "--data.stats_num_images", "12",
-                             "--trainer.default_root_dir", tmp_path / "run", "--data.stats_cache_dir", tmp_path / "stats")
+                             tmp_path / "nan.npz", "--data.split.val_size", "0", "--data.stats.num_images", "12",
+                             "--trainer.default_root_dir", tmp_path / "run", "--data.stats.cache_dir",
+                             tmp_path / "stats")
     assert status == 1 and line == (f"pds-lightning: error: {tmp_path / 'nan.npz'}: image 3 holds NaN/Inf values (2 "
                                     "image(s) do: 3, 7); remove or repair them: float images must be finite values in "
                                     "[0, 1] (set PDS_LIGHTNING_TRACEBACK=1 for the traceback)"), line
@@ -259,8 +260,9 @@ def diverged_fit(tmp_path_factory):
     os.chdir(work)
     try:
         status, line = run_main("fit", "--config", TINY, "--trainer.default_root_dir", work, "--trainer.logger", "false",
-                                "--data.stats_cache_dir", work / "stats", "--model.optimizer.init_args.lr", "1e30", "--trainer.max_steps",
-                                6, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                                "--data.stats.cache_dir", work / "stats", "--model.optimizer.init_args.lr", "1e30",
+                                "--trainer.max_steps", 6,
+                                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                                 "--trainer.callbacks.dirpath", work / "ckpt", "--trainer.callbacks.save_last", "true",
                                 "--trainer.callbacks.every_n_train_steps", 1)
     finally:
@@ -292,10 +294,10 @@ def test_nan_weights_are_named_by_every_entry_point(diverged_fit, tmp_path, comm
     torch.save(state, tmp_path / "nan.ckpt")
     args = {"predict": predict_args(tmp_path / "nan.ckpt", tmp_path / "out"),
             "validate": ["validate", "--config", TINY, "--ckpt_path", tmp_path / "nan.ckpt", "--trainer.logger", "false",
-                         "--data.stats_cache_dir", tmp_path / "stats"],
+                         "--data.stats.cache_dir", tmp_path / "stats"],
             "fit": ["fit", "--config", TINY, "--ckpt_path", tmp_path / "nan.ckpt", "--trainer.logger", "false",
                     "--trainer.max_steps", 4, "--trainer.default_root_dir", tmp_path / "run",
-                    "--data.stats_cache_dir", tmp_path / "stats"],
+                    "--data.stats.cache_dir", tmp_path / "stats"],
             "export": ["export", tmp_path / "nan.ckpt", "--output", tmp_path / "nan.safetensors"]}[command]
     status, line = run_main(*args)
     assert status == 1 and line == (
@@ -421,7 +423,7 @@ def test_an_entry_point_refuses_a_checkpoint_that_is_not_ours_in_one_line(comman
     expected = broken_checkpoint(case, converted, tmp_path / "bad.ckpt")
     status, line = cli_error(capsys, command, "--config", TINY, "--ckpt_path", tmp_path / "bad.ckpt",
                              "--trainer.logger", "false", "--trainer.default_root_dir", tmp_path / "run",
-                             "--data.stats_cache_dir", tmp_path / "stats")
+                             "--data.stats.cache_dir", tmp_path / "stats")
     assert status == 1 and line == "pds-lightning: error: " + expected, line
     assert files_under(tmp_path) == ["bad.ckpt"]
 
@@ -549,8 +551,8 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     out = tmp_path / "out"
     main([str(a) for a in predict_args(ckpt, out)])  # seeds 0-3 at 10 steps, alpha 5
     before = contents(out)
-    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.seeds", "0-7", "--model.sampler.steps", "2",
-                                                   "--model.sampler.pds.alpha", "3"))
+    status, line = cli_error(capsys, *predict_args(ckpt, out, "--data.predict.seeds", "0-7", "--model.sampler.steps",
+                                                   "2", "--model.sampler.pds.alpha", "3"))
     assert status == 1 and "holds the samples of another run" in line, line
     assert "settings.init_args.steps: 10 there -> 2 now" in line and "settings.init_args.pds.init_args.alpha: 5.0 there -> 3.0 now" in line
     assert "predict into a new output_dir" in line
@@ -559,11 +561,11 @@ def test_output_dir_of_other_settings_or_checkpoint_is_refused_and_resume_keeps_
     name = next(k for k in state["state_dict"] if k.startswith("ema_net.") and k.endswith(".weight"))
     state["state_dict"][name] = state["state_dict"][name] * 1.001
     torch.save(state, tmp_path / "other.ckpt")
-    status, line = cli_error(capsys, *predict_args(tmp_path / "other.ckpt", out, "--data.seeds", "0-7"))
+    status, line = cli_error(capsys, *predict_args(tmp_path / "other.ckpt", out, "--data.predict.seeds", "0-7"))
     assert status == 1 and "model.fingerprint:" in line and "settings." not in line, line
     assert contents(out) == before  # nothing written, the manifest untouched
     # The same model and settings resume: only the new seeds are sampled; the earlier run's record is kept.
-    main([str(a) for a in predict_args(ckpt, out, "--data.seeds", "0-5")])
+    main([str(a) for a in predict_args(ckpt, out, "--data.predict.seeds", "0-5")])
     record = json.loads((out / "manifest.json").read_text())
     assert scan_written_seeds(out) == list(range(6)) and (record["num_written"], record["num_skipped_existing"]) == (2, 4)
     first = json.loads(before["manifest.json"])
@@ -577,15 +579,15 @@ def test_output_dir_of_other_precision_or_compile_is_refused_in_one_line(tmp_pat
     float32 folder is refused to it; the tiny config's untrained weights (seed_everything 0) are the model."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    args = ["predict", "--config", TINY, "--trainer.logger", "false", "--data.seeds", "0-1",
-            "--data.predict_batch_size", "2", "--model.sampler.pds", "null", "--model.sampler.steps", "2",
+    args = ["predict", "--config", TINY, "--trainer.logger", "false", "--data.predict.seeds", "0-1",
+            "--data.predict.batch_size", "2", "--model.sampler.pds", "null", "--model.sampler.steps", "2",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", out]
     main([str(a) for a in args])
     before = contents(out)
-    status, line = cli_error(capsys, *args, "--data.seeds", "0-3", "--trainer.precision", "bf16-mixed")
+    status, line = cli_error(capsys, *args, "--data.predict.seeds", "0-3", "--trainer.precision", "bf16-mixed")
     assert status == 1 and line.startswith("pds-lightning: error: ") and "predict into a new output_dir" in line
     assert 'holds the samples of another run (numerics.precision: "32-true" there -> "bf16-mixed" now)' in line, line
-    status, line = cli_error(capsys, *args, "--data.seeds", "0-3", "--model.compile", "true")
+    status, line = cli_error(capsys, *args, "--data.predict.seeds", "0-3", "--model.compile", "true")
     assert status == 1 and "holds the samples of another run (numerics.compile: false there -> true now)" in line
     assert contents(out) == before
 
@@ -596,7 +598,7 @@ def test_concurrent_predicts_into_one_folder_keep_each_others_files(ckpt, tmp_pa
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, str(SCRIPTS / "paused_predict.py"), str(tmp_path),
-                              *map(str, predict_args(ckpt, out, "--data.seeds", "0-1"))],
+                              *map(str, predict_args(ckpt, out, "--data.predict.seeds", "0-1"))],
                              cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -630,7 +632,7 @@ def test_predict_and_convert_write_files_the_umask_allows(ckpt, tmp_path, monkey
     out = tmp_path / "out"
     old = os.umask(umask)
     try:
-        main([str(a) for a in predict_args(ckpt, out, "--data.seeds", "0-1")])
+        main([str(a) for a in predict_args(ckpt, out, "--data.predict.seeds", "0-1")])
         main(["convert-score-sde", str(SCORE_SDE_CKPT), "--config", str(SCORE_SDE_CONFIG),
               "--output", str(tmp_path / "c.ckpt")])
     except SystemExit as err:
@@ -651,9 +653,9 @@ def test_fit_on_a_full_disk_leaves_no_partial_checkpoint_and_names_it(tmp_path, 
     source = make_folder(tmp_path, "ok")
     monkeypatch.setattr(os, "write", disk_full_on_write(1, starting_with=b"PK"))  # the first zip: the checkpoint
     status, line = cli_error(capsys, "fit", "--config", TINY, "--trainer.logger", "false", "--data.source", source,
-                             "--data.stats_num_images", "8", "--data.val_size", "4", "--trainer.max_steps", "2",
+                             "--data.stats.num_images", "8", "--data.split.val_size", "4", "--trainer.max_steps", "2",
                              "--trainer.val_check_interval", "2", "--trainer.default_root_dir", tmp_path / "run",
-                             "--data.stats_cache_dir", "")  # no statistics file: the checkpoint is the first zip
+                             "--data.stats.cache_dir", "")  # no statistics file: the checkpoint is the first zip
     target = tmp_path / "run" / "checkpoints" / "epoch=0-step=2.ckpt"
     assert status == 1, line
     assert line.startswith(f"pds-lightning: error: [Errno 28] cannot write the checkpoint {target}: No space left on "

@@ -25,18 +25,18 @@ def run(*args) -> None:
 
 def test_predict_keeps_the_fit_record_and_writes_its_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # tiny.yaml logs to runs/tiny with a fixed version: fit and predict share it
-    run("fit", "--config", TINY, "--data.stats_cache_dir", "")
+    run("fit", "--config", TINY, "--data.stats.cache_dir", "")
     log_dir = tmp_path / "runs" / "tiny"
     fit_record = (log_dir / "config.yaml").read_bytes()
     (ckpt,) = log_dir.rglob("*.ckpt")
     predict = ["predict", "--config", TINY, "--ckpt_path", ckpt, "--model.sampler.steps", 2]
-    run(*predict, "--data.seeds", "0-1")
-    run(*predict, "--data.seeds", "2-3")
+    run(*predict, "--data.predict.seeds", "0-1")
+    run(*predict, "--data.predict.seeds", "2-3")
     assert (log_dir / "config.yaml").read_bytes() == fit_record
     assert yaml.safe_load(fit_record)["ckpt_path"] is None
     first, second = (yaml.safe_load((log_dir / name).read_text())
                      for name in ("predict_config.yaml", "predict_config_1.yaml"))
-    assert (first["data"]["seeds"], second["data"]["seeds"]) == ("0-1", "2-3")
+    assert (first["data"]["predict"]["seeds"], second["data"]["predict"]["seeds"]) == ("0-1", "2-3")
     assert first["ckpt_path"] == second["ckpt_path"] == str(ckpt) and first["model"]["sampler"]["init_args"]["steps"] == 2
     assert sorted(p.name for p in log_dir.iterdir() if "config" in p.name) == [
         "config.yaml", "predict_config.yaml", "predict_config_1.yaml"]
@@ -48,7 +48,7 @@ def limit_file_size():
 
 def test_a_record_that_cannot_be_written_whole_is_not_written(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pds_lightning", "fit", "--config", str(TINY), "--trainer.logger",
-                           "false", "--trainer.default_root_dir", str(tmp_path / "run"), "--data.stats_cache_dir", "",
+                           "false", "--trainer.default_root_dir", str(tmp_path / "run"), "--data.stats.cache_dir", "",
                            "--data.num_workers", "0"],  # workers pass batches through shared-memory files
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300,
                           preexec_fn=limit_file_size)

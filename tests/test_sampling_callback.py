@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from pds_lightning.callbacks import SamplingCallback
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import Augment, ImageDataModule, Images, Split, Stats
 from pds_lightning.images import to_uint8
 from pds_lightning.metrics import spectral_error
 from pds_lightning.sampling import PC, PDS
@@ -32,8 +32,9 @@ def test_sampling_callback_logs_grids_and_metrics_to_tensorboard(tmp_path):
 
     samplers = [PC(name="vanilla"), PC(name="pds_25", speed_up=4.0, pds=PDS(filters="both"))]
     callback = SamplingCallback(samplers, num_samples=10, grid_nrow=4, fid_feature_extractor=TinyFeatures())
-    dm = ImageDataModule(source=str(gaussian_npz(tmp_path)), image_size=SIZE, num_channels=CHANNELS,
-                         batch_size=4, val_size=10, stats_num_images=0, stats_cache_dir="", random_flip=False)
+    dm = ImageDataModule(source=str(gaussian_npz(tmp_path)), images=Images(size=SIZE, num_channels=CHANNELS),
+                         augment=Augment(random_flip=False), split=Split(val_size=10),
+                         stats=Stats(num_images=0, cache_dir=""), batch_size=4)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     model = GaussianModule()
     cpu_trainer(tmp_path, logger=logger, callbacks=[callback], max_epochs=1, limit_train_batches=2,

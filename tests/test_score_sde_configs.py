@@ -52,9 +52,9 @@ def test_shipped_config_matches_score_sde_training_fields(path):
         ("optim.warmup", optim["warmup"]),
         ("optim.grad_clip", optim["grad_clip"]),
         ("model.ema_rate", model["ema_decay"]),
-        ("data.centered", data["centered"]),
-        ("data.random_flip", data["random_flip"]),
-        ("data.uniform_dequantization", data["dequantize"]),
+        ("data.centered", data["images"]["centered"]),
+        ("data.random_flip", data["augment"]["random_flip"]),
+        ("data.uniform_dequantization", data["augment"]["dequantize"]),
         ("loss_eps", loss["eps"]),
     ]
     assert {field for field, _ in pairs} == set(ref)

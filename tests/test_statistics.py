@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Images, Split, Stats
 from pds_lightning.statistics import ImageStatistics
 from helpers import clean_env
 
@@ -130,7 +130,8 @@ def test_two_process_gloo_estimate_equals_one_process(tmp_path):
     data = tmp_path / "data.npz"
     np.savez(data, images=rng.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8))
     # 1 process, in this process.
-    dm = ImageDataModule(source=str(data), image_size=8, val_size=2, stats_num_images=11, stats_cache_dir="")
+    dm = ImageDataModule(source=str(data), images=Images(size=8), split=Split(val_size=2),
+                         stats=Stats(num_images=11, cache_dir=""))
     dm.setup("fit")
     single = dm.statistics
     assert single.count == 11
@@ -140,8 +141,8 @@ def test_two_process_gloo_estimate_equals_one_process(tmp_path):
     # both ranks end with them.
     cache = tmp_path / "cache"
     marked = ImageStatistics.from_moments(11, single.power_mean, single.mean, single.sq_mean * 0 + 0.5)
-    marked.save(ImageDataModule(source=str(data), image_size=8, val_size=2, stats_num_images=11,
-                                stats_cache_dir=str(cache)).setup_images().stats_cache_path())
+    marked.save(ImageDataModule(source=str(data), images=Images(size=8), split=Split(val_size=2),
+                                stats=Stats(num_images=11, cache_dir=str(cache))).setup_images().stats_cache_path())
 
     out = tmp_path / "out"
     out.mkdir()

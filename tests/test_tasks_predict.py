@@ -52,7 +52,7 @@ def test_inpainting_predict_writes_each_pair_keeps_known_pixels_and_resumes(tmp_
 
     def run():  # a new task object each run, as each predict process has
         task = Inpaint(source=str(tmp_path / "in.npz"), indices="0-2")
-        dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="3-4", predict_batch_size=4, task=task)
+        dm = make_datamodule(tmp_path / "in.npz", tmp_path, predict=dict(seeds="3-4", batch_size=4, task=task))
         cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)
         return json.loads((out / "manifest.json").read_text())
 
@@ -83,7 +83,8 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
                                  sampler=PC(steps=20, pds=PDS(filters="both", restrict="subspace")))
     module.set_statistics(ImageStatistics((3, 8, 8)).update(target.sample(64).clamp(0, 1)))
     task = Colorize(source=str(tmp_path / "rgb.npz"), indices="0-1")
-    dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, seeds="0", num_channels=3, task=task)
+    dm = make_datamodule(tmp_path / "rgb.npz", tmp_path, images=dict(num_channels=3),
+                         predict=dict(seeds="0", task=task))
     out = tmp_path / "out"
     cpu_trainer(tmp_path, callbacks=[TaskWriter(out)]).predict(module, datamodule=dm, return_predictions=False)
     for i in range(2):
@@ -94,8 +95,8 @@ def test_colorization_predict_keeps_the_gray_axis(tmp_path):
 
 def test_colorization_of_a_gray_model_is_refused(tmp_path):
     write_npz(tmp_path / "in.npz", 1)
-    dm = make_datamodule(tmp_path / "in.npz", tmp_path, seeds="0",
-                         task=Colorize(source=str(tmp_path / "in.npz")))
+    dm = make_datamodule(tmp_path / "in.npz", tmp_path,
+                         predict=dict(seeds="0", task=Colorize(source=str(tmp_path / "in.npz"))))
     with pytest.raises(ValueError, match="needs RGB"):
         cpu_trainer(tmp_path).predict(tiny_module(sampler=PC(steps=2)), datamodule=dm)
 

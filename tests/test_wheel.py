@@ -67,12 +67,12 @@ def test_the_installed_wheel_runs_its_shipped_configs_from_an_empty_folder(insta
                      '{"dirpath": "ckpt", "save_last": true, "every_n_train_steps": 2}}]')
     run("-m", "pds_lightning", "fit", "--config", "demo", "--trainer.max_steps", "2", "--trainer.callbacks",
         checkpoint_cb, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.limit_val_batches", "0", "--data.batch_size", "4", "--data.stats_num_images", "16",
-        "--data.stats_cache_dir", "", "--model.net.init_args.nf", "8", cwd=work, env=env)
+        "--trainer.limit_val_batches", "0", "--data.batch_size", "4", "--data.stats.num_images", "16",
+        "--data.stats.cache_dir", "", "--model.net.init_args.nf", "8", cwd=work, env=env)
     assert (work / "ckpt" / "last.ckpt").is_file()
     run("-m", "pds_lightning", "predict", "--config", "demo", "--ckpt_path", "ckpt/last.ckpt", "--model.net.init_args.nf",
         "8", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--model.sampler.steps", "4",
-        "--data.seeds", "0-2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+        "--data.predict.seeds", "0-2", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
         "--trainer.callbacks.output_dir", "samples", cwd=work, env=env)
     assert sorted(p.name for p in (work / "samples").rglob("*.png")) == ["000000.png", "000001.png", "000002.png"]
 

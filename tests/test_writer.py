@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pds_lightning.callbacks import SampleWriter
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Predict
 from pds_lightning.images import to_uint8
 from pds_lightning.fileio import this_host
 from pds_lightning.sampling import PC, PDS
@@ -21,7 +21,7 @@ from helpers import GaussianModule, cpu_trainer, dead_pid, disk_full_on_write
 
 def predict(tmp_path, out, seeds="0-9", batch=4, model=None, trainer_kw=None, **writer_kw):
     model = model or GaussianModule()
-    dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
+    dm = ImageDataModule(predict=Predict(seeds=seeds, batch_size=batch))
     writer = SampleWriter(out, **writer_kw)
     cpu_trainer(tmp_path, callbacks=[writer], **(trainer_kw or {})).predict(model, datamodule=dm,
                                                                             return_predictions=False)
@@ -137,7 +137,7 @@ def test_progress_bar_shows_seeds_done_and_rate(tmp_path):
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     bar = TQDMProgressBar()
-    dm = ImageDataModule(seeds="0-5", predict_batch_size=4)
+    dm = ImageDataModule(predict=Predict(seeds="0-5", batch_size=4))
     cpu_trainer(tmp_path, enable_progress_bar=True, callbacks=[bar, SampleWriter(tmp_path / "s")]).predict(
         GaussianModule(), datamodule=dm, return_predictions=False)
     postfix = bar.predict_progress_bar.postfix

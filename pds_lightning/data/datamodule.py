@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,7 +23,9 @@ from pds_lightning.data.cache import CachedImages, build_cache, cache_path, cach
 from pds_lightning.data.loading import EpochSampler, ResumableLoader, default_num_workers
 from pds_lightning.data.seeds import classes_for_seeds, parse_seed_range, seed_loader
 from pds_lightning.data.sources import open_source
-from pds_lightning.data.tasks import Task, TaskInputs, TaskSettings, task_component, task_loader
+from pds_lightning.data.settings import (GROUPS, OLD_DATA_KEYS, Augment, Images, Predict, Split, Stats, at_least,
+                                         group, grouped_data, plain_group)
+from pds_lightning.data.tasks import TaskInputs, task_component, task_loader
 from pds_lightning.distributed import rank_world
 from pds_lightning.images import rgb_to_gray, to_model_space
 from pds_lightning.likelihood import dequantize
@@ -50,8 +54,8 @@ class PreparedImages(Dataset):
         size = self.image_size
         if min(x.shape[-2:]) < size and not self.allow_upscale:
             raise ValueError(
-                f"{self.source.describe(i)} is {x.shape[-1]}x{x.shape[-2]} px, smaller than image_size {size}; "
-                "set `allow_upscale: true` to resize it up, or lower image_size"
+                f"{self.source.describe(i)} is {x.shape[-1]}x{x.shape[-2]} px, smaller than the image size {size}; "
+                "set `allow_upscale: true` to resize it up, or lower the image size"
             )
         if min(x.shape[-2:]) != size:
             # Shorter side to `size`; antialiased bilinear weights are non-negative, so [0, 1] is kept. Rounded to
@@ -115,96 +119,76 @@ class ImageDataModule(L.LightningDataModule):
     Args:
         source: "mnist", "patches", an image folder, an .npz file, or "torchvision:NAME[:category]".
         root: folder of torchvision datasets; the statistics cache defaults to <root>/stats.
-        image_size: side of the square training images (resize the shorter side, then centre-crop).
-        num_channels: 1 or 3; None takes the source's own channel count.
-        convert_channels: convert gray <-> RGB images to `num_channels` (else reject them).
-        allow_upscale: resize images smaller than image_size up (else it is an error).
-        crop_size: optional centre crop before resizing (score_sde uses 140 for CelebA).
-        centered: model space [-1, 1] instead of [0, 1].
-        random_flip: training augmentation: horizontal flip.
-        dequantize: training augmentation: uniform dequantisation.
-        val_size: validation images held out of training, at most a tenth of the data (deterministic).
-        split_seed: seed of the train / validation split.
         download: let torchvision download a missing dataset (in prepare_data, on one process).
-        stats_num_images: training images used to estimate the statistics (0: no statistics).
-        stats_seed: seed drawing those images.
-        stats_cache_dir: statistics cache folder (default <root or ~/.cache/pds_lightning>/stats); "" disables it.
-        seeds: predict seeds, e.g. "0-63" or "0-9,20,30-31".
-        predict_batch_size: seeds per predict batch.
+        conditional: batches are (images, class labels) for a class-conditional model (labels from the source:
+            the embedded MNIST digits, torchvision targets, or one sub-folder per class); False: images only.
+        batch_size: training / validation / test images per batch.
         num_workers: loader worker processes; None: the available CPUs less one, at most 8 (0: load in-process).
-        cache_dir: folder of a pre-resized uint8 cache of the source (decode and resize once, then memory-map);
-            rebuilt when a source file or a preparation option changes. None: no cache.
         shuffle_seed: seed of the training order and augmentation, which are functions of (shuffle_seed, epoch)
             so that a resumed fit continues mid-epoch with the batches it would have had; None: rank 0's
             torch.initial_seed() (set by seed_everything).
-        task: inpainting / colorization for predict (`data.tasks.Inpaint` / `Colorize` by class_path; the old
-            {kind: ...} form is translated once): outputs per (input, seed).
-        test_size: images of the source the test stage (`pds-lightning likelihood`) scores, the first ones;
-            0 = all.
-        conditional: batches are (images, class labels) for a class-conditional model (labels from the source:
-            the embedded MNIST digits, torchvision targets, or one sub-folder per class); False: images only.
-        classes: predict classes per seed, cycled over `seeds` in order, e.g. "0-9" or "3,3,7" (a
-            class-conditional model; None samples it unconditionally).
+        images: size (side of the square images: the shorter side resized, then centre-cropped), num_channels
+            (1 or 3; None: the source's own), convert_channels (gray <-> RGB, else such images are refused),
+            allow_upscale (resize smaller images up, else refused), crop_size (centre crop before resizing;
+            score_sde uses 140 for CelebA), centered (model space [-1, 1], else [0, 1]), cache_dir (a pre-resized
+            uint8 cache of the source, decoded once and memory-mapped, rebuilt when a source file or a
+            preparation option changes; None: no cache).
+        augment: random_flip (horizontal flip), dequantize (uniform dequantisation) of training images.
+        split: val_size (validation images held out, at most a tenth of the data), test_size (the first images
+            the test stage, `pds-lightning likelihood`, scores; 0 = all), seed (of the train / validation split).
+        stats: num_images (training images the statistics are estimated from; 0: no statistics), seed (drawing
+            them), cache_dir (default <root or ~/.cache/pds_lightning>/stats; "" disables the cache).
+        predict: seeds (e.g. "0-63" or "0-9,20,30-31"), batch_size (seeds per predict batch), classes (per seed,
+            cycled over the seeds in order, e.g. "0-9" or "3,3,7", for a class-conditional model; None samples
+            unconditionally), task (inpainting / colorization, `data.tasks.Inpaint` / `Colorize` by class_path,
+            the old {kind: ...} form translated once: outputs per (input, seed)).
+        **old: the flat keys of older versions (`settings.OLD_DATA_KEYS`, e.g. image_size=28, seeds="0-9"),
+            moved into their groups with a warning.
     """
 
     def __init__(
         self,
         source: str = "mnist",
         root: str | None = None,
-        image_size: int = 32,
-        num_channels: int | None = None,
-        convert_channels: bool = True,
-        allow_upscale: bool = False,
-        crop_size: int | None = None,
-        centered: bool = False,
-        random_flip: bool = True,
-        dequantize: bool = False,
+        download: bool = False,
+        conditional: bool = False,
         batch_size: int = 64,
         num_workers: int | None = None,
-        val_size: int = 256,
-        split_seed: int = 0,
-        download: bool = False,
-        stats_num_images: int = 200,
-        stats_seed: int = 0,
-        stats_cache_dir: str | None = None,
-        seeds: str = "0-63",
-        predict_batch_size: int = 16,
-        cache_dir: str | None = None,
         shuffle_seed: int | None = None,
-        task: Task | TaskSettings | None = None,
-        test_size: int = 0,
-        conditional: bool = False,
-        classes: str | None = None,
+        images: Images = Images(),
+        augment: Augment = Augment(),
+        split: Split = Split(),
+        stats: Stats = Stats(),
+        predict: Predict = Predict(),
+        **old: Any,
     ):
         super().__init__()
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
-        if num_channels not in (None, 1, 3):
-            raise ValueError(f"num_channels must be 1 or 3 (or None for the source's own), got {num_channels}")
-        for name, value in (("batch_size", batch_size), ("predict_batch_size", predict_batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in (("num_workers", num_workers or 0), ("val_size", val_size),
-                            ("stats_num_images", stats_num_images), ("test_size", test_size)):
-            if value < 0:
-                raise ValueError(f"{name} must be non-negative, got {value}")
-        parse_seed_range(seeds)  # fail at construction, not at predict time
-        if classes is not None:
-            parse_seed_range(classes, what="class", unique=False)
+        given = {"images": images, "augment": augment, "split": split, "stats": stats, "predict": predict}
+        if old:
+            unknown = sorted(set(old) - set(OLD_DATA_KEYS))
+            if unknown:
+                raise TypeError(f"ImageDataModule got unexpected keyword argument(s) {', '.join(unknown)}")
+            given = grouped_data({**given, **old}, "ImageDataModule(...)")
+        at_least(1, batch_size=batch_size)
+        at_least(0, num_workers=num_workers)
+        groups = {name: group(GROUPS[name], value) for name, value in given.items()}
+        groups["predict"] = replace(groups["predict"], task=task_component(groups["predict"].task))
+        self.images, self.augment, self.split, self.stats, self.predict = (groups[name] for name in GROUPS)
         self.save_hyperparameters()
-        self.source, self.image_size, self.num_channels = source, image_size, num_channels
+        # Plain data in the hyper-parameters (checkpoints load with weights_only=True), one key per group.
+        for name in (*OLD_DATA_KEYS, "old"):
+            self.hparams.pop(name, None)
+        self.hparams.update({name: plain_group(getattr(self, name)) for name in GROUPS})
+        self.source, self.download, self.conditional = source, download, conditional
         self.root = Path(root).expanduser() if root else None
-        self.centered, self.batch_size = centered, batch_size
+        self.batch_size, self.shuffle_seed = batch_size, shuffle_seed
         self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.seeds, self.predict_batch_size = seeds, predict_batch_size
         self.exclude_seeds: set[int] = set()
-        self.task = task_component(task)
         self.exclude_pairs: set[tuple[int, int]] = set()  # (input index, seed) done, set by TaskWriter
         self.statistics: ImageStatistics | None = None
-        self.conditional, self.classes = conditional, classes
         self.labels: torch.Tensor | None = None  # class per source image (conditional)
         self.class_names: list[str] | None = None
-        self.images: PreparedImages | None = None
+        self.prepared: PreparedImages | None = None
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
 
@@ -215,34 +199,34 @@ class ImageDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the only place a download may happen.
-        if self.hparams.download and self.source.startswith("torchvision:"):
+        if self.download and self.source.startswith("torchvision:"):
             open_source(self.source, self.data_root, download=True)
 
     def setup_images(self) -> "ImageDataModule":
         """Open the source and split it (idempotent); `setup` calls it for every stage but predict."""
-        if self.images is not None:
+        if self.prepared is not None:
             return self
-        hp = self.hparams
         source = open_source(self.source, self.data_root, download=False)
-        if self.num_channels is None:
-            self.num_channels = source.native_channels
-        self.images = PreparedImages(source, self.image_size, self.num_channels, hp.convert_channels,
-                                     hp.allow_upscale, hp.crop_size)
-        if hp.cache_dir:
-            self.images = self._cached(self.images)
+        if self.images.num_channels is None:
+            self.images = replace(self.images, num_channels=source.native_channels)
+        im = self.images
+        self.prepared = PreparedImages(source, im.size, im.num_channels, im.convert_channels, im.allow_upscale,
+                                       im.crop_size)
+        if im.cache_dir:
+            self.prepared = self._cached(self.prepared)
         if self.conditional:
             self.labels, self.class_names = source.labels()
         n = len(source)
-        n_val = min(hp.val_size, n // 10)
+        n_val = min(self.split.val_size, n // 10)
         # Shuffle before splitting: sources may be sorted by class (the embedded MNIST is).
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split.seed))
         self.val_indices, self.train_indices = perm[:n_val].sort().values, perm[n_val:].sort().values
         return self
 
     def _cached(self, images: PreparedImages) -> CachedImages:
         """The cache of `images`, built by rank 0 when no file matches its key or the file does not validate
         (rebuilt with a warning naming it); the other ranks wait for it."""
-        path = cache_path(Path(self.hparams.cache_dir).expanduser(), self.source, images)
+        path = cache_path(Path(self.images.cache_dir).expanduser(), self.source, images)
         rank, world = rank_world()
         if rank == 0:
             problem = cache_problem(path, cache_shape(images)) if path.is_file() else None
@@ -261,24 +245,24 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        if self.num_channels is None:
-            raise RuntimeError("num_channels is unknown until setup(); set it or call setup('fit') first")
-        return (self.num_channels, self.image_size, self.image_size)
+        if self.images.num_channels is None:
+            raise RuntimeError("data.images.num_channels is unknown until setup(); set it or call setup('fit') first")
+        return (self.images.num_channels, self.images.size, self.images.size)
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
             return  # seeds only: sampling needs no images
         self.setup_images()
-        if stage in ("fit", "validate") and self.hparams.stats_num_images > 0 and self.statistics is None:
+        if stage in ("fit", "validate") and self.stats.num_images > 0 and self.statistics is None:
             self.statistics = self._estimate_statistics()
 
     def train_dataloader(self) -> DataLoader:
         self._require_images()
-        hp = self.hparams
-        data = TrainImages(self.images, self.train_indices, hp.random_flip, hp.dequantize, self.centered, self.labels)
+        data = TrainImages(self.prepared, self.train_indices, self.augment.random_flip, self.augment.dequantize,
+                           self.images.centered, self.labels)
         rank, world = rank_world()
-        seed = hp.shuffle_seed if hp.shuffle_seed is not None else torch.initial_seed() % 2**62
-        if world > 1 and hp.shuffle_seed is None:  # ranks seeded differently must still share one permutation
+        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed() % 2**62
+        if world > 1 and self.shuffle_seed is None:  # ranks seeded differently must still share one permutation
             box = [seed]
             dist.broadcast_object_list(box, src=0)
             seed = box[0]
@@ -288,7 +272,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self._require_images()
-        data = TrainImages(self.images, self.val_indices, centered=self.centered, labels=self.labels)
+        data = TrainImages(self.prepared, self.val_indices, centered=self.images.centered, labels=self.labels)
         return DataLoader(data, batch_size=self.batch_size, shuffle=False, **self._loader_options())
 
     def _loader_options(self) -> dict:
@@ -305,34 +289,35 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Every image of the source (or the first `test_size`) in model space, in order: what bits/dim scores."""
         self._require_images()
-        n = len(self.images) if self.hparams.test_size == 0 else min(self.hparams.test_size, len(self.images))
-        data = TrainImages(self.images, torch.arange(n), centered=self.centered)
+        test_size, n = self.split.test_size, len(self.prepared)
+        data = TrainImages(self.prepared, torch.arange(n if test_size == 0 else min(test_size, n)),
+                           centered=self.images.centered)
         return DataLoader(data, batch_size=self.batch_size, shuffle=False, **self._loader_options())
 
     def _require_images(self) -> None:
-        if self.images is None:
+        if self.prepared is None:
             raise RuntimeError("ImageDataModule has no images yet: call setup('fit') first")
 
     # -- statistics ---------------------------------------------------------------------------------------
     def stats_indices(self) -> torch.Tensor:
-        """The training-set indices the statistics use: `stats_num_images` drawn with `stats_seed`."""
-        hp = self.hparams
-        g = torch.Generator().manual_seed(hp.stats_seed)
-        pick = torch.randperm(len(self.train_indices), generator=g)[: hp.stats_num_images]
+        """The training-set indices the statistics use: `stats.num_images` drawn with `stats.seed`."""
+        g = torch.Generator().manual_seed(self.stats.seed)
+        pick = torch.randperm(len(self.train_indices), generator=g)[: self.stats.num_images]
         return self.train_indices[pick]
 
     def stats_cache_path(self) -> Path | None:
-        hp = self.hparams
-        if hp.stats_cache_dir == "":
+        im, st, sp = self.images, self.stats, self.split
+        if st.cache_dir == "":
             return None
-        folder = Path(hp.stats_cache_dir).expanduser() if hp.stats_cache_dir else self.data_root / "stats"
+        folder = Path(st.cache_dir).expanduser() if st.cache_dir else self.data_root / "stats"
         count = len(self.stats_indices())
-        # The key covers everything that changes the images drawn or their content.
-        key = "|".join(map(str, (self.images.source.identity, self.image_size, self.num_channels,
-                                 hp.crop_size, hp.allow_upscale, count, hp.stats_seed, hp.val_size, hp.split_seed)))
+        # The key covers everything that changes the images drawn or their content (its text is the file name's
+        # digest: kept as it was, so that caches written before the grouping stay valid).
+        key = "|".join(map(str, (self.prepared.source.identity, im.size, im.num_channels,
+                                 im.crop_size, im.allow_upscale, count, st.seed, sp.val_size, sp.seed)))
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.source.rsplit("/", 1)[-1]).strip("-")[:40] or "data"
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return folder / f"{slug}_{self.image_size}px_{self.num_channels}ch_{count}img_seed{hp.stats_seed}_{digest}.pt"
+        return folder / f"{slug}_{im.size}px_{im.num_channels}ch_{count}img_seed{st.seed}_{digest}.pt"
 
     def _estimate_statistics(self) -> ImageStatistics:
         rank, world = rank_world()
@@ -349,7 +334,7 @@ class ImageDataModule(L.LightningDataModule):
             return ImageStatistics.from_state_dict(cached)
 
         stats = ImageStatistics(self.image_shape)
-        share = Subset(self.images, self.stats_indices()[rank::world].tolist())
+        share = Subset(self.prepared, self.stats_indices()[rank::world].tolist())
         for x in DataLoader(share, batch_size=min(self.batch_size, 64), num_workers=self.num_workers):
             stats.update(x)
         # Reduce on the strategy's device when a Trainer runs us (NCCL needs CUDA tensors).
@@ -380,36 +365,38 @@ class ImageDataModule(L.LightningDataModule):
 
     # -- predict ----------------------------------------------------------------------------------------
     def predict_seeds(self) -> list[int]:
-        """The seeds of `seeds` not in `exclude_seeds`, in order."""
-        return [s for s in parse_seed_range(self.seeds) if s not in self.exclude_seeds]
+        """The seeds of `predict.seeds` not in `exclude_seeds`, in order."""
+        return [s for s in parse_seed_range(self.predict.seeds) if s not in self.exclude_seeds]
 
     def predict_dataloader(self) -> DataLoader:
-        if self.task is not None:
-            return task_loader(self.task_inputs(), self.predict_batch_size)
+        p = self.predict
+        if p.task is not None:
+            return task_loader(self.task_inputs(), p.batch_size)
         seeds = self.predict_seeds()
-        if self.classes is None:
-            return seed_loader(seeds, self.predict_batch_size)
+        if p.classes is None:
+            return seed_loader(seeds, p.batch_size)
         by_seed = self.predict_classes()
-        return seed_loader(seeds, self.predict_batch_size, [by_seed[s] for s in seeds])
+        return seed_loader(seeds, p.batch_size, [by_seed[s] for s in seeds])
 
     def predict_classes(self) -> dict[int, int]:
-        """The class of every seed of `seeds` (from `classes`, cycled in seed-list order), excluded ones too."""
-        return classes_for_seeds(parse_seed_range(self.seeds), parse_seed_range(self.classes, "class", unique=False))
+        """The class of every seed of `predict.seeds` (`predict.classes` cycled in seed-list order), excluded
+        ones too."""
+        p = self.predict
+        return classes_for_seeds(parse_seed_range(p.seeds), parse_seed_range(p.classes, "class", unique=False))
 
     # -- inpainting / colorization --------------------------------------------------------------------------
     def task_images(self, source: str, channels: int | None) -> PreparedImages:
         """A task's images (or masks) at the model's size, with `channels` channels (None: their own)."""
-        hp = self.hparams
         opened = open_source(source, self.data_root, download=False)
-        return PreparedImages(opened, self.image_size, channels or opened.native_channels, True,
-                              hp.allow_upscale, hp.crop_size)
+        return PreparedImages(opened, self.images.size, channels or opened.native_channels, True,
+                              self.images.allow_upscale, self.images.crop_size)
 
     def task_inputs(self) -> TaskInputs:
-        """The (input index, seed) pairs of `task` still to do, with their images and masks."""
-        task = self.task
-        images = self.task_images(task.source, self.num_channels)
+        """The (input index, seed) pairs of `predict.task` still to do, with their images and masks."""
+        task = self.predict.task
+        images = self.task_images(task.source, self.images.num_channels)
         masks = self.task_images(task.masks, 1) if task.masks is not None else None
-        return TaskInputs(task, images, masks, parse_seed_range(self.seeds), self.exclude_pairs)
+        return TaskInputs(task, images, masks, parse_seed_range(self.predict.seeds), self.exclude_pairs)
 
     # -- checkpoint ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

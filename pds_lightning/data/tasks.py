@@ -1,5 +1,5 @@
-"""Predict tasks as components, chosen by `data.task: {class_path, init_args}`: `Inpaint` and `Colorize`,
-each with its own operator (what the model is shown, the known part kept while sampling, how the result is
+"""Predict tasks as components, chosen by `data.predict.task: {class_path, init_args}`: `Inpaint` and
+`Colorize`, each with its own operator (what the model is shown, the known part kept while sampling, how the result is
 brought into [0, 1]); and the (input index, seed) pairs a predict run completes, each with its image and mask.
 
 Masks: 1 (white) = known pixel, 0 (black) = to fill; from a folder / .npz with one mask per image (values
@@ -25,8 +25,8 @@ BUILTIN_MASKS = ("center", "left", "right", "top", "bottom")
 
 
 class Task:
-    """A predict task (`data.task`): `source` the images (folder, .npz or embedded name), `indices` which inputs
-    ('0-31'; None = all). How PDS is kept off the known part is the sampler's: `model.sampler.pds.restrict`.
+    """A predict task (`data.predict.task`): `source` the images (folder, .npz or embedded name), `indices` which
+    inputs ('0-31'; None = all). How PDS is kept off the known part is the sampler's: `model.sampler.pds.restrict`.
     A task keeps each constructor argument as an attribute of the same name; `masks` (a source of one mask per
     image, or None) is what the data module opens beside the images."""
 
@@ -35,14 +35,15 @@ class Task:
 
     def __init__(self, source: str = "", indices: str | None = None):
         if not source:
-            raise ValueError("data.task.source is empty; give the images to complete (a folder, an .npz or 'mnist')")
+            raise ValueError("data.predict.task.source is empty; give the images to complete (a folder, an .npz or "
+                             "'mnist')")
         if indices is not None:
             parse_seed_range(indices)
         self.source, self.indices = source, indices
 
     def config(self) -> dict:
         """{'class_path', 'init_args'}: what a predict's manifest records of the task (`writer.run_identity`)."""
-        return spec_of(self, "data.task")
+        return spec_of(self, "data.predict.task")
 
     def mask_of(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The [1, H, W] 0/1 mask of one input image [C, H, W] in [0, 1] (`mask`: its mask image, or None)."""
@@ -100,7 +101,7 @@ class Colorize(Task):
     def known_part(self, shown: torch.Tensor, masks: torch.Tensor) -> KnownPart:
         if shown.shape[1] != 3:
             raise ValueError(f"colorization needs RGB images (3 channels), got {shown.shape[1]}; set "
-                             "data.num_channels: 3 and a model trained on colour images")
+                             "data.images.num_channels: 3 and a model trained on colour images")
         known = torch.zeros_like(shown[:1])
         known[:, 0] = 1.0  # the first coordinate of color_basis is the gray axis
         return KnownPart(shown, known, color_basis())
@@ -109,14 +110,14 @@ class Colorize(Task):
         return clip_keeping_gray(filled).clamp(0.0, 1.0)  # a plain clamp would change the known gray
 
 
-#: The task classes of the old `data.task.kind` values.
+#: The task classes of the old `data.predict.task.kind` values.
 TASK_KINDS = {"inpaint": Inpaint, "colorize": Colorize}
 
 
 @dataclass
 class TaskSettings:
-    """The `data.task` of older configs ({kind, source, masks, mask, indices}); `task()` is its component, what
-    ImageDataModule turns it into once (with a deprecation warning)."""
+    """The `data.predict.task` of older configs ({kind, source, masks, mask, indices}); `task()` is its component,
+    what ImageDataModule turns it into once (with a deprecation warning)."""
 
     kind: str = "inpaint"
     source: str = ""
@@ -128,7 +129,8 @@ class TaskSettings:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"unknown task kind {self.kind!r}; choose one of {tuple(TASK_KINDS)}")
         if self.kind == "colorize" and self.masks is not None:
-            raise ValueError("colorization takes no masks (the gray axis is the known part); remove data.task.masks")
+            raise ValueError("colorization takes no masks (the gray axis is the known part); remove "
+                             "data.predict.task.masks")
         self.task()  # the component's own checks
 
     def task(self) -> Task:
@@ -138,11 +140,12 @@ class TaskSettings:
 
 
 def task_component(task: Task | TaskSettings | None) -> Task | None:
-    """`data.task` as a component: an old {kind: ...} mapping is translated once, with one line of warning."""
+    """`data.predict.task` as a component: an old {kind: ...} mapping is translated once, with one line of
+    warning."""
     if not isinstance(task, TaskSettings):
         return task
     component = task.task()
-    warnings.warn(f"data.task kind: {task.kind} is deprecated; write data.task: {{class_path: "
+    warnings.warn(f"data.predict.task kind: {task.kind} is deprecated; write data.predict.task: {{class_path: "
                   f"pds_lightning.data.tasks.{type(component).__name__}, init_args: {{source: ...}}}}",
                   DeprecationWarning, stacklevel=3)
     return component
@@ -166,10 +169,11 @@ class TaskInputs(Dataset):
         self.task, self.images, self.masks = task, images, masks
         indices = parse_seed_range(task.indices) if task.indices is not None else range(len(images))
         if indices and max(indices) >= len(images):
-            raise ValueError(f"data.task.indices asks for input {max(indices)} but {task.source!r} holds "
+            raise ValueError(f"data.predict.task.indices asks for input {max(indices)} but {task.source!r} holds "
                              f"{len(images)} images (0-{len(images) - 1})")
         if masks is not None and len(masks) != len(images):
-            raise ValueError(f"{len(masks)} masks for {len(images)} images in data.task; give one mask per image")
+            raise ValueError(f"{len(masks)} masks for {len(images)} images in data.predict.task; give one mask per "
+                             "image")
         self.pairs = [(i, s) for i in indices for s in seeds if (i, s) not in exclude]
 
     def __len__(self) -> int:

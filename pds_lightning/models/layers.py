@@ -162,5 +162,5 @@ def check_class_labels(class_labels: torch.Tensor, num_classes: int, batch: int)
     if bad.any():
         raise ValueError(f"class index {int(labels[bad][0])} is out of range: this model has {num_classes} classes "
                          f"(0..{num_classes - 1}; {num_classes} is the null class of classifier-free guidance); "
-                         "fix data.classes or the labels of the data")
+                         "fix data.predict.classes or the labels of the data")
     return labels.long()

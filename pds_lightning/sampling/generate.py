@@ -56,7 +56,8 @@ def class_score(sampler: Sampler, score_fn, classes, n: int, device: torch.devic
     if classes is None:
         if sampler.guidance_scale != 0:
             raise ValueError(f"sampler {sampler.name!r} has guidance_scale {sampler.guidance_scale} but no classes "
-                             "were given; pass one class per seed (predict: data.classes) or set guidance_scale: 0")
+                             "were given; pass one class per seed (predict: data.predict.classes) or set "
+                             "guidance_scale: 0")
         return score_fn
     num_classes = getattr(score_fn, "num_classes", None)
     if not num_classes:
@@ -68,5 +69,5 @@ def class_score(sampler: Sampler, score_fn, classes, n: int, device: torch.devic
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise ValueError(f"class {int(labels[bad][0])} is out of range: the model has {num_classes} classes "
-                         f"(0..{num_classes - 1}); fix data.classes")
+                         f"(0..{num_classes - 1}); fix data.predict.classes")
     return guided_score(score_fn, labels, sampler.guidance_scale, null_class=num_classes)

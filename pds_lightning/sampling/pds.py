@@ -54,7 +54,7 @@ class Preconditioning(Component):
 
 def no_statistics(sampler_name: str, what: str) -> ValueError:
     return ValueError(f"sampler {sampler_name!r} uses {what} but no data statistics are available; fit computes "
-                      "them (data.stats_num_images > 0), a converted model gets them from `pds-lightning "
+                      "them (data.stats.num_images > 0), a converted model gets them from `pds-lightning "
                       "convert-diffusers ... --statistics-from IMAGE_FOLDER` or `convert-score-sde ... --freq-stat "
                       "F.npy --space-stat S.npy`; or drop the pds component")
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pds_lightning.data import ImageDataModule
 from pds_lightning.data.sources import FolderSource, scan_images
+from helpers import over_groups
 
 
 def make_folder(root: Path, n: int = 10) -> Path:
@@ -30,16 +31,16 @@ def make_folder(root: Path, n: int = 10) -> Path:
 
 
 def datamodule(source, tmp_path, **kwargs):
-    settings = dict(image_size=12, num_channels=3, val_size=0, stats_num_images=0, batch_size=4, random_flip=True,
-                    dequantize=True, stats_cache_dir="", shuffle_seed=11, num_workers=0)
-    settings.update(kwargs)
-    dm = ImageDataModule(str(source), **settings)
+    settings = dict(images=dict(size=12, num_channels=3), augment=dict(random_flip=True, dequantize=True),
+                    split=dict(val_size=0), stats=dict(num_images=0, cache_dir=""), batch_size=4, shuffle_seed=11,
+                    num_workers=0)
+    dm = ImageDataModule(str(source), **over_groups(settings, kwargs))
     dm.setup("fit")
     return dm
 
 
 def images(dm) -> torch.Tensor:
-    return torch.stack([dm.images[i] for i in range(len(dm.images))])
+    return torch.stack([dm.prepared[i] for i in range(len(dm.prepared))])
 
 
 def train_epoch(dm) -> torch.Tensor:
@@ -54,8 +55,10 @@ def cache_files(folder: Path) -> list[str]:
 @pytest.mark.parametrize("crop_size", [None, 18])
 def test_cache_equals_the_uncached_pipeline_exactly(tmp_path, crop_size):
     folder = make_folder(tmp_path / "imgs")
-    plain = datamodule(folder, tmp_path, crop_size=crop_size, num_workers=1)  # same worker RNG for augmentation
-    cached = datamodule(folder, tmp_path, crop_size=crop_size, cache_dir=str(tmp_path / "cache"), num_workers=1)
+    # num_workers 1 in both: the same worker RNG for augmentation
+    plain = datamodule(folder, tmp_path, images=dict(crop_size=crop_size), num_workers=1)
+    cached = datamodule(folder, tmp_path, images=dict(crop_size=crop_size, cache_dir=str(tmp_path / "cache")),
+                        num_workers=1)
     names = cache_files(tmp_path / "cache")
     assert len(names) == 1 and names[0].startswith("imgs_12px_3ch_") and names[0].endswith(".npy")
     array = np.load(tmp_path / "cache" / names[0])
@@ -71,10 +74,10 @@ def test_cache_equals_the_uncached_pipeline_exactly(tmp_path, crop_size):
 def test_cache_is_reused_and_rebuilt_when_a_file_or_an_option_changes(tmp_path):
     folder = make_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
-    first = datamodule(folder, tmp_path, cache_dir=str(cache))
+    first = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     (name,) = cache_files(cache)
     before = (cache / name).stat()
-    again = datamodule(folder, tmp_path, cache_dir=str(cache))
+    again = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     after = (cache / name).stat()
     assert cache_files(cache) == [name] and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert torch.equal(images(again), images(first))
@@ -83,17 +86,17 @@ def test_cache_is_reused_and_rebuilt_when_a_file_or_an_option_changes(tmp_path):
     changed = folder / "part1" / "004.jpg"
     Image.fromarray(np.full((30, 30, 3), 200, np.uint8)).save(changed)
     os.utime(changed, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
-    rebuilt = datamodule(folder, tmp_path, cache_dir=str(cache))
+    rebuilt = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     assert len(cache_files(cache)) == 2
     plain = datamodule(folder, tmp_path)
     assert torch.equal(images(rebuilt), images(plain))
-    k = [p.name for p in plain.images.source.files].index("004.jpg")
+    k = [p.name for p in plain.prepared.source.files].index("004.jpg")
     assert not torch.equal(images(rebuilt)[k], images(first)[k])
 
     # Another option (size) selects another cache file too.
-    small = datamodule(folder, tmp_path, cache_dir=str(cache), image_size=8)
+    small = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache), size=8))
     assert len(cache_files(cache)) == 3 and images(small).shape == (10, 3, 8, 8)
-    assert torch.equal(images(small), images(datamodule(folder, tmp_path, image_size=8)))
+    assert torch.equal(images(small), images(datamodule(folder, tmp_path, images=dict(size=8))))
 
 
 def test_failed_build_leaves_no_cache_file(tmp_path):
@@ -101,7 +104,7 @@ def test_failed_build_leaves_no_cache_file(tmp_path):
     bad = folder / "part2" / "008.jpg"  # 11th of 12: the build has written two batches of 4 when it fails
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(ValueError, match="008.jpg"):
-        datamodule(folder, tmp_path, cache_dir=str(tmp_path / "cache"))
+        datamodule(folder, tmp_path, images=dict(cache_dir=str(tmp_path / "cache")))
     assert cache_files(tmp_path / "cache") == []  # neither a partial .npy nor a temp file
 
 
@@ -109,7 +112,7 @@ def test_source_finer_than_8_bits_is_refused_by_the_cache(tmp_path):
     floats = np.random.default_rng(0).random((6, 12, 12, 3)).astype(np.float32)
     np.savez(tmp_path / "floats.npz", images=floats)
     with pytest.raises(ValueError, match="not 8-bit .* unset `cache_dir`"):
-        datamodule(tmp_path / "floats.npz", tmp_path, cache_dir=str(tmp_path / "cache"))
+        datamodule(tmp_path / "floats.npz", tmp_path, images=dict(cache_dir=str(tmp_path / "cache")))
     assert cache_files(tmp_path / "cache") == []
 
 
@@ -155,7 +158,7 @@ CORRUPTIONS = {
 def test_an_image_cache_that_does_not_validate_is_named_and_rebuilt(tmp_path, corruption):
     folder = make_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
-    datamodule(folder, tmp_path, cache_dir=str(cache))
+    datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     (name,) = cache_files(cache)
     path = cache / name
     good = path.read_bytes()
@@ -164,13 +167,13 @@ def test_an_image_cache_that_does_not_validate_is_named_and_rebuilt(tmp_path, co
     else:
         path.write_bytes(CORRUPTIONS[corruption](good))
     with pytest.warns(UserWarning, match=f"image cache {re.escape(str(path))} .*; rebuilding it"):
-        rebuilt = datamodule(folder, tmp_path, cache_dir=str(cache))
+        rebuilt = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     assert path.read_bytes() == good and cache_files(cache) == [name]
     assert torch.equal(images(rebuilt), images(datamodule(folder, tmp_path)))
 
 
 def stats_run(folder, tmp_path, **kwargs):
-    return datamodule(folder, tmp_path, stats_num_images=6, stats_cache_dir=str(tmp_path / "stats"), **kwargs)
+    return datamodule(folder, tmp_path, stats=dict(num_images=6, cache_dir=str(tmp_path / "stats")), **kwargs)
 
 
 STATS_CORRUPTIONS = {  # corruption -> what the warning says of the file
@@ -225,13 +228,13 @@ def test_a_statistics_cache_that_does_not_validate_is_named_and_recomputed(tmp_p
 
 
 def test_validate_recomputes_a_statistics_cache_of_another_shape_through_the_cli(tmp_path, monkeypatch):
-    """Where the user met it: the module was told the data statistics do not fit `data.image_size`."""
+    """Where the user met it: the module was told the data statistics do not fit `data.images.size`."""
     from pds_lightning.cli import main
     from pds_lightning.statistics import ImageStatistics
 
     monkeypatch.chdir(tmp_path)
     args = ["validate", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
-            "--data.stats_cache_dir", str(tmp_path / "stats"), "--trainer.default_root_dir", str(tmp_path)]
+            "--data.stats.cache_dir", str(tmp_path / "stats"), "--trainer.default_root_dir", str(tmp_path)]
     main(args)
     (path,) = (tmp_path / "stats").iterdir()
     fresh = ImageStatistics.load(path)
@@ -247,7 +250,7 @@ def test_changed_bytes_in_the_cache_data_are_named_with_the_image(tmp_path):
     """Issue 31 item 14: random bytes in the data section (the header still validates) are not trained on."""
     folder = make_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
-    datamodule(folder, tmp_path, cache_dir=str(cache))
+    datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
     (name,) = cache_files(cache)
     path = cache / name
     data = bytearray(path.read_bytes())
@@ -257,11 +260,12 @@ def test_changed_bytes_in_the_cache_data_are_named_with_the_image(tmp_path):
     assert noise != bytes(data[offset:offset + 16])
     data[offset:offset + 16] = noise
     path.write_bytes(bytes(data))
-    dm = datamodule(folder, tmp_path, cache_dir=str(cache))  # the header validates: the file is used as it is
-    assert torch.equal(dm.images[6], datamodule(folder, tmp_path).images[6])  # other images still read
-    message = (f"image cache {path}: image 7 ({dm.images.source.describe(7)}) does not match its CRC32 (the file "
+    # The header validates: the file is used as it is.
+    dm = datamodule(folder, tmp_path, images=dict(cache_dir=str(cache)))
+    assert torch.equal(dm.prepared[6], datamodule(folder, tmp_path).prepared[6])  # other images still read
+    message = (f"image cache {path}: image 7 ({dm.prepared.source.describe(7)}) does not match its CRC32 (the file "
                "changed after it was written: a disk or copy error); delete it to rebuild")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        dm.images[7]
+        dm.prepared[7]
     with pytest.raises(ValueError, match=re.escape(message)):  # and so does a training epoch
         train_epoch(dm)

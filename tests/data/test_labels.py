@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import Augment, ImageDataModule, Images, Predict, Split, Stats
 from pds_lightning.data.sources import embedded_data_dir
 from tests.data.test_sources import write_idx
 from tests.helpers import make_datamodule, save_png
 
 
 def test_embedded_mnist_batches_carry_the_archive_labels(tmp_path):
-    dm = ImageDataModule("mnist", image_size=32, val_size=256, stats_num_images=0, random_flip=False,
-                         conditional=True, num_workers=0)
+    dm = ImageDataModule("mnist", images=Images(size=32), augment=Augment(random_flip=False), split=Split(val_size=256),
+                         stats=Stats(num_images=0), conditional=True, num_workers=0)
     dm.setup("fit")
     with np.load(embedded_data_dir() / "mnist_32.npz") as archive:
         images, labels = archive["images"], archive["labels"]
@@ -29,7 +29,8 @@ def test_embedded_mnist_batches_carry_the_archive_labels(tmp_path):
 
 
 def test_unconditional_batches_stay_image_tensors(tmp_path):
-    dm = ImageDataModule("mnist", image_size=32, val_size=16, stats_num_images=0, num_workers=0)
+    dm = ImageDataModule("mnist", images=Images(size=32), split=Split(val_size=16), stats=Stats(num_images=0),
+                         num_workers=0)
     dm.setup("fit")
     assert torch.is_tensor(next(iter(dm.val_dataloader()))) and dm.num_classes is None
 
@@ -38,7 +39,7 @@ def test_folder_per_class_labels_are_sorted_sub_folder_names(tmp_path):
     for name, value in (("dog", 200), ("cat", 50), ("emu", 120)):
         for j in range(2):
             save_png(tmp_path / "img" / name / f"{j}.png", np.full((8, 8), value + j, np.uint8))
-    dm = make_datamodule(tmp_path / "img", tmp_path, conditional=True, num_channels=1, batch_size=6)
+    dm = make_datamodule(tmp_path / "img", tmp_path, conditional=True, images=dict(num_channels=1), batch_size=6)
     dm.setup("fit")
     assert dm.class_names == ["cat", "dog", "emu"]
     x, y = next(iter(dm.train_dataloader()))
@@ -57,8 +58,9 @@ def test_torchvision_labels_are_its_targets(tmp_path):
     for split in ("train", "t10k"):
         write_idx(raw / f"{split}-images-idx3-ubyte", digits)
         write_idx(raw / f"{split}-labels-idx1-ubyte", targets)
-    dm = ImageDataModule("torchvision:MNIST", root=str(tmp_path / "tv"), image_size=28, val_size=0,
-                         stats_num_images=0, random_flip=False, batch_size=10, conditional=True, num_workers=0)
+    dm = ImageDataModule("torchvision:MNIST", root=str(tmp_path / "tv"), images=Images(size=28),
+                         augment=Augment(random_flip=False), split=Split(val_size=0), stats=Stats(num_images=0),
+                         batch_size=10, conditional=True, num_workers=0)
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     index = (x[:, 0, 0, 0] * 255 / 10).round().long()
@@ -72,7 +74,7 @@ def test_npz_without_labels_is_refused_for_conditional_training(tmp_path):
 
 
 def test_predict_classes_cycle_over_the_seed_list_and_survive_exclusion(tmp_path):
-    dm = ImageDataModule(seeds="10-14", classes="3,7", predict_batch_size=2)
+    dm = ImageDataModule(predict=Predict(seeds="10-14", classes="3,7", batch_size=2))
     batches = list(dm.predict_dataloader())
     assert [b[0].tolist() for b in batches] == [[10, 11], [12, 13], [14]]
     assert [b[1].tolist() for b in batches] == [[3, 7], [3, 7], [3]]
@@ -80,4 +82,4 @@ def test_predict_classes_cycle_over_the_seed_list_and_survive_exclusion(tmp_path
     seeds, classes = (torch.cat(t) for t in zip(*dm.predict_dataloader()))
     assert seeds.tolist() == [10, 12, 13, 14] and classes.tolist() == [3, 3, 7, 3]
     with pytest.raises(ValueError, match="malformed class range part 'x'"):
-        ImageDataModule(classes="0-3,x")
+        ImageDataModule(predict=Predict(classes="0-3,x"))

@@ -7,7 +7,7 @@ import sys
 import lightning as L
 import pytest
 
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Split, Stats
 from pds_lightning.data.loading import default_num_workers
 
 
@@ -42,7 +42,7 @@ def test_explicit_workers_win_and_negative_is_refused():
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_loaders_under_a_cpu_trainer_are_unpinned_with_persistent_workers(workers):
-    dm = ImageDataModule("mnist", num_workers=workers, val_size=16, stats_num_images=0)
+    dm = ImageDataModule("mnist", num_workers=workers, split=Split(val_size=16), stats=Stats(num_images=0))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     dm.trainer = trainer

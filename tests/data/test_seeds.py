@@ -54,7 +54,7 @@ def test_predict_refuses_a_huge_range_or_seed_in_one_line(tmp_path, capsys, monk
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--config", str(TINY), "--data.seeds", seeds])
+        main(["predict", "--config", str(TINY), "--data.predict.seeds", seeds])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1, err
     assert message in err
@@ -103,5 +103,5 @@ def test_the_largest_seed_samples_and_is_named_by_the_rule_the_cli_states(tmp_pa
     torch.testing.assert_close(images[1:], model.generate_images([0], sampler=one_step), rtol=0, atol=1e-5)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
-        main(["predict", "--config", str(TINY), "--data.seeds", str(MAX_SEED + 1)])
+        main(["predict", "--config", str(TINY), "--data.predict.seeds", str(MAX_SEED + 1)])
     assert f"is out of range: seeds lie in {RULE}" in capsys.readouterr().err  # the API's words above

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pds_lightning.data import ImageDataModule, embedded_data_dir
+from pds_lightning.data import Augment, ImageDataModule, Images, Split, Stats, embedded_data_dir
 from helpers import all_train, make_datamodule as make_dm, save_png
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -30,7 +30,8 @@ def test_embedded_files_shapes_and_dtypes():
 
 @pytest.mark.parametrize("name, channels, n", [("mnist", 1, 5000), ("patches", 3, 2048)])
 def test_embedded_sources_through_the_datamodule(tmp_path, name, channels, n):
-    dm = ImageDataModule(name, image_size=32, val_size=256, stats_num_images=0, batch_size=4)
+    dm = ImageDataModule(name, images=Images(size=32), split=Split(val_size=256), stats=Stats(num_images=0),
+                         batch_size=4)
     dm.setup("fit")
     assert dm.image_shape == (channels, 32, 32)
     assert len(dm.train_indices) + len(dm.val_indices) == n and len(dm.val_indices) == min(256, n // 10)
@@ -53,9 +54,9 @@ def test_folder_recursive_formats_and_scaling(tmp_path):
     (folder / "notes.txt").write_text("ignored")
     dm = make_dm(folder, tmp_path, batch_size=16)
     dm.setup("fit")
-    names = [p.relative_to(folder).as_posix() for p in dm.images.source.files]
+    names = [p.relative_to(folder).as_posix() for p in dm.prepared.source.files]
     assert names == ["a.png", "deep/c.bmp", "deep/d.webp", "deep/e.JPG", "deep/er/b.png"]
-    x = torch.stack([dm.images[i] for i in range(5)])
+    x = torch.stack([dm.prepared[i] for i in range(5)])
     assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32
     torch.testing.assert_close(x[0], torch.from_numpy(exact).permute(2, 0, 1) / 255.0, rtol=0, atol=0)
     torch.testing.assert_close(x[1:3], torch.full((2, 3, 8, 8), 100 / 255), rtol=0, atol=0)  # bmp, lossless webp
@@ -63,7 +64,7 @@ def test_folder_recursive_formats_and_scaling(tmp_path):
     torch.testing.assert_close(x[4], torch.ones(3, 8, 8))  # resized from 12 x 10, constant stays constant
 
     # Train batches: the same images (shuffled), and in [-1, 1] when centred.
-    centered = make_dm(folder, tmp_path, centered=True, batch_size=16)
+    centered = make_dm(folder, tmp_path, images=dict(centered=True), batch_size=16)
     centered.setup("fit")
     torch.manual_seed(0)
     plain_batch = all_train(dm)
@@ -78,20 +79,20 @@ def test_npz_uint8_gray_and_float(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "rgb.npz", images=rgb)
-    dm = make_dm(tmp_path / "rgb.npz", tmp_path, val_size=2, batch_size=32)
+    dm = make_dm(tmp_path / "rgb.npz", tmp_path, split=dict(val_size=2), batch_size=32)
     dm.setup("fit")
     assert len(dm.val_indices) == 2 and len(dm.train_indices) == 18
     assert sorted(torch.cat([dm.val_indices, dm.train_indices]).tolist()) == list(range(20))
     val = torch.cat(list(dm.val_dataloader()))
     torch.testing.assert_close(val, torch.from_numpy(rgb[dm.val_indices.numpy()]).permute(0, 3, 1, 2) / 255.0)
-    again = make_dm(tmp_path / "rgb.npz", tmp_path, val_size=2).setup_images()
+    again = make_dm(tmp_path / "rgb.npz", tmp_path, split=dict(val_size=2)).setup_images()
     assert torch.equal(again.val_indices, dm.val_indices)  # deterministic split
 
     gray = rng.random((3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "gray.npz", gray)  # unnamed single array, (N, H, W), float in [0, 1]
-    dm = make_dm(tmp_path / "gray.npz", tmp_path, num_channels=3, batch_size=8)
+    dm = make_dm(tmp_path / "gray.npz", tmp_path, images=dict(num_channels=3), batch_size=8)
     dm.setup("fit")
-    x = torch.stack([dm.images[i] for i in range(3)])
+    x = torch.stack([dm.prepared[i] for i in range(3)])
     torch.testing.assert_close(x, torch.from_numpy(gray)[:, None].expand(3, 3, 8, 8))
 
 
@@ -134,8 +135,9 @@ def test_torchvision_mnist_on_disk(tmp_path):
     for split in ("train", "t10k"):
         write_idx(raw / f"{split}-images-idx3-ubyte", digits)
         write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(10))
-    dm = ImageDataModule("torchvision:MNIST", root=str(tmp_path / "tv"), image_size=28, val_size=0,
-                         stats_num_images=4, random_flip=False, batch_size=10)
+    dm = ImageDataModule("torchvision:MNIST", root=str(tmp_path / "tv"), images=Images(size=28),
+                         augment=Augment(random_flip=False), split=Split(val_size=0), stats=Stats(num_images=4),
+                         batch_size=10)
     dm.setup("fit")
     assert dm.image_shape == (1, 28, 28)
     x = all_train(dm)
@@ -158,7 +160,7 @@ def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path):
 def test_corrupt_image_is_named(tmp_path):
     save_png(tmp_path / "imgs/a.png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "imgs/b.png").write_bytes(b"\x89PNG not really")
-    dm = make_dm(tmp_path / "imgs", tmp_path, stats_num_images=2)
+    dm = make_dm(tmp_path / "imgs", tmp_path, stats=dict(num_images=2))
     with pytest.raises(ValueError, match=r"cannot read image file .*b\.png"):
         dm.setup("fit")
 
@@ -171,7 +173,7 @@ def test_missing_and_empty_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither"):
         make_dm(tmp_path / "nowhere", tmp_path).setup("fit")
     with pytest.raises(ValueError, match="num_channels must be 1 or 3"):
-        make_dm(tmp_path / "nowhere", tmp_path, num_channels=2)
+        make_dm(tmp_path / "nowhere", tmp_path, images=dict(num_channels=2))
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["loader", "cache_build"])
@@ -186,12 +188,13 @@ def test_a_bad_image_gives_the_same_line_with_loader_workers(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     lines = []
     for workers in (0, 1):
-        args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"), "--data.num_channels", "3",
+        args = ["fit", "--config", str(TINY), "--data.source", str(tmp_path / "imgs"),
+                "--data.images.num_channels", "3",
                 "--model.net.init_args.num_channels", "3",
-                "--data.val_size", "0", "--data.stats_num_images", "6",
-                "--data.stats_cache_dir", "", "--data.num_workers", str(workers)]
+                "--data.split.val_size", "0", "--data.stats.num_images", "6",
+                "--data.stats.cache_dir", "", "--data.num_workers", str(workers)]
         with pytest.raises(SystemExit) as exit_info:
-            main(args + (["--data.cache_dir", str(tmp_path / f"cache{workers}")] if cache else []))
+            main(args + (["--data.images.cache_dir", str(tmp_path / f"cache{workers}")] if cache else []))
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 1
         lines.append(err[-1])

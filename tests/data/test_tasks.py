@@ -32,8 +32,9 @@ def test_masks_from_a_source_are_thresholded_and_resized(tmp_path):
     np.savez(tmp_path / "masks.npz", images=masks)
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images=images)
-    dm = make_datamodule(tmp_path / "images.npz", tmp_path, seeds="0",
-                         task=Inpaint(source=str(tmp_path / "images.npz"), masks=str(tmp_path / "masks.npz")))
+    dm = make_datamodule(tmp_path / "images.npz", tmp_path,
+                         predict=dict(seeds="0", task=Inpaint(source=str(tmp_path / "images.npz"),
+                                                              masks=str(tmp_path / "masks.npz"))))
     batch = next(iter(dm.predict_dataloader()))
     assert batch["kind"] == "inpaint" and "restrict" not in batch  # the sampler's PDS says how (pds.restrict)
     assert batch["image"].shape == (3, 1, 8, 8) and batch["index"].tolist() == [0, 1, 2]
@@ -77,7 +78,7 @@ def test_tasks_are_components_each_with_its_own_operator():
         colorize.known_part(gray, masks)
     with pytest.raises(ValueError, match=r"^unknown built-in mask 'middle'; choose one of"):
         Inpaint(source="x", mask="middle")
-    with pytest.raises(ValueError, match=r"^data.task.source is empty"):
+    with pytest.raises(ValueError, match=r"^data.predict.task.source is empty"):
         Colorize()
     with pytest.raises(TypeError, match="masks"):  # colorization takes no masks
         Colorize(source="x", masks="m.npz")
@@ -85,8 +86,9 @@ def test_tasks_are_components_each_with_its_own_operator():
 
 def test_an_old_task_kind_is_translated_once_with_a_warning(tmp_path):
     np.savez(tmp_path / "images.npz", images=np.zeros((2, 8, 8), dtype=np.uint8))
-    with pytest.warns(DeprecationWarning, match=r"^data.task kind: colorize is deprecated; write data.task: "
-                                                r"\{class_path: pds_lightning.data.tasks.Colorize, init_args: "):
-        dm = make_datamodule(tmp_path / "images.npz", tmp_path, seeds="0",
-                             task=TaskSettings(kind="colorize", source="x", indices="1"))
-    assert type(dm.task) is Colorize and (dm.task.source, dm.task.indices) == ("x", "1")
+    with pytest.warns(DeprecationWarning, match=r"^data.predict.task kind: colorize is deprecated; write "
+                                                r"data.predict.task: \{class_path: pds_lightning.data.tasks.Colorize, "
+                                                r"init_args: "):
+        dm = make_datamodule(tmp_path / "images.npz", tmp_path,
+                             predict=dict(seeds="0", task=TaskSettings(kind="colorize", source="x", indices="1")))
+    assert type(dm.predict.task) is Colorize and (dm.predict.task.source, dm.predict.task.indices) == ("x", "1")

@@ -99,8 +99,8 @@ def test_predict_writes_the_recorded_pixels_from_the_old_checkpoint(key, flags, 
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "pds_lightning.cli", "predict", "--config", root / "tests/configs/tiny.yaml",
-         "--ckpt_path", FIXTURES / RECORD["checkpoint"], "--trainer.logger", "false", "--data.seeds", "0-2",
-         "--data.predict_batch_size", "3", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
+         "--ckpt_path", FIXTURES / RECORD["checkpoint"], "--trainer.logger", "false", "--data.predict.seeds", "0-2",
+         "--data.predict.batch_size", "3", "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
          "--trainer.callbacks.output_dir", out, *flags],
         cwd=tmp_path, env=clean_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

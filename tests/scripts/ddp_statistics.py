@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Images, Split, Stats
 
 from helpers import free_port
 
@@ -25,8 +25,8 @@ def worker(rank: int, port: int, data: str, out_dir: str, num_images: int, cache
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
         for prefix, cache in (("", ""), ("cached_", cache_dir)):
-            dm = ImageDataModule(source=data, image_size=8, val_size=2, stats_num_images=num_images,
-                                 stats_cache_dir=cache, batch_size=3)
+            dm = ImageDataModule(source=data, images=Images(size=8), split=Split(val_size=2),
+                                 stats=Stats(num_images=num_images, cache_dir=cache), batch_size=3)
             dm.setup("fit")
             torch.save(dm.statistics.state_dict(), f"{out_dir}/{prefix}rank{rank}.pt")
         dist.barrier()

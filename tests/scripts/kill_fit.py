@@ -53,7 +53,7 @@ if __name__ == "__main__":
     ckpt_dir = WORK / "checkpoints"
     common = ["fit", "--config", CONFIG, "--trainer.logger", "false", "--trainer.max_steps", MAX_STEPS,
               "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(WORK),
-              "--data.stats_cache_dir", "",
+              "--data.stats.cache_dir", "",
               "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
               "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.save_last", "true",
               "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_top_k", "-1"]
@@ -74,7 +74,7 @@ if __name__ == "__main__":
     shutil.copy(last, WORK / "killed_last.ckpt")
     # kill_fit.RestoreProbe imports: this script's folder is sys.path[0] (in the forked child too).
     # The resumed run estimates statistics from fewer images: the checkpoint's must win.
-    resume = common + ["--ckpt_path", "last", "--data.stats_num_images", "16",
+    resume = common + ["--ckpt_path", "last", "--data.stats.num_images", "16",
                        "--trainer.callbacks+=kill_fit.RestoreProbe", "--trainer.callbacks.path", str(WORK)]
     report["resume_exit"] = wait_exit_code(fork_cli(resume, WORK / "log.txt"))
     (WORK / "report.json").write_text(json.dumps(report))

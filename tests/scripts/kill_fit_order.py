@@ -43,7 +43,7 @@ if __name__ == "__main__":
     def args(name: str, *more: str) -> list[str]:
         return ["fit", "--config", CONFIG, "--trainer.logger", "false", "--trainer.max_steps", MAX_STEPS,
                 "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(WORK / name),
-                "--data.stats_cache_dir", "", *EXTRA, *more,
+                "--data.stats.cache_dir", "", *EXTRA, *more,
                 "--trainer.callbacks+=kill_fit_order.BatchLog", "--trainer.callbacks.path", str(WORK / f"{name}.log")]
 
     report = {}

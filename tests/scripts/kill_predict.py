@@ -31,7 +31,7 @@ def pngs(out: Path) -> dict[str, int]:
 def spawn(out: Path, log: Path) -> int:
     return fork_cli(["predict", "--config", CONFIG, "--ckpt_path", CKPT, "--trainer.logger", "false",
                      "--trainer.default_root_dir", str(out.parent), "--trainer.enable_progress_bar", "false",
-                     "--data.seeds", SEEDS, "--data.predict_batch_size", "2",
+                     "--data.predict.seeds", SEEDS, "--data.predict.batch_size", "2",
                      "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter",
                      "--trainer.callbacks.output_dir", str(out)], log)
 

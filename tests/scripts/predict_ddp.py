@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 import helpers
 from pds_lightning.callbacks import SampleWriter, SamplingCallback
-from pds_lightning.data import ImageDataModule
+from pds_lightning.data import ImageDataModule, Images, Predict, Split, Stats
 from pds_lightning.metrics import feature_moments, frechet_distance, spectral_error
 from pds_lightning.module import ScoreModule
 from pds_lightning.alpha import Pilot
@@ -59,15 +59,15 @@ def trainer(devices: int, **kw) -> L.Trainer:
 
 
 def predict(out_dir: str, devices: int, seeds: str, batch: int, sampler: Sampler = SETTINGS) -> None:
-    dm = ImageDataModule(seeds=seeds, predict_batch_size=batch)
+    dm = ImageDataModule(predict=Predict(seeds=seeds, batch_size=batch))
     trainer(devices, logger=False, callbacks=[SampleWriter(out_dir)]).predict(
         tiny_module(sampler), datamodule=dm, return_predictions=False)
 
 
 def validate(log_dir: str, devices: int, num_samples: int, data: str) -> None:
     module = tiny_module()
-    dm = ImageDataModule(source=data, image_size=8, num_channels=1, batch_size=4, val_size=4,
-                         stats_num_images=0, stats_cache_dir="")
+    dm = ImageDataModule(source=data, images=Images(size=8, num_channels=1), split=Split(val_size=4),
+                         stats=Stats(num_images=0, cache_dir=""), batch_size=4)
     logger = TensorBoardLogger(log_dir, name="tb", version=0)
     t = trainer(devices, logger=logger, max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0,
                 callbacks=[SamplingCallback([SETTINGS], num_samples=num_samples, fid_feature_extractor=Features())])

@@ -23,7 +23,7 @@ WORK, MODE, CONFIG = Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3]
 if MODE == "fit":
     ckpts = WORK / "checkpoints"
     args = ["fit", "--config", CONFIG, "--trainer.logger", "false", "--trainer.max_steps", sys.argv[4],
-            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(WORK), "--data.stats_cache_dir", "",
+            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(WORK), "--data.stats.cache_dir", "",
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath",
             str(ckpts), "--trainer.callbacks.save_last", "true", "--trainer.callbacks.every_n_train_steps", "2",
             "--trainer.callbacks.save_top_k", "-1", "--ckpt_path", "last"]
@@ -31,7 +31,8 @@ if MODE == "fit":
 else:
     out = WORK / "samples"
     args = ["predict", "--config", CONFIG, "--ckpt_path", sys.argv[4], "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(WORK), "--data.seeds", sys.argv[5], "--data.predict_batch_size", "1",
+            "--trainer.default_root_dir", str(WORK), "--data.predict.seeds", sys.argv[5],
+            "--data.predict.batch_size", "1",
             "--model.sampler.steps", "10", "--model.sampler.corrector.steps_per_level", "20",
             "--trainer.callbacks+=pds_lightning.callbacks.SampleWriter", "--trainer.callbacks.output_dir", str(out)]
     watched, mid_run = out, lambda: any(out.rglob("*.png"))
