@@ -60,6 +60,18 @@ def _check_dc_peak(freq_stat: Tensor) -> None:
                          "fft-shifted. Store it unshifted (apply torch.fft.ifftshift over H, W).")
 
 
+def _check_mirror_symmetric(f: Tensor, rtol: float, problem: str) -> None:
+    """ValueError(`problem`) unless f(-k) = f(k): statistics of real images, stored unshifted."""
+    if not torch.allclose(f, frequency_mirror(f), rtol=rtol, atol=0):
+        raise ValueError(problem)
+
+
+def _check_shape(shape: tuple[int, int, int], x: Tensor, what: str, fix: str) -> None:
+    """ValueError unless the images x [..., C, H, W] have the [C, H, W] `shape` of `what`."""
+    if tuple(x.shape[-3:]) != shape:
+        raise ValueError(f"{what} are [C, H, W] = {shape} but the images are {tuple(x.shape)}; {fix}")
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The input's precision, at least float32 (half precision has no CPU FFT)."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -77,10 +89,10 @@ class Preconditioner(nn.Module):
         super().__init__()
         if freq_filter is not None:
             freq_filter = self._checked_filter(freq_filter, "frequency filter")
-            if not torch.allclose(freq_filter, frequency_mirror(freq_filter), rtol=1e-5, atol=0):
-                raise ValueError("frequency filter is not symmetric under k -> -k (R[c, -i, -j] != R[c, i, j]); "
-                                 "it must come from |fft2|^2 statistics stored unshifted (DC at [0, 0]). "
-                                 "A filter saved fft-shifted (odd sizes) shows this; apply torch.fft.ifftshift.")
+            _check_mirror_symmetric(freq_filter, 1e-5, (
+                "frequency filter is not symmetric under k -> -k (R[c, -i, -j] != R[c, i, j]); it must come from "
+                "|fft2|^2 statistics stored unshifted (DC at [0, 0]). A filter saved fft-shifted (odd sizes) shows "
+                "this; apply torch.fft.ifftshift."))
         if space_filter is not None:
             space_filter = self._checked_filter(space_filter, "space filter")
         if freq_filter is not None and space_filter is not None and freq_filter.shape != space_filter.shape:
@@ -121,10 +133,9 @@ class Preconditioner(nn.Module):
         return None if f is None else tuple(f.shape)
 
     def _check_input(self, x: Tensor) -> None:
-        shape = self.shape
-        if shape is not None and tuple(x.shape[-3:]) != shape:
-            raise ValueError(f"preconditioner filters are [C, H, W] = {shape} but the images are "
-                             f"{tuple(x.shape)}; build the filters from statistics of images of this size")
+        if self.shape is not None:
+            _check_shape(self.shape, x, "preconditioner filters", "build the filters from statistics of images of "
+                         "this size")
 
     def _circulant(self, x: Tensor) -> Tensor:
         """C x = F^-1 diag(R) F x for real x, via real FFTs (R Hermitian-symmetric); x when there is no R."""
@@ -211,9 +222,8 @@ class UnresolvedBandsGram(nn.Module):
         lam = _check_image_tensor(lam, "mode variances").to(torch.float64)
         if (lam <= 0).any():
             raise ValueError(f"mode variances must be positive everywhere (min {lam.min().item():.3g})")
-        if not torch.allclose(lam, frequency_mirror(lam), rtol=1e-9, atol=0):
-            raise ValueError("mode variances are not symmetric under k -> -k; they must come from |fft2|^2 "
-                             "statistics of real images stored unshifted (DC at [0, 0])")
+        _check_mirror_symmetric(lam, 1e-9, "mode variances are not symmetric under k -> -k; they must come from "
+                                "|fft2|^2 statistics of real images stored unshifted (DC at [0, 0])")
         self.scale, self.sharpness = float(scale), float(sharpness)
         self.register_buffer("lam", lam.clone())
 
@@ -231,9 +241,7 @@ class UnresolvedBandsGram(nn.Module):
     def gram_apply(self, terms, sigma: float) -> Tensor:
         """sum_i f_i(B(sigma)) x_i (see Preconditioner.gram_apply)."""
         x0 = terms[0][1]
-        if tuple(x0.shape[-3:]) != self.shape:
-            raise ValueError(f"the mode variances are [C, H, W] = {self.shape} but the images are {tuple(x0.shape)}; "
-                             "build them from statistics of images of this size")
+        _check_shape(self.shape, x0, "the mode variances", "build them from statistics of images of this size")
         return fourier_gram_apply(self.gains(sigma).to(x0.device), terms)
 
 
