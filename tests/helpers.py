@@ -409,3 +409,17 @@ def circulant_law(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     of a sampler whose impulse responses are circulant (stationary target, frequency-only M)."""
     x = x[:, 0]
     return x[0], (torch.fft.fft2(x[1:] - x[0]).abs() ** 2).sum(0)
+
+
+def predict_error(capsys, *args: str) -> str:
+    """stderr of `pds-lightning predict --config tests/configs/tiny.yaml ARGS`, which must fail with exit status 1
+    and one error line (a user error, as the CLI prints it)."""
+    import pytest
+
+    from pds_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", str(TESTS / "configs" / "tiny.yaml"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("pds-lightning: error:") == 1, err
+    return err

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import clean_env, flow_bomb
+from helpers import clean_env, flow_bomb, predict_error
 from pds_lightning.sampling import PC, PDS, EDMHeun, Euler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,14 +281,8 @@ def test_switching_the_sampler_class_on_the_command_line_starts_from_its_default
 
 def test_dpmpp_2m_sde_refuses_pds_filters_it_cannot_shape_in_one_line(capsys):
     """Issue 33: DPMSolverPP2MSDE shapes its noise per eigenmode of M M^T, which 'both' filters do not have."""
-    from pds_lightning.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--model.sampler",
-              "pds_lightning.sampling.DPMSolverPP2MSDE", "--model.sampler.steps", "3", "--model.sampler.pds",
-              "pds_lightning.sampling.PDS"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and err.count("pds-lightning: error:") == 1
+    err = predict_error(capsys, "--model.sampler", "pds_lightning.sampling.DPMSolverPP2MSDE", "--model.sampler.steps",
+                        "3", "--model.sampler.pds", "pds_lightning.sampling.PDS")
     assert ("PDS filters 'both' cannot shape the noise of DPMSolverPP2MSDE (M M^T = C S^2 C is diagonal in no single "
             "basis, so its per-mode integrator has no closed form); choose PDS filters 'freq' or 'space'") in err
 
