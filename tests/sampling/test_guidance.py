@@ -8,6 +8,7 @@ PC samplers use the official batch-mean Langevin step size: on 16-pixel images t
 `step_size: sample` divides are too noisy (measured: +27% variance at 400 steps, +1.5% with 'batch').
 """
 
+import functools
 import math
 
 import pytest
@@ -37,8 +38,11 @@ def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y, x.double() - y.reshape(-1, 1, 1, 1) * U
 
 
-def reference_ode_y(scale: float, cls: int, n: int = 20000, steps: int = 2000) -> torch.Tensor:
-    """Samples of y from the guided 1-d probability-flow ODE, Heun in sigma, from y ~ N(0, sigma_max^2)."""
+@functools.cache
+def reference_ode_y(scale: float, cls: int, n: int = 20000, steps: int = 400) -> torch.Tensor:
+    """Samples of y from the guided 1-d probability-flow ODE, Heun in sigma, from y ~ N(0, sigma_max^2).
+
+    400 steps agree with 2000 to 1.2e-4 per sample at scales 0, 1 and 3 (the tests' tolerances are >= 0.01)."""
     mu = torch.tensor([-M, M], dtype=torch.float64)
 
     def score(y, sigma):
