@@ -76,19 +76,20 @@ def test_citation_cff_cites_this_version_and_the_pds_papers():
     assert f"version = {{{version}}}" in README.read_text()
 
 
-def test_readme_results_table_is_the_recipes_measurement():
-    """Every cell of the README's table equals the row of benchmarks/results/recipes/samplers_vs_nfe.json it names."""
+def test_readme_results_tables_are_the_recipes_measurement():
+    """Every cell of the README's tables equals the row of benchmarks/results/recipes/samplers_vs_nfe.json it names."""
     rows = json.loads((ROOT / "benchmarks/results/recipes/samplers_vs_nfe.json").read_text())["results"]
-    lines = [l for l in README.read_text().splitlines() if l.startswith("| ")]
-    header = next(l for l in lines if l.startswith("| NFE |"))
-    columns = [re.fullmatch(r"(\w+) `(\w+)`", c.strip()).groups() for c in header.strip("|").split("|")[1:]]
-    body = [l for l in lines if re.match(r"\| \d+ \|", l)]
-    assert [int(l.split("|")[1]) for l in body] == [10, 20, 40, 80]
-    for line in body:
-        budget, *cells = [c.strip() for c in line.strip("|").split("|")]
-        for (model, sampler), cell in zip(columns, cells, strict=True):
-            row = next(r for r in rows if (r["model"], r["sampler"], r["budget"]) == (model, sampler, int(budget)))
-            assert cell == f"{row['spectral_error']:.3f} / {row['fd_digits']:.0f}", (model, sampler, budget)
+    tables = re.findall(r"^\| NFE \|.*\n(?:^\|.*\n)+", README.read_text(), flags=re.M)
+    assert len(tables) == 2  # the digits pair, the photo-patches pair
+    for table in tables:
+        header, _, *body = table.splitlines()
+        columns = [re.fullmatch(r"(\w+) `(\w+)`", c.strip()).groups() for c in header.strip("|").split("|")[1:]]
+        assert [int(l.split("|")[1]) for l in body] == [10, 20, 40, 80]
+        for line in body:
+            budget, *cells = [c.strip() for c in line.strip("|").split("|")]
+            for (model, sampler), cell in zip(columns, cells, strict=True):
+                row = next(r for r in rows if (r["model"], r["sampler"], r["budget"]) == (model, sampler, int(budget)))
+                assert cell == f"{row['spectral_error']:.3f} / {row['fd_digits']:.0f}", (model, sampler, budget)
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
