@@ -79,19 +79,20 @@ def predict_args(ckpt, out, *extra):
 # ---- 1. predict killed three times, then resumed -----------------------------------------------------------
 @pytest.mark.slow
 def test_predict_killed_three_times_resumes_to_the_uninterrupted_images(fit_run, tmp_path):
-    run_script("kill_predict.py", tmp_path, TINY, fit_run / "killed_last.ckpt", tmp_path, "0-31", 3, 1234)
+    n = 32  # seeds 0..n-1, batches of 2: three kills of at most ~2.5 batches each land mid-run
+    run_script("kill_predict.py", tmp_path, TINY, fit_run / "killed_last.ckpt", tmp_path, f"0-{n - 1}", 3, 1234)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["clean_exit"] == 0 and report["resume_exit"] == 0
     assert [k["signal"] for k in report["kills"]] == [9] * 3, report  # every kill hit a running process
     on_disk = [k["on_disk"] for k in report["kills"]]
-    assert on_disk == sorted(on_disk) and on_disk[-1] < 32, report  # kills landed mid-run, work was kept
+    assert on_disk == sorted(on_disk) and on_disk[-1] < n, report  # kills landed mid-run, work was kept
     # A PNG seen after one kill is never rewritten or lost later: each seed was written exactly once.
     assert report["rewritten_or_lost_at_end"] == [] and all(not k["rewritten_or_lost"] for k in report["kills"])
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    expected = [f"{s // 1000:03d}/{s:06d}.png" for s in range(32)]
+    expected = [f"{s // 1000:03d}/{s:06d}.png" for s in range(n)]
     assert files_under(killed) == sorted(expected + ["manifest.json"])  # no temp file left by any kill
     manifest = json.loads((killed / "manifest.json").read_text())
-    assert manifest["num_skipped_existing"] + manifest["num_written"] == 32 == manifest["num_on_disk"]
+    assert manifest["num_skipped_existing"] + manifest["num_written"] == n == manifest["num_on_disk"]
     for name in expected:
         with Image.open(killed / name) as im:
             im.verify()

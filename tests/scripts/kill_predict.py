@@ -7,7 +7,8 @@ end) and WORKDIR/report.json. The CLI is imported once and each run is a forked 
 costs its sampling time, not the ~7 s import (one thread each; helpers.fork_cli); the children are real processes
 killed with SIGKILL.
 Each kill waits until the child has written a new PNG (it is sampling and writing), then a delay drawn
-from random.Random(RNG_SEED) of up to 1.5 batch times, so each kill advances at most about 2.5 batches and the kills land before the end.
+from random.Random(RNG_SEED) of up to 1.5 batch times, so each kill advances at most about 2.5 batches and the
+kills land before the end.
 """
 
 import json
